@@ -1,0 +1,356 @@
+"""Everything that touches the disk: the results directory, streamed metric parts, checkpoints, the lock,
+and ``load``. Training code never does I/O.
+
+Layout (contract, see README): ``sweep.json``, ``runs.parquet``, ``metrics/*.parquet`` (one part per
+chunk of one model batch, written to a hidden temporary name and renamed, so a visible part is always
+complete), ``checkpoints/*.npz`` (atomic, same way), ``fits.parquet`` and ``phase_diagram.png`` from
+fit/plot, and a ``.lock`` held while a sweep writes.
+
+Checkpoints are plain NumPy archives of the state's leaves: the state is a few arrays per model, NumPy
+needs no extra dependency, and write-then-rename makes them atomic. Random keys are not stored because
+every key is derived from (seed, step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from grokjax.config import SHORT_NAMES, Run, Sweep
+from grokjax.errors import UserError
+
+SWEEP_JSON = "sweep.json"
+RUNS_PARQUET = "runs.parquet"
+METRICS_DIR = "metrics"
+CHECKPOINT_DIR = "checkpoints"
+FITS_PARQUET = "fits.parquet"
+LOCK = ".lock"
+METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "param_norm")
+EVAL_COLUMNS = ("val_loss", "val_acc", "param_norm")
+_PART = re.compile(r"g(\d+)-b(\d+)-s(\d+)\.parquet")
+
+
+class StorageError(Exception):
+    """Writing the results failed (disk full, permissions changed...). The message says what was kept."""
+
+
+def default_out(sweep: Sweep) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("results") / f"{stamp}-{sweep.fingerprint()[:7]}"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_parquet(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("grokjax", "jax", "jaxlib", "flax", "optax", "numpy", "pandas", "pyarrow"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    return out
+
+
+def _git_revision() -> str | None:
+    here = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if rev.returncode != 0:
+        return None
+    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def provenance() -> dict[str, Any]:
+    import jax
+
+    return {
+        "versions": _versions(),
+        "git_revision": _git_revision(),
+        "jax_backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "host": platform.node(),
+    }
+
+
+def runs_table(sweep: Sweep) -> pd.DataFrame:
+    """One row per model: run_id, group, and one column per field under its short name (wd, lr, p, ...)."""
+    rows = []
+    for _, runs in sweep.groups():
+        for r in runs:
+            row = {"run_id": r.run_id, "group": r.group}
+            row |= {SHORT_NAMES[k]: v for k, v in r.values}
+            rows.append(row)
+    df = pd.DataFrame(rows).sort_values("run_id").reset_index(drop=True)
+    df["batch_size"] = df["batch_size"].astype(str)
+    return df
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    leaves: list[np.ndarray]
+
+
+class ResultsDir:
+    """An open results directory, locked for one writer."""
+
+    def __init__(self, path: Path, lock_fd: int):
+        self.path = path
+        self._lock_fd = lock_fd
+        (path / METRICS_DIR).mkdir(exist_ok=True)
+        (path / CHECKPOINT_DIR).mkdir(exist_ok=True)
+
+    # -- opening ------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path, sweep: Sweep, resume: bool, command: list[str]) -> "ResultsDir":
+        """Check the directory, take the lock, and (for a new sweep) write sweep.json and runs.parquet.
+        Raises UserError, leaving the disk as it was, when DIR holds another sweep, is in use, or cannot be
+        written."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--out {path}: exists and is not a directory; choose a new directory")
+        spec_file = path / SWEEP_JSON
+        existing = _read_json(spec_file) if spec_file.exists() else None
+        if existing is not None:
+            if existing.get("fingerprint") != sweep.fingerprint():
+                raise UserError(f"--out {path}: holds a different sweep ({existing.get('name')}, fingerprint "
+                                f"{existing.get('fingerprint')}); choose another --out, or resume it with "
+                                f"the same spec")
+            if not resume:
+                raise UserError(f"--out {path}: already holds this sweep; add --resume to continue it, "
+                                f"or choose another --out")
+        elif resume:
+            raise UserError(f"--out {path}: there is no sweep to resume here (no {SWEEP_JSON})")
+        elif path.is_dir() and any(path.iterdir()):
+            raise UserError(f"--out {path}: is not empty and holds no grokjax sweep; choose a new or empty "
+                            f"directory")
+        created = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"--out {path}: cannot write there ({e.strerror}); choose a writable directory")
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(lock_fd)
+            raise UserError(f"--out {path}: another sweep is writing to this directory right now (locked); "
+                            f"wait for it or choose another --out")
+        rd = cls.__new__(cls)
+        rd.path, rd._lock_fd = path, lock_fd
+        try:
+            probe = path / ".write-probe"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+            rd.__init__(path, lock_fd)
+            if existing is None:
+                record = {"name": sweep.name, "fingerprint": sweep.fingerprint(), "command": command,
+                          "created": datetime.datetime.now().isoformat(timespec="seconds"),
+                          "complete": False, "spec": sweep.to_json(), "n_runs": sweep.n_runs()}
+                record |= provenance()
+                _atomic_parquet(path / RUNS_PARQUET, pa.Table.from_pandas(runs_table(sweep), preserve_index=False))
+                _atomic_write_bytes(spec_file, json.dumps(record, indent=2).encode())
+        except OSError as e:
+            rd.close()
+            if created:
+                _remove_tree(path)
+            raise UserError(f"--out {path}: cannot write there ({e.strerror}); choose a writable directory "
+                            f"with free space")
+        return rd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "ResultsDir":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- metrics --------------------------------------------------------------------------------------
+    def write_chunk(self, group: int, batch: int, start: int, run_ids: np.ndarray,
+                    metrics: dict[str, np.ndarray], log_every: int, eval_every: int, steps: int) -> int:
+        """Write one chunk ([K, N] arrays for steps start..start+K-1) as one complete part file.
+        Keeps rows at multiples of log_every and at evaluation steps; eval columns are null elsewhere.
+        Returns the number of rows written."""
+        k, n = metrics["train_loss"].shape
+        step = np.arange(start, start + k)
+        is_eval = (step % eval_every == 0) | (step == steps - 1)
+        keep = (step % log_every == 0) | is_eval
+        step, is_eval = step[keep], is_eval[keep]
+        cols: dict[str, pa.Array] = {
+            "run_id": pa.array(np.repeat(run_ids.astype(np.int64), len(step))),
+            "step": pa.array(np.tile(step.astype(np.int64), n)),
+        }
+        eval_mask = np.tile(~is_eval, n)
+        for name in METRIC_COLUMNS:
+            values = metrics[name][keep].T.ravel()  # [N * K'] ordered by run, then step
+            cols[name] = pa.array(values, mask=eval_mask if name in EVAL_COLUMNS else None, type=pa.float32())
+        path = self.path / METRICS_DIR / f"g{group:03d}-b{batch:03d}-s{start:09d}.parquet"
+        self._guard(lambda: _atomic_parquet(path, pa.table(cols)))
+        return len(step) * n
+
+    def clear_parts_from(self, group: int, batch: int, step: int) -> None:
+        """Remove this batch's parts at or after ``step`` (written after the checkpoint we resume from)."""
+        for part in (self.path / METRICS_DIR).glob(f"g{group:03d}-b{batch:03d}-s*.parquet"):
+            m = _PART.fullmatch(part.name)
+            if m and int(m.group(3)) >= step:
+                part.unlink()
+        for tmp in (self.path / METRICS_DIR).glob(".*.tmp"):
+            tmp.unlink()
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _checkpoint_path(self, group: int, batch: int) -> Path:
+        return self.path / CHECKPOINT_DIR / f"g{group:03d}-b{batch:03d}.npz"
+
+    def save_checkpoint(self, group: int, batch: int, step: int, leaves: list[np.ndarray]) -> None:
+        path = self._checkpoint_path(group, batch)
+
+        def write() -> None:
+            tmp = path.with_name(f".{path.name}.tmp")
+            with open(tmp, "wb") as f:
+                np.savez(f, step=np.int64(step), **{f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)})
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+
+        self._guard(write)
+
+    def load_checkpoint(self, group: int, batch: int) -> Checkpoint | None:
+        path = self._checkpoint_path(group, batch)
+        if not path.exists():
+            return None
+        with np.load(path) as z:
+            names = sorted(k for k in z.files if k.startswith("leaf_"))
+            return Checkpoint(int(z["step"]), [z[k] for k in names])
+
+    def mark_complete(self) -> None:
+        record = _read_json(self.path / SWEEP_JSON)
+        record["complete"] = True
+        record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+        self._guard(lambda: _atomic_write_bytes(self.path / SWEEP_JSON, json.dumps(record, indent=2).encode()))
+
+    def _guard(self, write: Any) -> None:
+        try:
+            write()
+        except OSError as e:
+            kept = "the last checkpoint is kept; free space and rerun with --resume"
+            reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise StorageError(f"writing to {self.path} failed: {reason}; {kept}") from e
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable grokjax sweep record ({e})")
+
+
+def _remove_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*"), reverse=True):
+        with contextlib.suppress(OSError):
+            p.rmdir() if p.is_dir() else p.unlink()
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def metric_parts(path: Path) -> list[Path]:
+    """The complete part files (temporary files are hidden and never match)."""
+    return sorted(p for p in (Path(path) / METRICS_DIR).glob("*.parquet") if _PART.fullmatch(p.name))
+
+
+@dataclass
+class Results:
+    """A results directory read back: ``runs`` (one row per model) and ``metrics`` (long table)."""
+
+    path: Path
+    sweep: dict[str, Any]
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.sweep.get("complete"))
+
+    @property
+    def steps(self) -> int:
+        return int(self.sweep["spec"]["values"]["train.steps"][0]) if "train.steps" not in self.axes else -1
+
+    @property
+    def axes(self) -> list[str]:
+        return list(self.sweep["spec"]["axes"])
+
+    def budget(self) -> pd.Series:
+        """Step budget per run_id."""
+        return self.runs.set_index("run_id")["steps"]
+
+
+def _read_parts(parts: list[Path]) -> Iterator[pa.Table]:
+    for part in parts:
+        try:
+            yield pq.read_table(part)
+        except FileNotFoundError:  # removed by a resume between listing and reading
+            continue
+
+
+def load(path: str | os.PathLike) -> Results:
+    """Read a results directory (also while its sweep is still writing)."""
+    path = Path(path)
+    if not (path / SWEEP_JSON).is_file():
+        raise UserError(f"{path}: not a grokjax results directory (no {SWEEP_JSON}); "
+                        f"give the --out directory of a sweep")
+    sweep = _read_json(path / SWEEP_JSON)
+    runs = pq.read_table(path / RUNS_PARQUET).to_pandas()
+    tables = list(_read_parts(metric_parts(path)))
+    if tables:
+        metrics = pa.concat_tables(tables).to_pandas()
+        metrics = metrics.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
+    else:
+        metrics = pd.DataFrame({"run_id": pd.Series(dtype="int64"), "step": pd.Series(dtype="int64")}
+                               | {c: pd.Series(dtype="float32") for c in METRIC_COLUMNS})
+    return Results(path, sweep, runs, metrics)
+
+
+def run_ids(runs: list[Run]) -> np.ndarray:
+    return np.array([r.run_id for r in runs], dtype=np.int64)
+
+
+def stderr_line(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

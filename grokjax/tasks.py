@@ -1,0 +1,83 @@
+"""Algorithmic tasks of Power et al. 2022 (appendix A.1.1): binary operations mod p and S5 composition.
+
+Each task is a full table of pairs. A pair (a, b) is the token sequence ``a b =`` and the target is the
+answer token; loss and accuracy are taken on the answer only. Symbols are tokens 0..n_symbols-1 and ``=``
+is token n_symbols.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from grokjax.config import TaskConfig
+
+_POLY = {
+    "add": lambda x, y, p: (x + y) % p,
+    "sub": lambda x, y, p: (x - y) % p,
+    "mul": lambda x, y, p: (x * y) % p,
+    "x2_y2": lambda x, y, p: (x * x + y * y) % p,
+    "x2_xy_y2": lambda x, y, p: (x * x + x * y + y * y) % p,
+    "x2_xy_y2_x": lambda x, y, p: (x * x + x * y + y * y + x) % p,
+    "x3_xy": lambda x, y, p: (x * x * x + x * y) % p,
+    "x3_xy2_y": lambda x, y, p: (x * x * x + x * y * y + y) % p,
+}
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: make_table caches one table per task
+class TaskTable:
+    """All pairs of a task. inputs: [n_pairs, 3] int32 (a, b, '='); labels: [n_pairs] int32."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    n_symbols: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_symbols + 1
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def n_pairs_of(op: str, p: int) -> int:
+    if op == "s5":
+        return 120 * 120
+    if op == "div":
+        return p * (p - 1)
+    return p * p
+
+
+@lru_cache(maxsize=16)
+def _permutations() -> tuple[tuple[int, ...], ...]:
+    return tuple(itertools.permutations(range(5)))
+
+
+@lru_cache(maxsize=32)
+def make_table(task: TaskConfig) -> TaskTable:
+    """The full, deterministic table of pairs for a task (same order every time)."""
+    if task.op == "s5":
+        perms = _permutations()
+        index = {q: i for i, q in enumerate(perms)}
+        a, b = np.meshgrid(np.arange(120), np.arange(120), indexing="ij")
+        a, b = a.ravel(), b.ravel()
+        # (a o b)(i) = a(b(i)): apply b first, then a.
+        labels = np.array([index[tuple(perms[x][perms[y][i]] for i in range(5))] for x, y in zip(a, b)])
+        n_symbols = 120
+    else:
+        p = task.p
+        x, y = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+        x, y = x.ravel().astype(np.int64), y.ravel().astype(np.int64)
+        if task.op == "div":
+            keep = y != 0
+            x, y = x[keep], y[keep]
+            labels = (x * np.array([pow(int(v), p - 2, p) for v in y])) % p  # Fermat inverse, p prime
+        else:
+            labels = _POLY[task.op](x, y, p)
+        a, b, n_symbols = x, y, p
+    inputs = np.stack([a, b, np.full_like(a, n_symbols)], axis=1).astype(np.int32)
+    return TaskTable(inputs, np.asarray(labels, dtype=np.int32), n_symbols)
