@@ -229,6 +229,8 @@ class Law:
     alpha_high: float
     c: float
     n_cells: int
+    x_min: float
+    x_max: float
 
     def __str__(self) -> str:
         return (f"t_grok ~ {self.x_name}^{self.alpha:.2f} [{self.alpha_low:.2f}, {self.alpha_high:.2f}] "
@@ -273,7 +275,7 @@ def fit_law(fits: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> Law | None
         if ok.sum() >= 2 and np.unique(xs[ok]).size >= 2:
             boots.append(_slope(xs[ok], meds[ok])[0])
     lo, hi = (np.quantile(boots, [0.025, 0.975]) if boots else (math.nan, math.nan))
-    return Law(x_name, alpha, float(lo), float(hi), c, len(groups))
+    return Law(x_name, alpha, float(lo), float(hi), c, len(groups), float(xs.min()), float(xs.max()))
 
 
 def summary_table(fits: pd.DataFrame, cell_stats: pd.DataFrame) -> str:

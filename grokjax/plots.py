@@ -50,7 +50,9 @@ def _title(fits: pd.DataFrame) -> str:
         if col in fits.columns and col not in axes and fits[col].nunique() == 1:
             parts.append(f"{col}={fits[col].iloc[0]}")
     n_seeds = fits["seed"].nunique() if "seed" in fits.columns else 1
-    return "  ".join(parts) + f"  ({n_seeds} seed{'s' if n_seeds != 1 else ''})"
+    half = (len(parts) + 1) // 2
+    return ("  ".join(parts[:half]) + "\n" + "  ".join(parts[half:])
+            + f"  ({n_seeds} seed{'s' if n_seeds != 1 else ''})")
 
 
 def _x_positions(values: np.ndarray) -> tuple[np.ndarray, dict[float, float]]:
@@ -96,14 +98,17 @@ def _diagram_1d(ax: plt.Axes, fits: pd.DataFrame, x_name: str, with_law: bool) -
                     fmt="s", color="black", ms=6, capsize=4, zorder=4, label="KM median t_val, 95% CI")
     law = fit_law(fits) if with_law else None
     if law is not None:
-        pos = np.array([v for v in keys if v > 0])
-        line = np.geomspace(pos.min(), pos.max(), 50)
+        line = np.geomspace(law.x_min, law.x_max, 50)
         ax.plot(line, np.exp(law.c) * line**law.alpha, "--", color="black", lw=1.2, zorder=2,
                 label=f"fit: t ∝ {law.x_name}^{law.alpha:.2f} [{law.alpha_low:.2f}, {law.alpha_high:.2f}]")
     ax.axhline(budget, color="gray", lw=0.8, ls=":", zorder=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(x_name + (" (0 drawn at the left)" if 0.0 in mapping else ""))
+    if 0.0 in mapping:
+        ax.axvline(bounds[1], color="gray", lw=0.8)
+        ax.text(mapping[0.0], 1.0, f"{x_name}=0", transform=ax.get_xaxis_transform(), ha="center",
+                va="bottom", fontsize=8)
+    ax.set_xlabel(x_name)
     ax.set_ylabel("steps")
     ax.grid(True, which="major", alpha=0.3)
 
@@ -164,7 +169,7 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: plt.Axes | None = None) -> Figure
             a.set_title(label, fontsize=10)
     for a in axes_list[len(facets):]:
         a.set_visible(False)
-    fig.suptitle(f"Grokking phase diagram — {_title(fits)}", fontsize=11)
+    fig.suptitle(f"Grokking phase diagram\n{_title(fits)}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -191,7 +196,7 @@ def plot_curves(results_metrics: pd.DataFrame, fits: pd.DataFrame) -> Figure:
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8, ncol=2)
-    ax.set_title(f"Learning curves — {_title(fits)}", fontsize=10)
+    ax.set_title(f"Learning curves\n{_title(fits)}", fontsize=9)
     fig.tight_layout()
     return fig
 

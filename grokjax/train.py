@@ -366,7 +366,8 @@ def choose_models_per_batch(engine: Engine, n_models: int, requested: int = 0,
     """Largest batch of models whose compiled program fits the device memory budget.
 
     Compiles the program for all models first (the usual case, reused for training); if it does not fit,
-    measures the per-model cost from a 1- and 2-model program and picks the largest batch that fits.
+    estimates the per-model cost from a 1- and 2-model program, then checks the chosen batch's own
+    compiled program and shrinks it until it fits.
     Returns (models per batch, a sentence explaining the choice).
     """
     if requested:
@@ -380,8 +381,11 @@ def choose_models_per_batch(engine: Engine, n_models: int, requested: int = 0,
     one, two = Program.get(engine, 1).bytes, Program.get(engine, 2).bytes
     per_model = max(two - one, 1)
     fixed = max(one - per_model, 0)
-    m = max(1, min(n_models, (budget - fixed) // per_model))
-    return int(m), (f"{m} models per batch: {n_models} models need ~{full / 2**20:.0f} MiB, "
+    m = int(max(1, min(n_models, (budget - fixed) // per_model)))
+    # The linear estimate is only a start: check the real program (needed anyway) and shrink until it fits.
+    while m > 1 and (used := Program.get(engine, m).bytes) is not None and used > budget:
+        m = max(1, min(m - 1, int(m * budget / used)))
+    return m, (f"{m} models per batch: {n_models} models need ~{full / 2**20:.0f} MiB, "
                     f"{per_model / 2**20:.1f} MiB each, budget {budget / 2**20:.0f} MiB")
 
 

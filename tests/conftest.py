@@ -1,0 +1,61 @@
+"""Strict, fast test settings: float64 available (vmapped-vs-alone comparisons), tiny configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A model small enough to train in seconds on 2 CPU cores.
+TINY = ["op=add", "p=11", "d_model=16", "n_heads=2", "d_mlp=32", "n_layers=1", "steps=60", "eval_every=20",
+        "chunk_steps=20", "frac=0.5", "wd=1", "lr=3e-3", "seeds=1"]
+
+
+def merged(*lists: list[str]) -> list[str]:
+    """key=value lists merged left to right: a later key replaces an earlier one."""
+    out: dict[str, str] = {}
+    for items in lists:
+        for item in items:
+            key = item.split("=", 1)[0]
+            out["seed" if key == "seeds" else key] = item
+    return list(out.values())
+
+
+class CompileCounter:
+    """Counts XLA backend compilations of functions whose name contains ``name``."""
+
+    def __init__(self, name: str):
+        self.name, self.count = name, 0
+        jax.monitoring.register_event_duration_secs_listener(self)
+
+    def __call__(self, event: str, duration: float, **kw: object) -> None:
+        if event == "/jax/core/compile/backend_compile_duration" and self.name in str(kw.get("fun_name", "")):
+            self.count += 1
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    return list(TINY)
+
+
+def run_cli(args: list[str], cwd: Path | None = None, env: dict | None = None, timeout: float = 300
+            ) -> subprocess.CompletedProcess:
+    """``python -m grokjax ARGS`` in a fresh process."""
+    full_env = dict(os.environ) | {"PYTHONPATH": str(REPO)} | (env or {})
+    return subprocess.run([sys.executable, "-m", "grokjax", *args], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, timeout=timeout)
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file under path with its bytes (to show that nothing was touched)."""
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}

@@ -1,0 +1,143 @@
+"""End-to-end: the CLI writes the contract layout; bad input touches nothing; load() works mid-sweep."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import grokjax
+from conftest import REPO, run_cli, snapshot
+from grokjax.cli import main
+
+DONE_WHEN = ["op=add", "p=13", "d_model=32", "n_layers=1", "steps=120", "eval_every=40", "wd=[0.01,0.1,1]",
+             "seeds=2"]
+
+
+@pytest.fixture(scope="module")
+def grid_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grid") / "r"
+    proc = run_cli(["sweep", *DONE_WHEN, "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def test_done_when_layout_and_rows(grid_dir):
+    out, proc = grid_dir
+    r = grokjax.load(out)
+    assert r.complete and len(r.runs) == 6
+    assert list(r.runs.columns[:2]) == ["run_id", "group"]
+    assert {"wd", "lr", "frac", "seed", "init_scale", "p", "op", "d_model"} <= set(r.runs.columns)
+    m = r.metrics
+    assert list(m.columns) == ["run_id", "step", "train_loss", "train_acc", "val_loss", "val_acc", "param_norm"]
+    assert not m.duplicated(["run_id", "step"]).any()
+    assert (m.groupby("run_id")["train_loss"].count() == 120).all()
+    val_steps = sorted(m.loc[m["val_acc"].notna(), "step"].unique())
+    assert val_steps == [0, 40, 80, 119]
+    assert m["param_norm"].notna().sum() == 6 * 4
+    spec = json.loads((out / "sweep.json").read_text())
+    assert spec["command"][:2] == ["grokjax", "sweep"] and spec["jax_backend"] == "cpu"
+    assert "jax" in spec["versions"] and spec["devices"]
+    assert (out / "fits.parquet").exists() and (out / "phase_diagram.png").exists()
+    assert "results:" in proc.stdout and "val>=0.99" in proc.stdout
+
+
+def test_grid_run_equals_the_same_run_alone(grid_dir, tmp_path):
+    out, _ = grid_dir
+    alone = tmp_path / "alone"
+    args = [a for a in DONE_WHEN if not a.startswith(("wd=", "seeds="))] + ["wd=0.1", "seed=1"]
+    proc = run_cli(["sweep", *args, "--out", str(alone), "--no-plot", "--quiet"])
+    assert proc.returncode == 0, proc.stderr
+    grid = grokjax.load(out)
+    rid = int(grid.runs.query("wd == 0.1 and seed == 1")["run_id"].iloc[0])
+    a = grid.metrics[grid.metrics.run_id == rid].drop(columns="run_id").reset_index(drop=True)
+    b = grokjax.load(alone).metrics.drop(columns="run_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_log_every_thins_train_rows_but_keeps_eval_rows(tmp_path, tiny):
+    out = tmp_path / "r"
+    assert main(["sweep", *tiny, "log_every=7", "--out", str(out), "--quiet", "--no-plot"]) == 0
+    m = grokjax.load(out).metrics
+    assert sorted(m["step"].unique()) == sorted(set(range(0, 60, 7)) | {0, 20, 40, 59})
+
+
+BAD_CLI = [
+    ["sweep", "wdd=0.1"],
+    ["sweep", "wd=[0.1,"],
+    ["sweep", "frac=2"],
+    ["sweep", "op=div", "p=12"],
+    ["sweep", "d_model=30"],
+    ["sweep", "wd=range(3,1)"],
+    ["sweep", "nonexistent_sweep"],
+    ["sweep", "wd=0.1", "stray"],
+    ["sweep", "--bogus-flag"],
+    ["sweep", "seeds=-2"],
+    ["sweep", "lr=-1"],
+    ["sweep", "steps=abc"],
+    ["sweep", "batch_size=huge"],
+    ["sweep", "act=tanh"],
+    ["sweep", "dtype=float16"],
+    ["fit", "/nonexistent/dir"],
+    ["plot", "/nonexistent/dir"],
+    ["fit", "DIR", "--threshold", "1.5"],
+    ["frobnicate"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_CLI, ids=[" ".join(a) for a in BAD_CLI])
+def test_bad_cli_input_gives_one_line_and_touches_nothing(argv, tmp_path, capsys, grid_dir):
+    existing, _ = grid_dir
+    before = snapshot(existing)
+    new_out = tmp_path / "never"
+    argv = [str(existing) if a == "DIR" else a for a in argv]
+    if argv[0] == "sweep":
+        argv += ["--out", str(new_out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("grokjax: error: ") and "\n" not in err and "Traceback" not in err
+    assert not new_out.exists() and snapshot(existing) == before
+
+
+def test_bad_input_into_existing_results_leaves_them_untouched(grid_dir, capsys):
+    existing, _ = grid_dir
+    before = snapshot(existing)
+    assert main(["sweep", "wd=oops", "--out", str(existing)]) == 2
+    assert main(["sweep", *DONE_WHEN, "--out", str(existing)]) == 2  # same sweep, no --resume
+    assert "add --resume" in capsys.readouterr().err
+    assert snapshot(existing) == before
+
+
+def test_module_entry_point_and_help():
+    proc = subprocess.run([sys.executable, "-m", "grokjax", "sweep", "--help"], capture_output=True, text=True,
+                          cwd=REPO)
+    assert proc.returncode == 0 and "logspace" in proc.stdout
+
+
+def test_load_while_a_sweep_is_writing(tmp_path):
+    """Poll load() while a subprocess streams parts: every read is consistent, and reads grow."""
+    out = tmp_path / "live"
+    args = ["sweep", "op=add", "p=11", "d_model=16", "n_heads=2", "d_mlp=32", "steps=3000", "eval_every=50",
+            "chunk_steps=50", "frac=0.5", "wd=[0.1,1]", "seeds=1", "--out", str(out), "--no-plot", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "grokjax", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    seen = []
+    try:
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline:
+            if (out / "sweep.json").exists():
+                m = grokjax.load(out).metrics
+                assert not m.duplicated(["run_id", "step"]).any()
+                assert len(m) % (2 * 50) == 0  # only complete parts (2 runs x 50 steps) are visible
+                seen.append(len(m))
+            time.sleep(0.05)
+    finally:
+        proc.wait(timeout=240)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert any(0 < n < 6000 for n in seen), seen
+    assert len(grokjax.load(out).metrics) == 6000

@@ -1,0 +1,71 @@
+"""Task tables and the single-model transformer."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from grokjax.config import OPS, ModelConfig, TaskConfig
+from grokjax.model import Transformer
+from grokjax.tasks import make_table, n_pairs_of
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_tables_are_complete_and_in_range(op):
+    t = make_table(TaskConfig(op, 7))
+    assert t.inputs.shape == (n_pairs_of(op, 7), 3) and t.labels.shape == (t.n_pairs,)
+    assert (t.inputs[:, 2] == t.n_symbols).all() and t.labels.min() >= 0 and t.labels.max() < t.n_symbols
+    assert len({tuple(x) for x in t.inputs[:, :2]}) == t.n_pairs
+
+
+def test_operations_mod_p():
+    p = 11
+    for op, f in {"add": lambda x, y: x + y, "sub": lambda x, y: x - y, "mul": lambda x, y: x * y,
+                  "x2_y2": lambda x, y: x * x + y * y, "x3_xy2_y": lambda x, y: x**3 + x * y * y + y}.items():
+        t = make_table(TaskConfig(op, p))
+        expected = np.array([f(int(a), int(b)) % p for a, b in t.inputs[:, :2]])
+        np.testing.assert_array_equal(t.labels, expected)
+    div = make_table(TaskConfig("div", p))
+    a, b = div.inputs[:, 0], div.inputs[:, 1]
+    assert (b != 0).all() and ((div.labels * b) % p == a).all()  # c = a / b  <=>  c * b = a
+
+
+def test_s5_is_permutation_composition():
+    t = make_table(TaskConfig("s5", 0))
+    perms = list(itertools.permutations(range(5)))
+    rng = np.random.default_rng(0)
+    for i in rng.integers(0, t.n_pairs, 50):
+        x, y, z = perms[t.inputs[i, 0]], perms[t.inputs[i, 1]], perms[t.labels[i]]
+        assert all(z[k] == x[y[k]] for k in range(5))
+
+
+@pytest.mark.parametrize("cfg", [ModelConfig(1, 16, 2, 32, False, "relu"), ModelConfig(2, 24, 3, 40, True, "gelu")])
+def test_answer_only_logits_equal_full_computation(cfg):
+    """The last block computes queries, MLP and unembedding at the answer position only; same logits."""
+    tokens = jnp.array(make_table(TaskConfig("add", 7)).inputs)
+    full = Transformer(cfg, 8, 7, answer_only=False, dtype=jnp.float64)
+    fast = Transformer(cfg, 8, 7, answer_only=True, dtype=jnp.float64)
+    params = full.init(jax.random.key(0), tokens[:1])["params"]
+    assert jax.tree.structure(params) == jax.tree.structure(fast.init(jax.random.key(0), tokens[:1])["params"])
+    a = jax.jit(full.apply)({"params": params}, tokens)
+    b = jax.jit(fast.apply)({"params": params}, tokens)
+    assert a.shape == (49, 7)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_attention_is_causal():
+    """Changing the answer-position-free future cannot matter: position 0's output ignores tokens 1, 2."""
+    cfg = ModelConfig(2, 16, 2, 32, False, "relu")
+    m = Transformer(cfg, 8, 7, answer_only=False, dtype=jnp.float64)
+    params = m.init(jax.random.key(1), jnp.zeros((1, 3), jnp.int32))["params"]
+    x1 = jnp.array([[1, 2, 7]])
+    x2 = jnp.array([[1, 5, 7]])
+    # Logits at position 1 ('b') from the 2-token prefix must not change when token 2 changes.
+    p1 = m.apply({"params": params}, x1[:, :2])
+    p2 = m.apply({"params": params}, x1[:, :2].at[:, 1].set(2))
+    np.testing.assert_allclose(p1, p2)
+    assert not np.allclose(m.apply({"params": params}, x1), m.apply({"params": params}, x2))

@@ -1,0 +1,136 @@
+"""The engine: vmapped == alone in float64, one compilation per group, real weight decay, per-model
+divergence isolation, no host transfer inside a chunk, memory-aware model batches."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import TINY, CompileCounter, merged
+from grokjax.config import build_sweep
+from grokjax.train import (METRIC_NAMES, Program, choose_models_per_batch, engine_for, hparams_for,
+                           train_alone)
+
+
+def _group(args):
+    (group, runs), = build_sweep(None, merged(args)).groups()
+    return group, runs
+
+
+def _assert_same(a, b, rtol):
+    for k in METRIC_NAMES:
+        np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=rtol, equal_nan=True, err_msg=k)
+
+
+def test_model_in_grid_equals_model_alone_float64():
+    group, runs = _group(TINY + ["dtype=float64", "wd=[0.01,0.1,1]", "lr=[1e-3,3e-3]", "seeds=2"])
+    grid = train_alone(group, runs)
+    for i in (0, 5, 9):
+        alone = train_alone(group, [runs[i]])
+        _assert_same({k: v[:, i:i + 1] for k, v in grid.items()}, alone, rtol=1e-10)
+
+
+def test_same_run_in_grid_of_one_and_six_minibatch():
+    """Minibatch sampling depends on the run's own seed only, not on its neighbours."""
+    args = TINY + ["dtype=float64", "batch_size=8"]
+    group, runs = _group(args + ["wd=[0.01,0.1,1]", "seeds=2"])
+    six = train_alone(group, runs)
+    g1, one = _group(args + ["wd=0.1", "seed=1"])
+    alone = train_alone(g1, one)
+    idx = [(r.get("hp.wd"), r.get("hp.seed")) for r in runs].index((0.1, 1))
+    _assert_same({k: v[:, idx:idx + 1] for k, v in six.items()}, alone, rtol=1e-10)
+
+
+def test_one_compilation_for_a_numeric_grid_and_none_for_the_next():
+    counter = CompileCounter("train_chunk")
+    base = ["op=add", "p=13", "d_model=8", "n_heads=2", "d_mlp=16", "steps=40", "eval_every=20",
+            "chunk_steps=20", "frac=0.5"]
+    group, runs = _group(base + ["wd=[0.1,1]", "lr=[1e-3,1e-2]", "seeds=2"])
+    train_alone(group, runs)
+    assert counter.count == 1
+    group2, runs2 = _group(base + ["wd=[0.2,3]", "lr=[2e-3,5e-3]", "seeds=[5,6]"])
+    assert group2 == group
+    train_alone(group2, runs2)
+    assert counter.count == 1
+
+
+def _final_norms(args):
+    group, runs = _group(TINY + ["lr=1e-2", "seeds=1"] + args)
+    m = train_alone(group, runs)
+    return m["param_norm"][-1]
+
+
+@pytest.mark.parametrize("mask", ["all", "matrices"])
+def test_weight_decay_shrinks_parameters(mask):
+    """Larger wd => smaller norm. With decay_mask=matrices the mask is a callable: without
+    static_args=("mask",) optax would treat it as a schedule and decay would silently vanish."""
+    norms = _final_norms([f"decay_mask={mask}", "wd=[0,1,10]"])
+    assert norms[0] > norms[1] > norms[2]
+    assert norms[2] < 0.8 * norms[0]
+
+
+@pytest.mark.parametrize("mask", ["all", "matrices"])
+def test_decoupled_decay_is_pytorch_adamw(mask):
+    """With zero gradients AdamW moves p by exactly -lr*wd*p (times the warmup factor) on decayed leaves."""
+    group, runs = _group(TINY + ["dtype=float64", f"decay_mask={mask}", "warmup_steps=10"])
+    eng = engine_for(group, runs)
+    params = {"w": jnp.ones((2, 3), jnp.float64), "b": jnp.ones((3,), jnp.float64)}
+    opt = eng.optimizer(jnp.float64(0.1), jnp.float64(0.5))
+    state = opt.init(params)
+    updates, state = eng.optimizer().update(jax.tree.map(jnp.zeros_like, params), state, params)
+    new = optax.apply_updates(params, updates)
+    factor = 1 / 10  # first warmup step
+    np.testing.assert_allclose(new["w"], 1 - 0.1 * 0.5 * factor)
+    np.testing.assert_allclose(new["b"], 1 - 0.1 * 0.5 * factor if mask == "all" else 1.0)
+
+
+def test_minibatches_come_from_the_models_own_train_split():
+    group, runs = _group(TINY + ["batch_size=4", "seeds=2", "frac=[0.3,0.6]"])
+    eng = engine_for(group, runs)
+    hps = hparams_for(runs, eng.table.n_pairs)
+    for i in range(len(runs)):
+        hp = jax.tree.map(lambda x: jnp.asarray(x[i]), hps)
+        _, split = eng.init_one(hp)
+        train = set(np.asarray(split.train_idx)[: int(hp.n_train)].tolist())
+        val = set(np.asarray(split.val_idx)[np.asarray(split.val_w) > 0].tolist())
+        assert not train & val and len(train) + len(val) == eng.table.n_pairs
+        for step in range(5):
+            idx, w = eng.batch_one(split, hp, jnp.int32(step))
+            assert set(np.asarray(idx).tolist()) <= train and len(set(np.asarray(idx).tolist())) == 4
+
+
+def test_divergence_is_isolated():
+    group, runs = _group(TINY + ["lr=[0.001,1000000]"])
+    both = train_alone(group, runs)
+    g1, healthy = _group(TINY + ["lr=0.001"])
+    alone = train_alone(g1, healthy)
+    _assert_same({k: v[:, :1] for k, v in both.items()}, alone, rtol=1e-6)
+    assert np.isnan(both["train_loss"][-1, 1]) and np.isfinite(both["train_loss"][:, 0]).all()
+
+
+def test_no_host_transfer_inside_a_chunk():
+    group, runs = _group(TINY + ["wd=[0.1,1]"])
+    eng = engine_for(group, runs)
+    prog = Program.get(eng, len(runs))
+    hps = prog.put(hparams_for(runs, eng.table.n_pairs))
+    state, splits = prog.init(hps)
+    start = jax.device_put(jnp.int32(0))
+    with jax.transfer_guard("disallow"):
+        out = prog._chunk(state, splits, hps, start, prog.inputs, prog.labels)
+        jax.block_until_ready(out)
+
+
+def test_memory_aware_batching_picks_a_batch_that_fits():
+    group, runs = _group(TINY + ["wd=[0.1,0.3,1,3]", "seeds=4"])
+    eng = engine_for(group, runs)
+    m_all, why = choose_models_per_batch(eng, 16)
+    assert m_all == 16 and "one batch" in why
+    one, two = Program.get(eng, 1).bytes, Program.get(eng, 2).bytes
+    per_model = two - one
+    budget = one + 5 * per_model
+    m, why = choose_models_per_batch(eng, 16, budget=budget)
+    assert 1 <= m < 16 and Program.get(eng, m).bytes <= budget and "budget" in why
+    assert choose_models_per_batch(eng, 16, requested=3)[0] == 3
