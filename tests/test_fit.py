@@ -1,0 +1,154 @@
+"""Grokking times, phases, Kaplan-Meier, the power law and the phase diagram, on synthetic runs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import grokjax
+from conftest import merged
+from grokjax.fit import FitOptions, cells, fit_law, fit_run, kaplan_meier_median
+from grokjax.plots import plot_phase_diagram, save_figure
+from grokjax.store import Results
+
+STEPS, EVAL = 3000, 100
+
+
+def curve(t_train=None, t_val=None, spikes=(), diverge=None, steps=STEPS):
+    """Metric rows of one synthetic run: accuracies step from 0.1 to 1.0 at the given steps."""
+    step = np.arange(steps)
+    train = np.where(step >= (t_train if t_train is not None else steps + 1), 1.0, 0.1)
+    val = np.where(step >= (t_val if t_val is not None else steps + 1), 1.0, 0.05)
+    for s in spikes:
+        val[s] = 0.995
+    loss = np.where(train > 0.5, 0.01, 2.0)
+    if diverge is not None:
+        loss[diverge:] = np.nan
+    is_eval = (step % EVAL == 0) | (step == steps - 1)
+    return pd.DataFrame({"step": step, "train_loss": loss, "train_acc": train,
+                         "val_loss": np.where(is_eval, 1.0, np.nan), "val_acc": np.where(is_eval, val, np.nan)})
+
+
+def test_known_transitions_are_exact():
+    r = fit_run(curve(t_train=130, t_val=1700))
+    assert (r["t_train"], r["t_val"], r["delay"], r["censored"]) == (130, 1700, 1570, False)
+    assert r["phase"] == "grokking" and r["budget"] == STEPS
+    assert 1600 < r["t_val_interp"] <= 1700
+    assert 1600 < r["mid_step"] < 1800
+
+
+def test_spikes_before_the_transition_do_not_count():
+    r = fit_run(curve(t_train=100, t_val=2000, spikes=(500, 900)))
+    assert r["t_val_first"] == 500 and r["t_val"] == 2000
+
+
+def test_censored_runs():
+    r = fit_run(curve(t_train=100))
+    assert r["censored"] and math.isnan(r["t_val"]) and math.isnan(r["delay"]) and r["budget"] == STEPS
+
+
+@pytest.mark.parametrize("kwargs, phase", [
+    (dict(t_train=100, t_val=300), "comprehension"),
+    (dict(t_train=100, t_val=2500), "grokking"),
+    (dict(t_train=100), "memorization"),
+    (dict(), "confusion"),
+    (dict(t_train=100, diverge=700), "diverged"),
+])
+def test_liu_phases_and_diverged(kwargs, phase):
+    assert fit_run(curve(**kwargs), FitOptions(gap=1000))["phase"] == phase
+
+
+def test_gap_is_configurable():
+    assert fit_run(curve(t_train=100, t_val=300), FitOptions(gap=100))["phase"] == "grokking"
+
+
+def test_kaplan_meier_median_hand_computed():
+    # times 2,3+,4,5,6+,7 (+ = censored). S: after 2 -> 5/6; after 4 (3 at risk... 4 at risk) -> 5/6*3/4=0.625;
+    # after 5 (3 at risk) -> 0.625*2/3 = 0.4167 <= 0.5, so the median is 5.
+    t = np.array([2, 3, 4, 5, 6, 7])
+    observed = np.array([1, 0, 1, 1, 0, 1], bool)
+    assert kaplan_meier_median(t, observed) == 5
+    assert kaplan_meier_median(np.array([1, 9, 9]), np.array([1, 0, 0], bool)) == math.inf
+    # A mean of budgets would say 6.3; KM says 4 for this set.
+    assert kaplan_meier_median(np.array([4, 4, 4, 9, 9]), np.array([1, 1, 1, 0, 0], bool)) == 4
+
+
+def synthetic_fits(alpha=-1.0, seeds=8, noise=0.1, seed=0, wds=(0.1, 0.3, 1.0, 3.0, 10.0)):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, wd in enumerate(wds):
+        for s in range(seeds):
+            t = 2000 * wd**alpha * math.exp(noise * rng.standard_normal())
+            rows.append(dict(run_id=i * seeds + s, wd=wd, lr=1e-3, seed=s, t_train=50.0, t_val=t, delay=t - 50,
+                             censored=False, phase="grokking", budget=1e6))
+    fits = pd.DataFrame(rows)
+    fits.attrs["axes"] = ["wd", "seed"]
+    return fits
+
+
+@pytest.mark.parametrize("alpha", [-1.0, -0.5])
+def test_power_law_recovers_a_known_exponent(alpha):
+    law = fit_law(synthetic_fits(alpha=alpha))
+    assert law.n_cells == 5 and abs(law.alpha - alpha) < 0.1
+    assert law.alpha_low <= alpha <= law.alpha_high and law.alpha_high - law.alpha_low < 0.3
+    assert f"wd^{law.alpha:.2f}" in str(law)
+
+
+def test_cells_treat_censoring_and_count_phases():
+    fits = synthetic_fits(seeds=4)
+    fits.loc[fits.run_id < 3, ["censored", "phase", "t_val"]] = [True, "memorization", np.nan]
+    c = cells(fits).set_index("wd")
+    assert c.loc[0.1, "n_memorization"] == 3 and c.loc[0.1, "median_t_val"] == math.inf
+    assert c.loc[0.1, "phase"] == "memorization" and c.loc[1.0, "frac_grokked"] == 1.0
+    assert c.loc[1.0, "ci_low"] <= c.loc[1.0, "median_t_val"] <= c.loc[1.0, "ci_high"]
+
+
+def test_phase_diagram_figure(tmp_path):
+    fits = synthetic_fits(seeds=3)
+    fits.loc[0, ["censored", "phase", "t_val"]] = [True, "memorization", np.nan]
+    fig = plot_phase_diagram(fits)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    labels = ax.get_legend().get_texts()
+    assert any("wd^" in t.get_text() for t in labels)
+    offsets = {c.get_label(): len(c.get_offsets()) for c in ax.collections if c.get_label()[:1] != "_"}
+    assert offsets["t_train (train acc ≥ thr)"] == len(fits)
+    assert offsets["t_val (val acc ≥ thr, kept)"] == len(fits) - 1
+    assert offsets["censored (no grokking within budget)"] == 1
+    path = save_figure(fig, tmp_path / "phase_diagram.png")
+    from matplotlib.image import imread
+
+    h, w = imread(path).shape[:2]
+    assert w >= 800 and h >= 500
+
+
+def test_two_numeric_axes_give_a_heatmap():
+    fits = pd.concat([synthetic_fits(seeds=2).assign(lr=lr) for lr in (1e-3, 3e-3)], ignore_index=True)
+    fits.attrs["axes"] = ["wd", "lr", "seed"]
+    fig = plot_phase_diagram(fits)
+    assert fig.axes[0].images, "expected an image (heatmap)"
+
+
+def test_fit_on_a_real_sweep_is_consistent_with_its_metrics(tmp_path, tiny):
+    from grokjax.cli import main
+
+    out = tmp_path / "r"
+    args = merged(tiny, ["steps=200", "wd=[0.3,1]", "lr=1e-2"])
+    assert main(["sweep", *args, "--out", str(out), "--quiet", "--no-plot"]) == 0
+    assert main(["fit", str(out)]) == 0 and main(["plot", str(out), "--curves"]) == 0
+    r = grokjax.load(out)
+    fits = grokjax.fit(r)
+    assert (out / "phase_diagram.png").exists() and (out / "curves.png").exists()
+    saved = pd.read_parquet(out / "fits.parquet")
+    assert {"run_id", "t_train", "t_val", "delay", "censored", "phase"} <= set(saved.columns)
+    for f in fits.itertuples():
+        m = r.metrics[r.metrics.run_id == f.run_id]
+        if not math.isnan(f.t_train):
+            assert m.loc[m.step == f.t_train, "train_acc"].iloc[0] >= 0.99
+            assert (m.loc[m.step < f.t_train, "train_acc"] < 0.99).all()
+        if not f.censored:
+            assert m.loc[m.step == f.t_val, "val_acc"].iloc[0] >= 0.99
+    assert isinstance(r, Results)
