@@ -1,0 +1,30 @@
+"""The throughput benchmark runs end to end on a tiny config and writes the contract JSON and a row."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from conftest import REPO
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("throughput", REPO / "benchmarks" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_throughput_quick_tiny(tmp_path, monkeypatch):
+    bench = _load_benchmark()
+    monkeypatch.setattr(bench, "RESULTS_MD", tmp_path / "RESULTS.md")
+    out = tmp_path / "out.json"
+    bench.main(["--quick", "--models", "1,2", "--p", "7", "--mfu-p", "7", "--json", str(out), "--record"])
+    r = json.loads(out.read_text())
+    for key in ("device", "vmapped_model_steps_per_s", "sequential_model_steps_per_s", "torch_model_steps_per_s",
+                "matmul_peak_flops", "achieved_flops", "compile_s"):
+        assert key in r
+    assert r["device"].startswith("cpu") and r["vmapped_model_steps_per_s"] > 0
+    assert r["matmul_peak_flops"] > 0 and 0 < r["mfu"] < 1.5 and r["answer_only_flops_saving"] > 1
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert "| date | device |" in table and table.count("| cpu") == 1
