@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("dir", type=Path, help="a results directory")
         c.add_argument("--threshold", type=float, default=0.99, help="accuracy threshold (default 0.99)")
         c.add_argument("--slack", type=float, default=0.01,
-                       help="t_val must stay above threshold - slack afterwards (default 0.01)")
+                       help="after t_val, accuracy counts as kept while >= threshold - slack (default 0.01)")
+        c.add_argument("--keep", type=float, default=0.9,
+                       help="fraction of later evaluations that must be kept (default 0.9; 1 = never drops)")
         c.add_argument("--gap", type=float, default=1000.0,
                        help="delay in steps above which a run is 'grokking' not 'comprehension' (default 1000)")
         if name == "plot":
@@ -73,17 +75,19 @@ def _print_run_summary(rows: list[tuple[Any, ...]]) -> None:
         print(f"... {len(rows) - MAX_SUMMARY_ROWS} more runs: see fits.parquet or grokjax.load()")
 
 
-def _fit_and_report(path: Path, threshold: float, slack: float, gap: float) -> Any:
+def _fit_and_report(path: Path, opts: Any) -> Any:
     from grokjax.fit import cells, fit, fit_law, summary_table
 
-    fits = fit(path, threshold=threshold, slack=slack, gap=gap, save=True)
+    threshold, slack, gap, keep = opts.threshold, opts.slack, opts.gap, opts.keep
+    fits = fit(path, threshold=threshold, slack=slack, gap=gap, keep=keep, save=True)
     if fits.empty:
         raise UserError(f"{path}: no metrics written yet; nothing to fit")
     print(summary_table(fits, cells(fits)))
     law = fit_law(fits)
     print(str(law) if law else "t_grok law: needs at least two wd values whose runs mostly grok")
     print(f"phases: {', '.join(f'{k} {v}' for k, v in fits['phase'].value_counts().items())}; "
-          f"t_val = first eval with val acc >= {threshold} kept (>= {threshold - slack:g}) afterwards; "
+          f"t_val = first eval with val acc >= {threshold} after which {keep:.0%} of evals stay "
+          f">= {threshold - slack:g}; "
           f"grokking when delay > {gap:g} steps")
     print(f"wrote {path / 'fits.parquet'}")
     return fits
@@ -100,6 +104,7 @@ def _plot(path: Path, fits: Any, fmt: str = "png", curves: bool = False) -> None
 
 def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     from grokjax.config import build_sweep
+    from grokjax.fit import FitOptions
     from grokjax.sweep import run_sweep
 
     config, overrides = _split_items(args.items)
@@ -112,7 +117,7 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
                  t.t_val.get(r.run_id)) for _, runs in sweep.groups() for r in runs]
         _print_run_summary(sorted(rows))
     else:
-        fits = _fit_and_report(outcome.path, 0.99, 0.01, 1000.0)
+        fits = _fit_and_report(outcome.path, FitOptions())
         _print_run_summary([(r.run_id, r.wd, r.lr, r.seed, r.t_train, r.t_val_first)
                             for r in fits.itertuples()])
         _plot(outcome.path, fits)
@@ -129,15 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.command == "sweep":
             return _sweep(args, argv)
-        from grokjax.fit import FitOptions
+        from grokjax.fit import FitOptions, fit
 
-        FitOptions(args.threshold, args.slack, args.gap).check()
+        opts = FitOptions(args.threshold, args.slack, args.gap, args.keep).check()
         if args.command == "fit":
-            _fit_and_report(args.dir, args.threshold, args.slack, args.gap)
+            _fit_and_report(args.dir, opts)
         else:
-            from grokjax.fit import fit
-
-            fits = fit(args.dir, threshold=args.threshold, slack=args.slack, gap=args.gap)
+            fits = fit(args.dir, threshold=opts.threshold, slack=opts.slack, gap=opts.gap, keep=opts.keep)
             if fits.empty:
                 raise UserError(f"{args.dir}: no metrics written yet; nothing to plot")
             _plot(args.dir, fits, args.format, args.curves)

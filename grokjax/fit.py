@@ -3,9 +3,11 @@
 Definitions (threshold 0.99 by default):
 
 - ``t_train``: first logged step with train accuracy >= threshold (Power et al. 2022, "first reaches").
-- ``t_val``: first evaluation step with validation accuracy >= threshold that it then KEEPS: every later
-  evaluation stays >= threshold - slack (slack 0.01 by default), so a noisy spike before the transition
-  does not count. ``t_val_first`` is Power et al.'s plain "first reaches" and ``t_val_interp`` linearly
+- ``t_val``: first evaluation step with validation accuracy >= threshold that it then KEEPS: at least a
+  fraction ``keep`` (0.9) of the evaluations from there to the end stay >= threshold - slack (slack 0.01).
+  A noisy spike before the transition does not count (the evaluations after it are mostly low), while a
+  brief dip after grokking (seen with large lr*wd) does not postpone t_val; ``keep=1`` is the strict
+  "never drops again" rule. ``t_val_first`` is Power et al.'s plain "first reaches" and ``t_val_interp`` linearly
   interpolates the crossing between the previous evaluation and ``t_val``.
 - ``delay = t_val - t_train``; ``censored`` when t_val is never reached within the run's ``budget`` (the
   last step observed), so survival statistics can use the budget as a censoring time.
@@ -46,6 +48,7 @@ class FitOptions:
     threshold: float = 0.99
     slack: float = 0.01
     gap: float = 1000.0
+    keep: float = 0.9
 
     def check(self) -> "FitOptions":
         if not 0 < self.threshold <= 1:
@@ -54,6 +57,8 @@ class FitOptions:
             raise UserError(f"--slack {self.slack}: expected a number in [0, threshold)")
         if not self.gap >= 0:
             raise UserError(f"--gap {self.gap}: expected a number of steps >= 0")
+        if not 0 < self.keep <= 1:
+            raise UserError(f"--keep {self.keep}: expected a fraction in (0, 1]")
         return self
 
 
@@ -100,8 +105,9 @@ def fit_run(m: pd.DataFrame, opts: FitOptions = FitOptions()) -> dict[str, float
     ev = m[m["val_acc"].notna()]
     ev_steps, val = ev["step"].to_numpy(), ev["val_acc"].to_numpy(dtype=float)
     reached = val >= opts.threshold
-    # keeps[i]: every evaluation from i on stays above threshold - slack.
-    keeps = np.flip(np.minimum.accumulate(np.flip(val >= opts.threshold - opts.slack)))
+    # keeps[i]: at least a fraction `keep` of the evaluations from i to the end stay >= threshold - slack.
+    above = (val >= opts.threshold - opts.slack).astype(float)
+    keeps = np.flip(np.cumsum(np.flip(above))) / np.arange(len(val), 0, -1) >= opts.keep - 1e-12
     t_val = _first(ev_steps, reached & keeps)
     t_val_interp = t_val
     if np.isfinite(t_val):
@@ -140,16 +146,16 @@ def fit_results(results: Results, opts: FitOptions = FitOptions()) -> pd.DataFra
             rows.append({"run_id": int(rid)} | fit_run(by_run[rid], opts))
     fits = pd.DataFrame(rows, columns=["run_id", *FIT_COLUMNS])
     fits = fits.merge(results.runs, on="run_id", how="left")
-    fits.attrs.update(threshold=opts.threshold, slack=opts.slack, gap=opts.gap,
+    fits.attrs.update(threshold=opts.threshold, slack=opts.slack, gap=opts.gap, keep=opts.keep,
                       axes=[a.rsplit(".", 1)[-1] for a in results.axes], path=str(results.path))
     return fits
 
 
 def fit(path_or_results: str | Path | Results, threshold: float = 0.99, slack: float = 0.01,
-        gap: float = 1000.0, save: bool = False) -> pd.DataFrame:
+        gap: float = 1000.0, keep: float = 0.9, save: bool = False) -> pd.DataFrame:
     """Python API of ``grokjax fit``: per-run fits as a DataFrame (written to fits.parquet if ``save``)."""
     results = path_or_results if isinstance(path_or_results, Results) else load(path_or_results)
-    fits = fit_results(results, FitOptions(threshold, slack, gap))
+    fits = fit_results(results, FitOptions(threshold, slack, gap, keep))
     if save:
         out = fits.copy()
         out.attrs = {}

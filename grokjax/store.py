@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -129,16 +130,15 @@ class ResultsDir:
 
     def __init__(self, path: Path, lock_fd: int):
         self.path = path
-        self._lock_fd = lock_fd
-        (path / METRICS_DIR).mkdir(exist_ok=True)
-        (path / CHECKPOINT_DIR).mkdir(exist_ok=True)
+        self._lock_fd: int | None = lock_fd
 
     # -- opening ------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: Path, sweep: Sweep, resume: bool, command: list[str]) -> "ResultsDir":
+    def open(cls, path: Path, sweep: Sweep, resume: bool, command: list[str], needed_bytes: int = 0
+             ) -> "ResultsDir":
         """Check the directory, take the lock, and (for a new sweep) write sweep.json and runs.parquet.
-        Raises UserError, leaving the disk as it was, when DIR holds another sweep, is in use, or cannot be
-        written."""
+        Raises UserError, leaving the disk as it was, when DIR holds another sweep, is in use, cannot be
+        written, or lacks ``needed_bytes`` of free space."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path}: exists and is not a directory; choose a new directory")
@@ -157,6 +157,11 @@ class ResultsDir:
         elif path.is_dir() and any(path.iterdir()):
             raise UserError(f"--out {path}: is not empty and holds no grokjax sweep; choose a new or empty "
                             f"directory")
+        parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+        if parent.is_dir() and needed_bytes and shutil.disk_usage(parent).free < needed_bytes:
+            free = shutil.disk_usage(parent).free
+            raise UserError(f"--out {path}: {free / 2**20:.0f} MiB free, the sweep needs about "
+                            f"{needed_bytes / 2**20:.0f} MiB; free space or choose another --out")
         created = not path.exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -169,13 +174,13 @@ class ResultsDir:
             os.close(lock_fd)
             raise UserError(f"--out {path}: another sweep is writing to this directory right now (locked); "
                             f"wait for it or choose another --out")
-        rd = cls.__new__(cls)
-        rd.path, rd._lock_fd = path, lock_fd
+        rd = cls(path, lock_fd)
         try:
             probe = path / ".write-probe"
             probe.write_bytes(b"ok")
             probe.unlink()
-            rd.__init__(path, lock_fd)
+            (path / METRICS_DIR).mkdir(exist_ok=True)
+            (path / CHECKPOINT_DIR).mkdir(exist_ok=True)
             if existing is None:
                 record = {"name": sweep.name, "fingerprint": sweep.fingerprint(), "command": command,
                           "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -310,16 +315,8 @@ class Results:
         return bool(self.sweep.get("complete"))
 
     @property
-    def steps(self) -> int:
-        return int(self.sweep["spec"]["values"]["train.steps"][0]) if "train.steps" not in self.axes else -1
-
-    @property
     def axes(self) -> list[str]:
         return list(self.sweep["spec"]["axes"])
-
-    def budget(self) -> pd.Series:
-        """Step budget per run_id."""
-        return self.runs.set_index("run_id")["steps"]
 
 
 def _read_parts(parts: list[Path]) -> Iterator[pa.Table]:
@@ -346,6 +343,12 @@ def load(path: str | os.PathLike) -> Results:
         metrics = pd.DataFrame({"run_id": pd.Series(dtype="int64"), "step": pd.Series(dtype="int64")}
                                | {c: pd.Series(dtype="float32") for c in METRIC_COLUMNS})
     return Results(path, sweep, runs, metrics)
+
+
+def estimated_bytes(sweep: Sweep) -> int:
+    """A generous estimate of the disk a sweep needs: ~16 bytes per compressed metric row."""
+    rows = sum(len(runs) * -(-g.train.steps // g.train.log_every) for g, runs in sweep.groups())
+    return 16 * rows
 
 
 def run_ids(runs: list[Run]) -> np.ndarray:

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from grokjax.config import Sweep
-from grokjax.store import ResultsDir, default_out, run_ids
+from grokjax.store import ResultsDir, default_out, estimated_bytes, run_ids
 from grokjax.train import Hparams, Program, choose_models_per_batch, engine_for, hparams_for
 
 THRESHOLD = 0.99
@@ -154,7 +154,7 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
     total = sum(g.train.steps * len(runs) for g, runs in groups)
     tracker = Tracker(sweep.n_runs())
     t0 = time.perf_counter()
-    with ResultsDir.open(path, sweep, resume, command or []) as rd, Reporter(total, quiet) as rep, \
+    with ResultsDir.open(path, sweep, resume, command or [], estimated_bytes(sweep)) as rd, Reporter(total, quiet) as rep, \
             _stop_on_signals() as signals:
         rep.say(f"grokjax: {sweep.n_runs()} runs in {len(groups)} group(s) -> {path}")
         for gi, (group, runs) in enumerate(groups):

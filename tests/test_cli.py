@@ -87,7 +87,13 @@ BAD_CLI = [
     ["plot", "/nonexistent/dir"],
     ["fit", "DIR", "--threshold", "1.5"],
     ["frobnicate"],
+    ["sweep", "BAD_TOML"],
+    ["sweep", "TYPO_TOML"],
+    ["sweep", "NESTED_TOML", "wd=0.1"],
+    ["sweep", "NEG_TOML"],
 ]
+CONFIG_FILES = {"BAD_TOML": "wd = [0.1,\n", "TYPO_TOML": "weight_decay = 0.1\n", "NESTED_TOML": "seeds = [[1]]\n",
+                "NEG_TOML": "[model]\nd_model = -8\n"}
 
 
 @pytest.mark.parametrize("argv", BAD_CLI, ids=[" ".join(a) for a in BAD_CLI])
@@ -95,7 +101,10 @@ def test_bad_cli_input_gives_one_line_and_touches_nothing(argv, tmp_path, capsys
     existing, _ = grid_dir
     before = snapshot(existing)
     new_out = tmp_path / "never"
-    argv = [str(existing) if a == "DIR" else a for a in argv]
+    for name, text in CONFIG_FILES.items():
+        (tmp_path / f"{name}.toml").write_text(text)
+    argv = [str(existing) if a == "DIR" else str(tmp_path / f"{a}.toml") if a in CONFIG_FILES else a
+            for a in argv]
     if argv[0] == "sweep":
         argv += ["--out", str(new_out)]
     assert main(argv) == 2

@@ -45,6 +45,13 @@ def test_spikes_before_the_transition_do_not_count():
     assert r["t_val_first"] == 500 and r["t_val"] == 2000
 
 
+def test_brief_dips_after_grokking_do_not_postpone_t_val():
+    rows = curve(t_train=100, t_val=600)
+    rows.loc[rows.step == 1500, "val_acc"] = 0.88  # one evaluation dips, then it recovers
+    assert fit_run(rows)["t_val"] == 600
+    assert fit_run(rows, FitOptions(keep=1.0))["t_val"] == 1600  # the strict rule waits for the last dip
+
+
 def test_censored_runs():
     r = fit_run(curve(t_train=100))
     assert r["censored"] and math.isnan(r["t_val"]) and math.isnan(r["delay"]) and r["budget"] == STEPS

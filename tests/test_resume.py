@@ -138,3 +138,45 @@ def test_diverging_run_is_isolated_and_reported(tmp_path, tiny):
     assert np.isfinite(fits.loc[1, "t_diverged"])
     spec = json.loads((out / "sweep.json").read_text())
     assert spec["complete"] is True and "git_revision" in spec
+
+
+def test_too_little_disk_is_refused_before_training(tmp_path, capsys, monkeypatch, tiny):
+    import shutil as real_shutil
+
+    import grokjax.store as store
+
+    usage = real_shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    out = tmp_path / "r"
+    assert main(["sweep", *tiny, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "MiB free" in err and "\n" not in err.strip() and not out.exists()
+
+
+def test_full_disk_mid_sweep_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import grokjax.store as store
+
+    real = store._atomic_parquet
+    calls = {"parts": 0}
+
+    def failing(path, table):
+        if path.parent.name == "metrics":
+            calls["parts"] += 1
+            if calls["parts"] > 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, table)
+
+    monkeypatch.setattr(store, "_atomic_parquet", failing)
+    out = tmp_path / "r"
+    args = ["op=add", "p=11", "d_model=16", "n_heads=2", "d_mlp=32", "steps=200", "eval_every=20",
+            "chunk_steps=20", "checkpoint_every=40", "frac=0.5", "wd=1", "seeds=1"]
+    assert main(["sweep", *args, "--out", str(out), "--quiet", "--no-plot"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "disk is full" in err and "--resume" in err and "\n" not in err
+    assert list((out / "checkpoints").glob("*.npz"))
+    monkeypatch.setattr(store, "_atomic_parquet", real)
+    assert main(["sweep", *args, "--out", str(out), "--resume", "--quiet", "--no-plot"]) == 0
+    m = grokjax.load(out).metrics
+    assert len(m) == 200 and not m.duplicated(["run_id", "step"]).any()
