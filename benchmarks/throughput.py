@@ -180,11 +180,12 @@ def torch_rate(cfg: dict, min_seconds: float) -> float | None:
     from grokjax.tasks import make_table
 
     torch.manual_seed(0)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # the same device as JAX's, where there is one
     t = make_table(TaskConfig(cfg["op"], cfg["p"]))
     n_train = int(math.floor(cfg["frac"] * t.n_pairs + 0.5))
     perm = torch.randperm(t.n_pairs)[:n_train]
-    x = torch.tensor(t.inputs, dtype=torch.long)[perm]
-    y = torch.tensor(t.labels, dtype=torch.long)[perm]
+    x = torch.tensor(t.inputs, dtype=torch.long)[perm].to(dev)
+    y = torch.tensor(t.labels, dtype=torch.long)[perm].to(dev)
     d, h, d_mlp, n_layers = cfg["d_model"], cfg["n_heads"], cfg["d_mlp"], cfg["n_layers"]
     nn = torch.nn
 
@@ -216,7 +217,7 @@ def torch_rate(cfg: dict, min_seconds: float) -> float | None:
                 z = blk(z)
             return self.unembed(z[:, -1])
 
-    model = Model()
+    model = Model().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98))
 
     def step():
@@ -235,6 +236,26 @@ def torch_rate(cfg: dict, min_seconds: float) -> float | None:
     return n / (time.perf_counter() - t0)
 
 
+def headline(min_seconds: float) -> dict:
+    """`grokjax sweep nanda2023 'wd=logspace(-3,1,32)' seeds=16`: 512 models, 40k full-batch steps.
+    Measures model-steps/s of its program (in the batches that fit the device) and projects wall time."""
+    sweep = build_sweep("nanda2023", ["wd=logspace(-3,1,32)", "seeds=16", "chunk_steps=100"])
+    (group, runs), = sweep.groups()
+    engine = engine_for(group, runs)
+    from grokjax.train import choose_models_per_batch
+
+    per_batch, why = choose_models_per_batch(engine, len(runs))
+    prog = Program.get(engine, per_batch)
+    hps = prog.put(hparams_for(runs[:per_batch], engine.table.n_pairs))
+    state, splits = prog.init(hps)
+    chunk_s, _, _ = time_chunks(prog, state, splits, hps, min_seconds, first_step=1)
+    rate = per_batch * prog.chunk_steps / chunk_s
+    flops = train_flops_per_chunk(prog)
+    return dict(models_per_batch=per_batch, batching=why, model_steps_per_s=rate,
+                projected_wall_s=len(runs) * group.train.steps / rate,
+                achieved_flops=flops / chunk_s if flops else None)
+
+
 def config_args(cfg: dict) -> list[str]:
     return [f"{k}={v}" for k, v in cfg.items()]
 
@@ -247,6 +268,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--models", default=None, help="comma-separated N values (default 1,8,64 CPU; 1,64,512 GPU)")
     ap.add_argument("--p", type=int, default=31, help="modulus of the small config (default 31)")
     ap.add_argument("--mfu-p", type=int, default=59, help="modulus of the mid-size MFU config (default 59)")
+    ap.add_argument("--headline", action="store_true",
+                    help="also time the 512-model nanda2023 sweep and project its wall time (default on GPU)")
     a = ap.parse_args(argv)
     on_gpu = jax.default_backend() == "gpu"
     models = [int(x) for x in (a.models or ("1,64,512" if on_gpu else "1,8,64")).split(",")]
@@ -270,6 +293,10 @@ def main(argv: list[str] | None = None) -> dict:
     peak = matmul_peak(8192 if on_gpu else 2048)
     share = eval_share(mid, n_mid, secs)
     saving = answer_only_saving(config_args(small))
+    head = headline(secs) if (a.headline or on_gpu) else None
+    if head:
+        print(f"headline nanda2023 x 512: {head['model_steps_per_s']:,.0f} model-steps/s, projected "
+              f"{head['projected_wall_s'] / 60:.1f} min ({head['batching']})")
     result = {
         "device": device_name(),
         "vmapped_model_steps_per_s": by_n[n_max]["vmapped"],
@@ -282,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
         "eval_share": share,
         "answer_only_flops_saving": saving,
         "n_models": n_max,
+        "headline": head,
         "by_n": by_n,
         "config": small,
         "mfu_config": mid | {"n_models": n_mid},
@@ -304,16 +332,20 @@ def main(argv: list[str] | None = None) -> dict:
 def record(r: dict) -> None:
     """Append one row to RESULTS.md (the table is created with its header when missing)."""
     header = ("| date | device | jax | N | vmapped model-steps/s | sequential | torch | vmapped/seq | vmapped/torch "
-              "| matmul peak GFLOP/s | achieved GFLOP/s | MFU | compile s | eval share | quick |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+              "| matmul peak GFLOP/s | achieved GFLOP/s | MFU | compile s | eval share "
+              "| nanda2023 x 512 model-steps/s | projected wall | quick |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     torch_ms = r["torch_model_steps_per_s"]
     vm, seq = r["vmapped_model_steps_per_s"], r["sequential_model_steps_per_s"]
     torch_cell = f"{torch_ms:,.0f}" if torch_ms else "-"
     ratio_torch = f"{vm / torch_ms:.1f}" if torch_ms else "-"
+    head = r.get("headline")
+    head_rate = f"{head['model_steps_per_s']:,.0f}" if head else "-"
+    head_wall = f"{head['projected_wall_s'] / 60:.1f} min" if head else "-"
     row = (f"| {r['date']} | {r['device']} | {r['versions']['jax']} | {r['n_models']} | {vm:,.0f} | {seq:,.0f} "
            f"| {torch_cell} | {vm / seq:.2f} | {ratio_torch} | {r['matmul_peak_flops'] / 1e9:,.1f} "
            f"| {r['achieved_flops'] / 1e9:,.1f} | {100 * r['mfu']:.0f}% | {r['compile_s']:.1f} "
-           f"| {100 * r['eval_share']:.2f}% | {'yes' if r['quick'] else 'no'} |\n")
+           f"| {100 * r['eval_share']:.2f}% | {head_rate} | {head_wall} | {'yes' if r['quick'] else 'no'} |\n")
     text = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Throughput results\n\n"
     if "| date | device |" not in text:
         text += header

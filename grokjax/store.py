@@ -23,7 +23,6 @@ import platform
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -353,7 +352,3 @@ def estimated_bytes(sweep: Sweep) -> int:
 
 def run_ids(runs: list[Run]) -> np.ndarray:
     return np.array([r.run_id for r in runs], dtype=np.int64)
-
-
-def stderr_line(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -14,7 +14,6 @@ multiples of ``eval_every`` and at the last step.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, NamedTuple

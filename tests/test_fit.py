@@ -159,3 +159,23 @@ def test_fit_on_a_real_sweep_is_consistent_with_its_metrics(tmp_path, tiny):
         if not f.censored:
             assert m.loc[m.step == f.t_val, "val_acc"].iloc[0] >= 0.99
     assert isinstance(r, Results)
+
+
+def test_structural_axes_become_facets(tmp_path):
+    fits = pd.concat([synthetic_fits(seeds=2).assign(p=p) for p in (31, 47)], ignore_index=True)
+    fits.attrs["axes"] = ["p", "wd", "seed"]
+    fig = plot_phase_diagram(fits)
+    visible = [a for a in fig.axes if a.get_visible()]
+    assert [a.get_title() for a in visible] == ["p=31", "p=47"]
+    path = save_figure(fig, tmp_path / "phase_diagram.svg")
+    assert path.read_text().lstrip().startswith(("<?xml", "<svg"))
+
+
+def test_plot_cli_formats(tmp_path, tiny, capsys):
+    from grokjax.cli import main
+
+    out = tmp_path / "r"
+    assert main(["sweep", *tiny, "--out", str(out), "--quiet", "--no-plot"]) == 0
+    assert main(["plot", str(out), "--format", "svg"]) == 0 and (out / "phase_diagram.svg").exists()
+    assert main(["plot", str(out), "--format", "gif"]) == 2
+    assert "invalid choice" in capsys.readouterr().err

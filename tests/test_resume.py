@@ -146,7 +146,7 @@ def test_too_little_disk_is_refused_before_training(tmp_path, capsys, monkeypatc
     import grokjax.store as store
 
     usage = real_shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: usage._replace(free=10))
     out = tmp_path / "r"
     assert main(["sweep", *tiny, "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
