@@ -110,7 +110,8 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     config, overrides = _split_items(args.items)
     sweep = build_sweep(config, overrides)
     outcome = run_sweep(sweep, args.out, resume=args.resume, quiet=args.quiet, command=["grokjax", *argv])
-    print(f"{sweep.n_runs()} runs, {outcome.seconds:.1f} s, {outcome.model_steps_per_s:,.0f} model-steps/s")
+    print(f"{sweep.n_runs()} runs in {outcome.seconds:.1f} s (compilation included); training "
+          f"{outcome.model_steps_per_s:,.0f} model-steps/s")
     if args.no_plot:
         t = outcome.tracker
         rows = [(r.run_id, r.get("hp.wd"), r.get("hp.lr"), r.get("hp.seed"), t.t_train.get(r.run_id),

@@ -70,13 +70,14 @@ class Reporter:
         self.is_tty = sys.stderr.isatty()
         self.progress: Any = None
         self.resumed = 0
+        self.first: tuple[float, int] | None = None  # (time, model-steps done) after the first chunk
 
     def __enter__(self) -> "Reporter":
         if not self.quiet and self.is_tty:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=16),
                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
                                      console=Console(stderr=True))
             self.progress.start()
@@ -95,15 +96,22 @@ class Reporter:
             self.progress.update(self.task, completed=self.done)
 
     def rate(self) -> float:
+        """Training model-steps/s: measured from the end of the first chunk, so compilation is excluded
+        (the whole wall time, compile included, only while a single chunk has finished)."""
+        if self.first is not None and self.done > self.first[1]:
+            t_first, done_first = self.first
+            return (self.done - done_first) / max(time.perf_counter() - t_first, 1e-9)
         return (self.done - self.resumed) / max(time.perf_counter() - self.t0, 1e-9)
 
     def update(self, model_steps: int, where: str, step: int, steps: int, tracker: Tracker) -> None:
         self.done += model_steps
+        if self.first is None:
+            self.first = (time.perf_counter(), self.done)
         if self.quiet:
             return
         rate = self.rate()
-        info = (f"step {step}/{steps}  {rate:,.0f} model-steps/s  "
-                f"{tracker.n_grokked}/{tracker.n_runs} runs at val acc>={THRESHOLD}")
+        info = (f"step {step}/{steps} · {rate:,.0f} model-steps/s · "
+                f"{tracker.n_grokked}/{tracker.n_runs} at val≥{THRESHOLD}")
         if self.progress is not None:
             self.progress.update(self.task, completed=self.done, description=where, info=info)
             return
@@ -112,7 +120,8 @@ class Reporter:
             self.last_line = now
             left = (self.total - self.done) / max(rate, 1e-9)
             pct = 100 * self.done / max(self.total, 1)
-            print(f"[grokjax] {where} {pct:5.1f}%  {info}  ETA {left:,.0f}s", file=sys.stderr, flush=True)
+            print(f"[grokjax] group/batch {where} {pct:5.1f}%  {info}  ETA {left:,.0f}s", file=sys.stderr,
+                  flush=True)
 
     def say(self, text: str) -> None:
         if self.quiet:
@@ -180,7 +189,7 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
                     rd.clear_parts_from(gi, bi, start)
                 every = t.checkpoint_every
                 k = prog.chunk_steps
-                where = f"group {gi + 1}/{len(groups)} batch {bi + 1}"
+                where = f"g{gi + 1}/{len(groups)} b{bi + 1}"
                 for res in prog.run(state, splits, hps, start, len(batch),
                                     want_state=lambda end: end // every != (end - k) // every,
                                     should_stop=lambda: bool(signals)):
