@@ -121,7 +121,8 @@ def runs_table(sweep: Sweep) -> pd.DataFrame:
 @dataclass
 class Checkpoint:
     step: int
-    leaves: list[np.ndarray]
+    leaves: list[np.ndarray]  # leading axis: the models of the batch, padded for the devices it ran on
+    models_per_batch: int
 
 
 class ResultsDir:
@@ -244,13 +245,15 @@ class ResultsDir:
     def _checkpoint_path(self, group: int, batch: int) -> Path:
         return self.path / CHECKPOINT_DIR / f"g{group:03d}-b{batch:03d}.npz"
 
-    def save_checkpoint(self, group: int, batch: int, step: int, leaves: list[np.ndarray]) -> None:
+    def save_checkpoint(self, group: int, batch: int, step: int, leaves: list[np.ndarray],
+                        models_per_batch: int) -> None:
         path = self._checkpoint_path(group, batch)
 
         def write() -> None:
             tmp = path.with_name(f".{path.name}.tmp")
             with open(tmp, "wb") as f:
-                np.savez(f, step=np.int64(step), **{f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)})
+                np.savez(f, step=np.int64(step), models_per_batch=np.int64(models_per_batch),
+                         **{f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)})
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -263,7 +266,7 @@ class ResultsDir:
             return None
         with np.load(path) as z:
             names = sorted(k for k in z.files if k.startswith("leaf_"))
-            return Checkpoint(int(z["step"]), [z[k] for k in names])
+            return Checkpoint(int(z["step"]), [z[k] for k in names], int(z["models_per_batch"]))
 
     def mark_complete(self) -> None:
         record = _read_json(self.path / SWEEP_JSON)

@@ -16,7 +16,7 @@ import numpy as np
 
 from grokjax.config import Sweep
 from grokjax.store import ResultsDir, default_out, estimated_bytes, run_ids
-from grokjax.train import Hparams, Program, choose_models_per_batch, engine_for, hparams_for
+from grokjax.train import Hparams, Program, choose_models_per_batch, engine_for, hparams_for, pad_models
 
 THRESHOLD = 0.99
 
@@ -169,7 +169,11 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
         for gi, (group, runs) in enumerate(groups):
             t = group.train
             engine = engine_for(group, runs)
-            per_batch, why = choose_models_per_batch(engine, len(runs), t.models_per_batch)
+            first = rd.load_checkpoint(gi, 0) if resume else None
+            if first is not None:  # the checkpoints' layout fixes the batches, whatever memory is free now
+                per_batch, why = first.models_per_batch, f"{first.models_per_batch} models per batch (as checkpointed)"
+            else:
+                per_batch, why = choose_models_per_batch(engine, len(runs), t.models_per_batch)
             rep.say(f"group {gi}: {group.task.op} p={group.task.p} {group.model.n_layers} layer(s) "
                     f"d_model={group.model.d_model}; {why}")
             for bi, lo in enumerate(range(0, len(runs), per_batch)):
@@ -181,8 +185,10 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
                 start = 0
                 ckpt = rd.load_checkpoint(gi, bi) if resume else None
                 if ckpt is not None:
-                    treedef = jax.tree.structure(state)
-                    state = prog.restore(jax.tree.unflatten(treedef, ckpt.leaves))
+                    # Re-pad the models axis: the checkpoint may come from a different number of devices.
+                    real = [leaf[: len(batch)] for leaf in ckpt.leaves]
+                    host = pad_models(jax.tree.unflatten(jax.tree.structure(state), real), prog.n_models)
+                    state = prog.restore(host)
                     start = ckpt.step
                     rep.skip(start * len(batch))
                 if resume:
@@ -196,7 +202,7 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
                     rd.write_chunk(gi, bi, res.start, ids, res.metrics, t.log_every, t.eval_every, t.steps)
                     tracker.update(ids, res.start, res.metrics, res.diverged_step)
                     if res.state is not None:
-                        rd.save_checkpoint(gi, bi, res.end, jax.tree.leaves(res.state))
+                        rd.save_checkpoint(gi, bi, res.end, jax.tree.leaves(res.state), per_batch)
                     rep.update((res.end - res.start) * len(batch), where, res.end, t.steps, tracker)
                 if signals:
                     raise Interrupted(signals[0], path)
