@@ -32,8 +32,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from grokjax.config import build_sweep  # noqa: E402
-from grokjax.train import Program, engine_for, train_flops_per_chunk, hparams_for  # noqa: E402
+from grokjax.engine.data import hparams_for  # noqa: E402
+from grokjax.engine.program import Program, train_flops_per_chunk  # noqa: E402
+from grokjax.engine.single import engine_for  # noqa: E402
+from grokjax.spec.grid import build_sweep  # noqa: E402
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -56,12 +58,12 @@ def time_chunks(prog: Program, state, splits, hps, min_seconds: float, first_ste
     """Seconds per chunk (median over repeats after one warm-up), and the state to continue from.
     Every repeat runs the steps first_step..first_step+K-1, so it holds the same evaluations."""
     start = jax.device_put(jnp.int32(first_step))
-    state, metrics, _ = prog._chunk(state, splits, hps, start, prog.inputs, prog.labels)
+    state, metrics, _ = prog.train_chunk(state, splits, hps, start)
     jax.block_until_ready(metrics)
     times: list[float] = []
     while sum(times) < min_seconds or len(times) < 3:
         t0 = time.perf_counter()
-        state, metrics, _ = prog._chunk(state, splits, hps, start, prog.inputs, prog.labels)
+        state, metrics, _ = prog.train_chunk(state, splits, hps, start)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     return float(np.median(times)), len(times), state
@@ -87,10 +89,10 @@ def sequential_rate(args: list[str], n: int, min_seconds: float) -> float:
     for run in runs:
         hps = prog.put(hparams_for([run], engine.table.n_pairs))
         state, splits = prog.init(hps)
-        state, metrics, _ = prog._chunk(state, splits, hps, start, prog.inputs, prog.labels)  # warm
+        state, metrics, _ = prog.train_chunk(state, splits, hps, start)  # warm
         jax.block_until_ready(metrics)
         t0 = time.perf_counter()
-        state, metrics, _ = prog._chunk(state, splits, hps, start, prog.inputs, prog.labels)
+        state, metrics, _ = prog.train_chunk(state, splits, hps, start)
         jax.block_until_ready(metrics)
         elapsed += time.perf_counter() - t0
         steps += prog.chunk_steps
@@ -147,7 +149,7 @@ def device_name() -> str:
 
 def answer_only_saving(args: list[str]) -> float:
     """FLOPs of one training step with the full 3-position last layer / with answer-only compute."""
-    from grokjax.model import Transformer
+    from grokjax.models.transformer import Transformer
 
     sweep = build_sweep(None, args + ["seeds=1", "wd=1"])
     (group, runs), = sweep.groups()
@@ -176,8 +178,8 @@ def torch_rate(cfg: dict, min_seconds: float) -> float | None:
         import torch
     except ImportError:
         return None
-    from grokjax.config import TaskConfig
-    from grokjax.tasks import make_table
+    from grokjax.spec.structure import TaskConfig
+    from grokjax.tasks.tables import make_table
 
     torch.manual_seed(0)
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # the same device as JAX's, where there is one
@@ -242,7 +244,7 @@ def headline(min_seconds: float) -> dict:
     sweep = build_sweep("nanda2023", ["wd=logspace(-3,1,32)", "seeds=16", "chunk_steps=100"])
     (group, runs), = sweep.groups()
     engine = engine_for(group, runs)
-    from grokjax.train import choose_models_per_batch
+    from grokjax.engine.memory import choose_models_per_batch
 
     per_batch, why = choose_models_per_batch(engine, len(runs))
     prog = Program.get(engine, per_batch)

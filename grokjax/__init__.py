@@ -1,23 +1,40 @@
-"""grokjax: train whole grids of tiny transformers at once to study grokking.
+"""grokjax: train whole grids of tiny networks at once to study grokking.
 
 Public API: ``build_sweep`` and ``run_sweep`` (what ``grokjax sweep`` does), ``load`` (a results
 directory as pandas DataFrames), ``fit`` (grokking times and phases per run), ``cells`` and ``fit_law``
 (per-cell statistics and the wd law), ``plot_phase_diagram`` (a matplotlib Figure).
+
+Names are imported on first use, so ``import grokjax`` to load and fit results does not import JAX.
 """
 
-from grokjax.config import build_sweep
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from grokjax.errors import UserError
-from grokjax.fit import cells, fit, fit_law
-from grokjax.store import load
-from grokjax.sweep import run_sweep
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "build_sweep": "grokjax.spec.grid",
+    "run_sweep": "grokjax.run.sweep",
+    "load": "grokjax.store.load",
+    "fit": "grokjax.analysis.fit",
+    "cells": "grokjax.analysis.survival",
+    "fit_law": "grokjax.analysis.law",
+    "plot_phase_diagram": "grokjax.analysis.plots",
+}
 
 
-def plot_phase_diagram(fits, ax=None):  # noqa: ANN001, ANN201 - matplotlib is imported on first use
-    """The wd-vs-grokking-time phase diagram of ``fit``'s output; returns a matplotlib Figure."""
-    from grokjax.plots import plot_phase_diagram as _plot
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'grokjax' has no attribute {name!r}")
 
-    return _plot(fits, ax=ax)
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
 __all__ = ["UserError", "build_sweep", "cells", "fit", "fit_law", "load", "plot_phase_diagram", "run_sweep"]
-__version__ = "0.1.0"

@@ -76,7 +76,10 @@ def _print_run_summary(rows: list[tuple[Any, ...]]) -> None:
 
 
 def _fit_and_report(path: Path, opts: Any) -> Any:
-    from grokjax.fit import cells, fit, fit_law, summary_table
+    from grokjax.analysis.fit import fit
+    from grokjax.analysis.law import fit_law
+    from grokjax.analysis.summary import summary_table
+    from grokjax.analysis.survival import cells
 
     threshold, slack, gap, keep = opts.threshold, opts.slack, opts.gap, opts.keep
     fits = fit(path, threshold=threshold, slack=slack, gap=gap, keep=keep, save=True)
@@ -94,8 +97,9 @@ def _fit_and_report(path: Path, opts: Any) -> Any:
 
 
 def _plot(path: Path, fits: Any, fmt: str = "png", curves: bool = False) -> None:
-    from grokjax.plots import plot_curves, plot_phase_diagram, save_figure
-    from grokjax.store import load
+    from grokjax.analysis.plots import plot_curves, plot_phase_diagram
+    from grokjax.store.load import load
+    from grokjax.store.outputs import save_figure
 
     print(f"wrote {save_figure(plot_phase_diagram(fits), path / f'phase_diagram.{fmt}')}")
     if curves:
@@ -103,9 +107,9 @@ def _plot(path: Path, fits: Any, fmt: str = "png", curves: bool = False) -> None
 
 
 def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
-    from grokjax.config import build_sweep
-    from grokjax.fit import FitOptions
-    from grokjax.sweep import run_sweep
+    from grokjax.analysis.fit import FitOptions
+    from grokjax.run.sweep import run_sweep
+    from grokjax.spec.grid import build_sweep
 
     config, overrides = _split_items(args.items)
     sweep = build_sweep(config, overrides)
@@ -128,14 +132,14 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from grokjax.store import StorageError
-    from grokjax.sweep import Interrupted
+    from grokjax.run.sweep import Interrupted
+    from grokjax.store.results import StorageError
 
     try:
         args = _parser().parse_args(argv)
         if args.command == "sweep":
             return _sweep(args, argv)
-        from grokjax.fit import FitOptions, fit
+        from grokjax.analysis.fit import FitOptions, fit
 
         opts = FitOptions(args.threshold, args.slack, args.gap, args.keep).check()
         if args.command == "fit":

@@ -10,9 +10,12 @@ import pytest
 
 import grokjax
 from conftest import merged
-from grokjax.fit import FitOptions, cells, fit_law, fit_run, kaplan_meier_median
-from grokjax.plots import plot_phase_diagram, save_figure
-from grokjax.store import Results
+from grokjax.analysis.fit import FitOptions, fit_run
+from grokjax.analysis.law import fit_law
+from grokjax.analysis.plots import plot_phase_diagram
+from grokjax.analysis.survival import cells, kaplan_meier_median
+from grokjax.store.load import Results
+from grokjax.store.outputs import save_figure
 
 STEPS, EVAL = 3000, 100
 

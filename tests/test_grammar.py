@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grokjax.config import PRESETS, build_sweep, find_config, parse_expression
+from grokjax.spec.grammar import parse_expression
+from grokjax.spec.grid import build_sweep
+from grokjax.spec.presets import PRESETS, find_config
 from grokjax.errors import UserError
 
 
@@ -73,10 +75,10 @@ def test_named_sweep_files_match_presets(name):
     path = find_config(name)
     assert path is not None and path.parent.name == "sweeps"
     from_file = build_sweep(name)
-    from grokjax.config import Sweep, _apply_preset, defaults
+    from grokjax.spec.grid import Sweep, apply_preset, defaults
 
     values, axes = defaults(), []
-    _apply_preset(values, axes, PRESETS[name])
+    apply_preset(values, axes, PRESETS[name])
     assert from_file.fingerprint() == Sweep(values, axes).fingerprint()
 
 
@@ -86,6 +88,16 @@ def test_presets_follow_the_papers():
     assert nanda.model.layer_norm is False and nanda.train.batch_size == "full" and nanda.train.steps == 40_000
     power = build_sweep("power2022").groups()[0][0]
     assert (power.task.p, power.model.n_layers, power.train.batch_size, power.train.steps) == (97, 2, "auto", 100_000)
+    prieto = build_sweep("prieto2025").groups()
+    assert len(prieto) == 4 and {(g.train.orthograd, g.train.loss) for g, _ in prieto} == {
+        (False, "softmax"), (False, "stablemax"), (True, "softmax"), (True, "stablemax")}
+    g = prieto[0][0]
+    assert (g.model.arch, g.model.n_layers, g.model.d_mlp, g.model.bias, g.task.p) == ("mlp", 2, 200, False, 113)
+    grokfast = build_sweep("grokfast2024").groups()
+    assert [g.train.grokfast for g, _ in grokfast] == ["none", "ema"]
+    g, runs = grokfast[1]
+    assert (g.task.op, g.train.optimizer, g.model.n_layers, g.train.batch_size) == ("mul", "adam", 2, 512)
+    assert (runs[0].get("hp.grokfast_alpha"), runs[0].get("hp.grokfast_lamb"), runs[0].get("hp.wd")) == (0.98, 2.0, 0.005)
 
 
 # Each entry: arguments, a fragment the one-line error must contain.

@@ -162,7 +162,7 @@ def test_diverging_run_is_isolated_and_reported(tmp_path, tiny):
 def test_too_little_disk_is_refused_before_training(tmp_path, capsys, monkeypatch, tiny):
     import shutil as real_shutil
 
-    import grokjax.store as store
+    import grokjax.store.results as store
 
     usage = real_shutil.disk_usage(tmp_path)
     monkeypatch.setattr(store.shutil, "disk_usage", lambda p: usage._replace(free=10))
@@ -175,9 +175,9 @@ def test_too_little_disk_is_refused_before_training(tmp_path, capsys, monkeypatc
 def test_full_disk_mid_sweep_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     import errno
 
-    import grokjax.store as store
+    import grokjax.store.results as store
 
-    real = store._atomic_parquet
+    real = store.atomic_parquet
     calls = {"parts": 0}
 
     def failing(path, table):
@@ -187,7 +187,7 @@ def test_full_disk_mid_sweep_keeps_the_last_checkpoint(tmp_path, capsys, monkeyp
                 raise OSError(errno.ENOSPC, "No space left on device")
         real(path, table)
 
-    monkeypatch.setattr(store, "_atomic_parquet", failing)
+    monkeypatch.setattr(store, "atomic_parquet", failing)
     out = tmp_path / "r"
     args = ["op=add", "p=11", "d_model=16", "n_heads=2", "d_mlp=32", "steps=200", "eval_every=20",
             "chunk_steps=20", "checkpoint_every=40", "frac=0.5", "wd=1", "seeds=1"]

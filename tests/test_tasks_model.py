@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grokjax.config import OPS, ModelConfig, TaskConfig
-from grokjax.model import Transformer
-from grokjax.tasks import make_table, n_pairs_of
+from grokjax.models.transformer import Transformer
+from grokjax.spec.structure import ModelConfig, TaskConfig
+from grokjax.tasks.tables import OPS, make_table, n_pairs_of
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -43,7 +43,8 @@ def test_s5_is_permutation_composition():
         assert all(z[k] == x[y[k]] for k in range(5))
 
 
-@pytest.mark.parametrize("cfg", [ModelConfig(1, 16, 2, 32, False, "relu"), ModelConfig(2, 24, 3, 40, True, "gelu")])
+@pytest.mark.parametrize("cfg", [ModelConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, layer_norm=False, act="relu"),
+                                 ModelConfig(n_layers=2, d_model=24, n_heads=3, d_mlp=40, layer_norm=True, act="gelu")])
 def test_answer_only_logits_equal_full_computation(cfg):
     """The last block computes queries, MLP and unembedding at the answer position only; same logits."""
     tokens = jnp.array(make_table(TaskConfig("add", 7)).inputs)
@@ -59,7 +60,7 @@ def test_answer_only_logits_equal_full_computation(cfg):
 
 def test_attention_is_causal():
     """Changing the answer-position-free future cannot matter: position 0's output ignores tokens 1, 2."""
-    cfg = ModelConfig(2, 16, 2, 32, False, "relu")
+    cfg = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32)
     m = Transformer(cfg, 8, 7, answer_only=False, dtype=jnp.float64)
     params = m.init(jax.random.key(1), jnp.zeros((1, 3), jnp.int32))["params"]
     x1 = jnp.array([[1, 2, 7]])

@@ -10,9 +10,12 @@ import optax
 import pytest
 
 from conftest import TINY, CompileCounter, merged
-from grokjax.config import build_sweep
-from grokjax.train import (METRIC_NAMES, Program, choose_models_per_batch, engine_for, hparams_for,
-                           train_alone)
+from grokjax.engine.data import hparams_for
+from grokjax.engine.memory import choose_models_per_batch
+from grokjax.engine.program import METRIC_NAMES, Program, train_alone
+from grokjax.engine.single import engine_for
+from grokjax.optim.factory import make_optimizer
+from grokjax.spec.grid import build_sweep
 
 
 def _group(args):
@@ -78,7 +81,7 @@ def test_decoupled_decay_is_pytorch_adamw(mask):
     group, runs = _group(TINY + ["dtype=float64", f"decay_mask={mask}", "warmup_steps=10"])
     eng = engine_for(group, runs)
     params = {"w": jnp.ones((2, 3), jnp.float64), "b": jnp.ones((3,), jnp.float64)}
-    opt = eng.optimizer(jnp.float64(0.1), jnp.float64(0.5))
+    opt = make_optimizer(eng.group.train, {"lr": jnp.float64(0.1), "wd": jnp.float64(0.5)})
     state = opt.init(params)
     updates, state = eng.optimizer().update(jax.tree.map(jnp.zeros_like, params), state, params)
     new = optax.apply_updates(params, updates)
@@ -119,7 +122,7 @@ def test_no_host_transfer_inside_a_chunk():
     state, splits = prog.init(hps)
     start = jax.device_put(jnp.int32(0))
     with jax.transfer_guard("disallow"):
-        out = prog._chunk(state, splits, hps, start, prog.inputs, prog.labels)
+        out = prog.train_chunk(state, splits, hps, start)
         jax.block_until_ready(out)
 
 

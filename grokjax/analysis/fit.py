@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from grokjax.errors import UserError
-from grokjax.store import FITS_PARQUET, Results, load
+from grokjax.store.load import Results, load
+from grokjax.store.outputs import save_fits
 
 FIT_COLUMNS = ["t_train", "t_val", "delay", "censored", "phase", "budget", "t_val_first", "t_val_interp",
                "t_diverged", "mid_step", "width_decades", "final_train_acc", "final_val_acc"]
@@ -157,156 +158,7 @@ def fit(path_or_results: str | Path | Results, threshold: float = 0.99, slack: f
     results = path_or_results if isinstance(path_or_results, Results) else load(path_or_results)
     fits = fit_results(results, FitOptions(threshold, slack, gap, keep))
     if save:
-        out = fits.copy()
-        out.attrs = {}
-        tmp = results.path / f".{FITS_PARQUET}.tmp"
-        out.to_parquet(tmp, index=False)
-        tmp.replace(results.path / FITS_PARQUET)
+        save_fits(results.path, fits)
     return fits
 
 
-# ----------------------------------------------------------------------------------------------------
-# Survival statistics.
-
-
-def kaplan_meier_median(times: np.ndarray, observed: np.ndarray) -> float:
-    """Median of the Kaplan-Meier estimate: the first event time where S(t) <= 0.5; inf when the
-    survival curve never gets there (more than half the runs censored before grokking)."""
-    times, observed = np.asarray(times, float), np.asarray(observed, bool)
-    surv = 1.0
-    for t in np.unique(times[observed]):
-        at_risk = np.sum(times >= t)
-        events = np.sum((times == t) & observed)
-        surv *= 1 - events / at_risk
-        if surv <= 0.5 + 1e-12:
-            return float(t)
-    return math.inf
-
-
-def _survival_arrays(cell: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    ok = cell[cell["phase"] != "diverged"]
-    observed = ~ok["censored"].to_numpy(bool)
-    times = np.where(observed, ok["t_val"].to_numpy(float), ok["budget"].to_numpy(float))
-    return times, observed
-
-
-def _bootstrap_medians(times: np.ndarray, observed: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
-    if times.size == 0:
-        return np.full(n, math.inf)
-    idx = rng.integers(0, times.size, size=(n, times.size))
-    return np.array([kaplan_meier_median(times[i], observed[i]) for i in idx])
-
-
-def cell_axes(fits: pd.DataFrame) -> list[str]:
-    """The swept columns other than the seed (structural ones included: they make facets)."""
-    return [a for a in fits.attrs.get("axes", []) if a not in ("seed",) and a in fits.columns]
-
-
-def cells(fits: pd.DataFrame, n_boot: int = 500, seed: int = 0) -> pd.DataFrame:
-    """Per cell of the grid: n_seeds, frac_grokked, KM median t_val with bootstrap 95% interval, phase
-    counts and the majority phase."""
-    axes = cell_axes(fits) or ["wd"]
-    rng = np.random.default_rng(seed)
-    rows = []
-    for key, cell in fits.groupby(axes, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        times, observed = _survival_arrays(cell)
-        boots = _bootstrap_medians(times, observed, rng, n_boot)
-        counts = cell["phase"].value_counts()
-        row = dict(zip(axes, key))
-        row |= dict(n_seeds=len(cell), frac_grokked=float(np.mean(cell["phase"].isin(GROKKED))),
-                    median_t_val=kaplan_meier_median(times, observed),
-                    ci_low=float(np.quantile(boots, 0.025, method="inverted_cdf")),
-                    ci_high=float(np.quantile(boots, 0.975, method="inverted_cdf")),
-                    median_t_train=float(cell["t_train"].median()),
-                    phase=str(counts.idxmax()))
-        row |= {f"n_{p}": int(counts.get(p, 0)) for p in PHASES}
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-@dataclass(frozen=True)
-class Law:
-    """log t_val = c + alpha * log x, x = wd or lr*wd; [alpha_low, alpha_high] is a bootstrap 95% interval."""
-
-    x_name: str
-    alpha: float
-    alpha_low: float
-    alpha_high: float
-    c: float
-    n_cells: int
-    x_min: float
-    x_max: float
-
-    def __str__(self) -> str:
-        return (f"t_grok ~ {self.x_name}^{self.alpha:.2f} [{self.alpha_low:.2f}, {self.alpha_high:.2f}] "
-                f"({self.n_cells} cells)")
-
-
-def _law_x(fits: pd.DataFrame) -> tuple[str, pd.Series]:
-    axes = fits.attrs.get("axes", [])
-    if "lr" in axes and "wd" in axes:
-        return "lr*wd", fits["lr"] * fits["wd"]
-    return "wd", fits["wd"]
-
-
-def _slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    a, c = np.polyfit(np.log(x), np.log(y), 1)
-    return float(a), float(c)
-
-
-def fit_law(fits: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> Law | None:
-    """Fit the power law over cells whose majority phase is grokking or comprehension and whose KM median
-    is finite. None when fewer than two distinct x values qualify."""
-    x_name, x = _law_x(fits)
-    data = fits.assign(_x=x)
-    data = data[data["_x"] > 0]
-    groups = []
-    for xv, cell in data.groupby("_x", sort=True):
-        times, observed = _survival_arrays(cell)
-        med = kaplan_meier_median(times, observed)
-        majority = cell["phase"].value_counts().idxmax()
-        if majority in GROKKED and np.isfinite(med) and med > 0:
-            groups.append((float(xv), times, observed, med))
-    if len(groups) < 2:
-        return None
-    xs = np.array([g[0] for g in groups])
-    alpha, c = _slope(xs, np.array([g[3] for g in groups]))
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        meds = np.array([kaplan_meier_median(t[i], o[i]) for _, t, o, _ in groups
-                         for i in [rng.integers(0, t.size, t.size)]])
-        ok = np.isfinite(meds) & (meds > 0)
-        if ok.sum() >= 2 and np.unique(xs[ok]).size >= 2:
-            boots.append(_slope(xs[ok], meds[ok])[0])
-    lo, hi = (np.quantile(boots, [0.025, 0.975]) if boots else (math.nan, math.nan))
-    return Law(x_name, alpha, float(lo), float(hi), c, len(groups), float(xs.min()), float(xs.max()))
-
-
-def summary_table(fits: pd.DataFrame, cell_stats: pd.DataFrame) -> str:
-    """A plain-text per-cell table for the terminal."""
-    axes = [a for a in cell_stats.columns if a not in _CELL_STAT_COLUMNS]
-    header = "  ".join(f"{a:>8}" for a in axes) + "  seeds  grokked  median t_val [95% CI]      t_train  phase"
-    lines = [header]
-    for _, r in cell_stats.iterrows():
-        vals = "  ".join(f"{_fmt(r[a]):>8}" for a in axes)
-        med = _steps(r["median_t_val"])
-        ci = f"[{_steps(r['ci_low'])}, {_steps(r['ci_high'])}]"
-        lines.append(f"{vals}  {r['n_seeds']:>5}  {r['frac_grokked']:>7.0%}  {med:>12} {ci:<14}"
-                     f"{_steps(r['median_t_train']):>7}  {r['phase']}")
-    return "\n".join(lines)
-
-
-_CELL_STAT_COLUMNS = {"n_seeds", "frac_grokked", "median_t_val", "ci_low", "ci_high", "median_t_train",
-                      "phase"} | {f"n_{p}" for p in PHASES}
-
-
-def _fmt(v: object) -> str:
-    return f"{v:g}" if isinstance(v, (float, np.floating)) else str(v)
-
-
-def _steps(v: float) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return ">budget" if math.isinf(v) else f"{v:.0f}"

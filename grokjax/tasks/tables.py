@@ -13,7 +13,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from grokjax.config import TaskConfig
+from grokjax.spec.structure import TaskConfig
+
+OPS = ("add", "sub", "mul", "div", "x2_y2", "x2_xy_y2", "x2_xy_y2_x", "x3_xy", "x3_xy2_y", "s5")
+OPS_NEEDING_PRIME = ("div",)
 
 _POLY = {
     "add": lambda x, y, p: (x + y) % p,

@@ -1,9 +1,9 @@
-"""The wd-vs-grokking-time phase diagram, 2-D heatmaps and learning curves (matplotlib, Agg backend)."""
+"""The wd-vs-grokking-time phase diagram, 2-D heatmaps and learning curves (matplotlib, Agg backend).
+Functions return Figures; ``store.outputs.save_figure`` writes them."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import matplotlib
 
@@ -13,8 +13,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from grokjax.config import PER_MODEL_FIELDS  # noqa: E402
-from grokjax.fit import cells, fit_law  # noqa: E402
+from grokjax.analysis.law import fit_law  # noqa: E402
+from grokjax.analysis.survival import cells  # noqa: E402
+from grokjax.spec.structure import PER_MODEL_FIELDS  # noqa: E402
 
 PHASE_COLORS = {"comprehension": "#cfe8cf", "grokking": "#fbe3b5", "memorization": "#f6c9c4",
                 "confusion": "#dddddd", "diverged": "#c9c4f6"}
@@ -199,11 +200,3 @@ def plot_curves(results_metrics: pd.DataFrame, fits: pd.DataFrame) -> Figure:
     ax.set_title(f"Learning curves\n{_title(fits)}", fontsize=9)
     fig.tight_layout()
     return fig
-
-
-def save_figure(fig: Figure, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=fig.dpi, format=path.suffix.lstrip("."))
-    tmp.replace(path)
-    plt.close(fig)
-    return path

@@ -1,5 +1,5 @@
-"""Everything that touches the disk: the results directory, streamed metric parts, checkpoints, the lock,
-and ``load``. Training code never does I/O.
+"""A results directory being written: streamed metric parts, checkpoints, the lock. Training code never
+does I/O.
 
 Layout (contract, see README): ``sweep.json``, ``runs.parquet``, ``metrics/*.parquet`` (one part per
 chunk of one model batch, written to a hidden temporary name and renamed, so a visible part is always
@@ -20,31 +20,36 @@ import fcntl
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from grokjax.config import SHORT_NAMES, Run, Sweep
 from grokjax.errors import UserError
-
-SWEEP_JSON = "sweep.json"
-RUNS_PARQUET = "runs.parquet"
-METRICS_DIR = "metrics"
-CHECKPOINT_DIR = "checkpoints"
-FITS_PARQUET = "fits.parquet"
-LOCK = ".lock"
-METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "param_norm")
-EVAL_COLUMNS = ("val_loss", "val_acc", "param_norm")
-_PART = re.compile(r"g(\d+)-b(\d+)-s(\d+)\.parquet")
+from grokjax.spec.fields import SHORT_NAMES
+from grokjax.spec.grid import Run, Sweep
+from grokjax.store.files import (
+    atomic_parquet,
+    atomic_write_bytes,
+    read_json,
+    remove_tree,
+)
+from grokjax.store.layout import (
+    CHECKPOINT_DIR,
+    EVAL_COLUMNS,
+    LOCK,
+    METRIC_COLUMNS,
+    METRICS_DIR,
+    PART_NAME,
+    RUNS_PARQUET,
+    SWEEP_JSON,
+)
 
 
 class StorageError(Exception):
@@ -54,21 +59,6 @@ class StorageError(Exception):
 def default_out(sweep: Sweep) -> Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("results") / f"{stamp}-{sweep.fingerprint()[:7]}"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_parquet(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
 
 
 def _versions() -> dict[str, str]:
@@ -143,7 +133,7 @@ class ResultsDir:
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path}: exists and is not a directory; choose a new directory")
         spec_file = path / SWEEP_JSON
-        existing = _read_json(spec_file) if spec_file.exists() else None
+        existing = read_json(spec_file) if spec_file.exists() else None
         if existing is not None:
             if existing.get("fingerprint") != sweep.fingerprint():
                 raise UserError(f"--out {path}: holds a different sweep ({existing.get('name')}, fingerprint "
@@ -186,12 +176,12 @@ class ResultsDir:
                           "created": datetime.datetime.now().isoformat(timespec="seconds"),
                           "complete": False, "spec": sweep.to_json(), "n_runs": sweep.n_runs()}
                 record |= provenance()
-                _atomic_parquet(path / RUNS_PARQUET, pa.Table.from_pandas(runs_table(sweep), preserve_index=False))
-                _atomic_write_bytes(spec_file, json.dumps(record, indent=2).encode())
+                atomic_parquet(path / RUNS_PARQUET, pa.Table.from_pandas(runs_table(sweep), preserve_index=False))
+                atomic_write_bytes(spec_file, json.dumps(record, indent=2).encode())
         except OSError as e:
             rd.close()
             if created:
-                _remove_tree(path)
+                remove_tree(path)
             raise UserError(f"--out {path}: cannot write there ({e.strerror}); choose a writable directory "
                             f"with free space")
         return rd
@@ -227,15 +217,15 @@ class ResultsDir:
         eval_mask = np.tile(~is_eval, n)
         for name in METRIC_COLUMNS:
             values = metrics[name][keep].T.ravel()  # [N * K'] ordered by run, then step
-            cols[name] = pa.array(values, mask=eval_mask if name in EVAL_COLUMNS else None, type=pa.float32())
+            cols[name] = pa.array(values, mask=eval_mask if name in EVAL_COLUMNS else None, type=pa.from_numpy_dtype(values.dtype))
         path = self.path / METRICS_DIR / f"g{group:03d}-b{batch:03d}-s{start:09d}.parquet"
-        self._guard(lambda: _atomic_parquet(path, pa.table(cols)))
+        self._guard(lambda: atomic_parquet(path, pa.table(cols)))
         return len(step) * n
 
     def clear_parts_from(self, group: int, batch: int, step: int) -> None:
         """Remove this batch's parts at or after ``step`` (written after the checkpoint we resume from)."""
         for part in (self.path / METRICS_DIR).glob(f"g{group:03d}-b{batch:03d}-s*.parquet"):
-            m = _PART.fullmatch(part.name)
+            m = PART_NAME.fullmatch(part.name)
             if m and int(m.group(3)) >= step:
                 part.unlink()
         for tmp in (self.path / METRICS_DIR).glob(".*.tmp"):
@@ -269,10 +259,10 @@ class ResultsDir:
             return Checkpoint(int(z["step"]), [z[k] for k in names], int(z["models_per_batch"]))
 
     def mark_complete(self) -> None:
-        record = _read_json(self.path / SWEEP_JSON)
+        record = read_json(self.path / SWEEP_JSON)
         record["complete"] = True
         record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-        self._guard(lambda: _atomic_write_bytes(self.path / SWEEP_JSON, json.dumps(record, indent=2).encode()))
+        self._guard(lambda: atomic_write_bytes(self.path / SWEEP_JSON, json.dumps(record, indent=2).encode()))
 
     def _guard(self, write: Any) -> None:
         try:
@@ -281,70 +271,6 @@ class ResultsDir:
             kept = "the last checkpoint is kept; free space and rerun with --resume"
             reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
             raise StorageError(f"writing to {self.path} failed: {reason}; {kept}") from e
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not a readable grokjax sweep record ({e})")
-
-
-def _remove_tree(path: Path) -> None:
-    for p in sorted(path.rglob("*"), reverse=True):
-        with contextlib.suppress(OSError):
-            p.rmdir() if p.is_dir() else p.unlink()
-    with contextlib.suppress(OSError):
-        path.rmdir()
-
-
-def metric_parts(path: Path) -> list[Path]:
-    """The complete part files (temporary files are hidden and never match)."""
-    return sorted(p for p in (Path(path) / METRICS_DIR).glob("*.parquet") if _PART.fullmatch(p.name))
-
-
-@dataclass
-class Results:
-    """A results directory read back: ``runs`` (one row per model) and ``metrics`` (long table)."""
-
-    path: Path
-    sweep: dict[str, Any]
-    runs: pd.DataFrame
-    metrics: pd.DataFrame
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.sweep.get("complete"))
-
-    @property
-    def axes(self) -> list[str]:
-        return list(self.sweep["spec"]["axes"])
-
-
-def _read_parts(parts: list[Path]) -> Iterator[pa.Table]:
-    for part in parts:
-        try:
-            yield pq.read_table(part)
-        except FileNotFoundError:  # removed by a resume between listing and reading
-            continue
-
-
-def load(path: str | os.PathLike) -> Results:
-    """Read a results directory (also while its sweep is still writing)."""
-    path = Path(path)
-    if not (path / SWEEP_JSON).is_file():
-        raise UserError(f"{path}: not a grokjax results directory (no {SWEEP_JSON}); "
-                        f"give the --out directory of a sweep")
-    sweep = _read_json(path / SWEEP_JSON)
-    runs = pq.read_table(path / RUNS_PARQUET).to_pandas()
-    tables = list(_read_parts(metric_parts(path)))
-    if tables:
-        metrics = pa.concat_tables(tables).to_pandas()
-        metrics = metrics.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
-    else:
-        metrics = pd.DataFrame({"run_id": pd.Series(dtype="int64"), "step": pd.Series(dtype="int64")}
-                               | {c: pd.Series(dtype="float32") for c in METRIC_COLUMNS})
-    return Results(path, sweep, runs, metrics)
 
 
 def estimated_bytes(sweep: Sweep) -> int:

@@ -2,7 +2,7 @@
 
 Input: tokens [B, T] (T = 3 for ``a b =``). Output: logits [B, n_symbols] at the last position, which
 predicts the answer. Learned positions, causal attention, optional LayerNorm (pre-norm), ReLU/GELU MLP,
-untied unembedding.
+untied unembedding. ``act`` is relu, gelu or quadratic (x^2); ``bias`` switches the MLP's biases.
 
 Exact compute savings (``answer_only=True``): only the last position's output is used, so the last block
 needs attention queries, the MLP and the unembedding at that position only; keys and values still come
@@ -18,7 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from grokjax.config import ModelConfig
+from grokjax.models.layers import activation
+from grokjax.spec.structure import ModelConfig
 
 
 def _embed_init(d_model: int) -> nn.initializers.Initializer:
@@ -53,9 +54,9 @@ class Block(nn.Module):
         out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=False, name="out", **dense)(z)
         x = (x[:, -1:] if self.last_only else x) + out
         h = norm("ln_mlp")(x)
-        h = nn.Dense(cfg.d_mlp, name="mlp_in", **dense)(h)
-        h = nn.relu(h) if cfg.act == "relu" else nn.gelu(h)
-        return x + nn.Dense(cfg.d_model, name="mlp_out", **dense)(h)
+        h = nn.Dense(cfg.d_mlp, use_bias=cfg.bias, name="mlp_in", **dense)(h)
+        h = activation(cfg.act)(h)
+        return x + nn.Dense(cfg.d_model, use_bias=cfg.bias, name="mlp_out", **dense)(h)
 
 
 class Transformer(nn.Module):

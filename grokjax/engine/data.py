@@ -1,0 +1,56 @@
+"""Per-model data: hyperparameter arrays, each model's own train/validation split, padding of the model axis."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from grokjax.spec.grid import Run, n_train_of
+
+
+class Hparams(NamedTuple):
+    """Per-model numeric hyperparameters (spec.structure.HP_DEFAULTS, plus n_train); scalars for one model,
+    [N] arrays for a batch."""
+
+    wd: jax.Array
+    lr: jax.Array
+    frac: jax.Array
+    seed: jax.Array  # int32
+    init_scale: jax.Array
+    momentum: jax.Array
+    grokfast_alpha: jax.Array
+    grokfast_lamb: jax.Array
+    n_train: jax.Array  # int32, round(frac * n_pairs), computed on the host
+
+
+class Split(NamedTuple):
+    """A model's own train/validation split, padded to the group's static sizes."""
+
+    train_idx: jax.Array  # [n_train_max] indices into the task table
+    train_w: jax.Array  # [n_train_max] 1 for real train pairs, 0 for padding
+    val_idx: jax.Array  # [n_val_max]
+    val_w: jax.Array  # [n_val_max]
+
+
+def hparams_for(runs: list[Run], n_pairs: int) -> Hparams:
+    """Stack the per-model hyperparameters of some runs into host arrays of shape [N]: float64 (the
+    program casts them to its dtype, so a float64 group sees the exact values typed), seeds int32."""
+    frac = np.array([r.get("hp.frac") for r in runs], dtype=np.float64)
+    n_train = np.array([n_train_of(f, n_pairs) for f in frac], dtype=np.int32)
+    cols = {name: np.array([r.get(f"hp.{name}") for r in runs], dtype=np.int32 if name == "seed" else np.float64)
+            for name in Hparams._fields if name != "n_train"}
+    return Hparams(**cols, n_train=n_train)
+
+
+def pad_models(tree: Any, n: int) -> Any:
+    """Pad the leading model axis to n by repeating the last model (padding runs are discarded)."""
+
+    def pad(x: np.ndarray) -> np.ndarray:
+        extra = n - x.shape[0]
+        return x if extra == 0 else np.concatenate([x, np.repeat(x[-1:], extra, axis=0)])
+
+    return jax.tree.map(pad, tree)
+
+

@@ -1,0 +1,52 @@
+"""How many models of a group fit in one compiled program on this device."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from grokjax.engine.program import Program
+from grokjax.engine.single import Engine
+
+
+def device_memory_budget(device: jax.Device) -> int:
+    """Bytes a program may use on this device: free accelerator memory, or half the free host memory."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(0.9 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        free = 8 << 30
+    return int(0.5 * free)
+
+
+def choose_models_per_batch(engine: Engine, n_models: int, requested: int = 0,
+                            budget: int | None = None) -> tuple[int, str]:
+    """Largest batch of models whose compiled program fits the device memory budget.
+
+    Compiles the program for all models first (the usual case, reused for training); if it does not fit,
+    estimates the per-model cost from a 1- and 2-model program, then checks the chosen batch's own
+    compiled program and shrinks it until it fits.
+    Returns (models per batch, a sentence explaining the choice).
+    """
+    if requested:
+        m = min(requested, n_models)
+        return m, f"{m} models per batch (models_per_batch={requested})"
+    budget = budget if budget is not None else device_memory_budget(jax.local_devices()[0])
+    full = Program.get(engine, n_models).bytes
+    if full is None or full <= budget:
+        shown = "unknown" if full is None else f"{full / 2**20:.0f} MiB"
+        return n_models, f"all {n_models} models in one batch ({shown} of {budget / 2**20:.0f} MiB)"
+    one, two = Program.get(engine, 1).bytes, Program.get(engine, 2).bytes
+    per_model = max(two - one, 1)
+    fixed = max(one - per_model, 0)
+    m = int(max(1, min(n_models, (budget - fixed) // per_model)))
+    # The linear estimate is only a start: check the real program (needed anyway) and shrink until it fits.
+    while m > 1 and (used := Program.get(engine, m).bytes) is not None and used > budget:
+        m = max(1, min(m - 1, int(m * budget / used)))
+    return m, (f"{m} models per batch: {n_models} models need ~{full / 2**20:.0f} MiB, "
+                    f"{per_model / 2**20:.1f} MiB each, budget {budget / 2**20:.0f} MiB")
+
+

@@ -1,0 +1,193 @@
+"""The one place that vmaps and scans: a compiled batch of models for one group.
+
+``Program`` vmaps ``Engine.train_step_one``/``evaluate_one`` over a batch of models and scans
+``chunk_steps`` steps in one compiled call; the host only sees data at chunk boundaries. Evaluation
+happens at steps that are multiples of ``eval_every`` and at the last step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from grokjax.engine.data import Hparams, Split, hparams_for, pad_models
+from grokjax.engine.single import Engine, ModelState, engine_for
+from grokjax.spec.grid import Run
+from grokjax.spec.structure import GroupConfig
+
+METRIC_NAMES = ("train_loss", "train_acc", "val_loss", "val_acc", "param_norm")
+
+
+def _chunk_fn(engine: Engine, chunk_steps: int) -> Callable:
+    steps, eval_every = engine.group.train.steps, engine.group.train.eval_every
+    v_step = jax.vmap(engine.train_step_one, in_axes=(0, 0, 0, None, None, None))
+    v_eval = jax.vmap(engine.evaluate_one, in_axes=(0, 0, None, None))
+
+    def train_chunk(states: ModelState, splits: Split, hps: Hparams, start: jax.Array,
+                    inputs: jax.Array, labels: jax.Array) -> tuple[ModelState, dict[str, jax.Array], jax.Array]:
+        n_models = hps.seed.shape[0]
+
+        def body(states: ModelState, step: jax.Array):
+            do_eval = (step % eval_every == 0) | (step == steps - 1)
+            nan = jnp.full((n_models,), jnp.nan, engine.dtype)
+            val_loss, val_acc, norm = jax.lax.cond(
+                do_eval, lambda: v_eval(states.params, splits, inputs, labels), lambda: (nan, nan, nan))
+            dead = states.diverged_step >= 0
+            val_loss, val_acc = jnp.where(dead, jnp.nan, val_loss), jnp.where(dead, jnp.nan, val_acc)
+            states, (train_loss, train_acc) = v_step(states, splits, hps, step, inputs, labels)
+            out = dict(train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
+                       param_norm=norm)
+            return states, {k: v.astype(engine.dtype) for k, v in out.items()}
+
+        states, metrics = jax.lax.scan(body, states, start + jnp.arange(chunk_steps, dtype=jnp.int32))
+        return states, metrics, states.diverged_step + 0
+
+    return train_chunk
+
+
+@dataclass
+class ChunkResult:
+    """What the host receives at a chunk boundary. metrics: name -> [K, n_real] (the group's dtype) for the steps
+    start..start+K-1 (K cut at the budget); diverged_step: [n_real] (-1 healthy); state: the host copy of
+    the full (padded) state after the chunk, fetched only where the caller asked for it."""
+
+    start: int
+    end: int
+    metrics: dict[str, np.ndarray]
+    diverged_step: np.ndarray
+    state: ModelState | None
+
+
+def _program_bytes(compiled: Any) -> int | None:
+    try:
+        m = compiled.memory_analysis()
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                   - m.alias_size_in_bytes)
+    except Exception:  # memory analysis is not offered by every backend
+        return None
+
+
+_PROGRAMS: dict[tuple, "Program"] = {}
+
+
+class Program:
+    """A compiled batch of ``n_models`` models for one group: init and train_chunk, model axis sharded
+    over all local devices (padded to a multiple of the device count)."""
+
+    def __init__(self, engine: Engine, n_models: int):
+        self.engine = engine
+        self.devices = jax.local_devices()
+        n_dev = len(self.devices)
+        self.n_models = -(-n_models // n_dev) * n_dev
+        self.chunk_steps = min(engine.group.train.chunk_steps, engine.group.train.steps)
+        mesh = Mesh(np.array(self.devices), ("models",))
+        self.sharded = NamedSharding(mesh, PartitionSpec("models"))
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+        self.inputs = jax.device_put(engine.table.inputs, self.replicated)
+        self.labels = jax.device_put(engine.table.labels, self.replicated)
+        hp_shape = self._abstract_hparams()
+        self._init = jax.jit(jax.vmap(engine.init_one), out_shardings=self.sharded).lower(hp_shape).compile()
+        state_shape, split_shape = jax.eval_shape(jax.vmap(engine.init_one), hp_shape)
+        shard = lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.sharded)  # noqa: E731
+        self.abstract = (jax.tree.map(shard, state_shape), jax.tree.map(shard, split_shape), hp_shape)
+        by_model = NamedSharding(mesh, PartitionSpec(None, "models"))
+        self._chunk = jax.jit(_chunk_fn(engine, self.chunk_steps), donate_argnums=(0,),
+                              out_shardings=(self.sharded, by_model, self.sharded)).lower(
+            jax.tree.map(shard, state_shape), jax.tree.map(shard, split_shape), hp_shape,
+            jax.ShapeDtypeStruct((), jnp.int32), self.inputs, self.labels).compile()
+        self.bytes = _program_bytes(self._chunk)
+
+    def _abstract_hparams(self) -> Hparams:
+        dt = self.engine.dtype
+        n = self.n_models
+        f = lambda d: jax.ShapeDtypeStruct((n,), d, sharding=self.sharded)  # noqa: E731
+        return Hparams(**{k: f(jnp.int32 if k in ("seed", "n_train") else dt) for k in Hparams._fields})
+
+    @classmethod
+    def get(cls, engine: Engine, n_models: int) -> "Program":
+        """Compiled programs are cached, so a new numeric grid of the same shape never recompiles."""
+        key = (engine, n_models, len(jax.local_devices()))
+        if key not in _PROGRAMS:
+            _PROGRAMS[key] = cls(engine, n_models)
+        return _PROGRAMS[key]
+
+    def put(self, hps: Hparams) -> Hparams:
+        host = pad_models(hps, self.n_models)
+        dt = np.dtype(self.engine.dtype)
+        host = Hparams(*(x.astype(dt) if x.dtype.kind == "f" else x for x in host))
+        return jax.device_put(host, self.sharded)
+
+    def init(self, hps: Hparams) -> tuple[ModelState, Split]:
+        return self._init(hps)
+
+    def train_chunk(self, state: ModelState, splits: Split, hps: Hparams, start: jax.Array
+                    ) -> tuple[ModelState, dict[str, jax.Array], jax.Array]:
+        """One compiled chunk of ``chunk_steps`` steps from ``start`` (state is donated): the new state,
+        metrics name -> [chunk_steps, n_models], and each model's diverged step (-1 healthy)."""
+        return self._chunk(state, splits, hps, start, self.inputs, self.labels)
+
+    def run(self, state: ModelState, splits: Split, hps: Hparams, start: int, n_real: int,
+            want_state: Callable[[int], bool] = lambda end: False,
+            should_stop: Callable[[], bool] = lambda: False) -> Iterator[ChunkResult]:
+        """Train from step ``start`` to the budget, yielding each chunk's metrics.
+
+        The next chunk is dispatched before the previous one's metrics are fetched, so the device does
+        not wait on the host. Because the state is donated to the next chunk, a host copy is taken at the
+        boundaries where ``want_state(end)`` is true (checkpoints) and always with the last result, which
+        is the final chunk or, when ``should_stop()`` (checked before each dispatch) became true, the last
+        chunk before the stop.
+        """
+        steps = self.engine.group.train.steps
+        pending = None
+        for s in range(start, steps, self.chunk_steps):
+            if should_stop():
+                break
+            state, metrics, dead = self.train_chunk(state, splits, hps, jnp.int32(s))
+            end = min(s + self.chunk_steps, steps)
+            host_state = jax.device_get(state) if want_state(end) else None
+            if pending is not None:
+                yield self._fetch(*pending, n_real)
+            pending = (s, end, metrics, dead, host_state)
+        if pending is not None:
+            # The last dispatched state was never donated: the final result (end or stop) always carries it.
+            yield self._fetch(*pending[:4], jax.device_get(state), n_real)
+
+    def _fetch(self, start: int, end: int, metrics: dict[str, jax.Array], dead: jax.Array,
+               host_state: ModelState | None, n_real: int) -> ChunkResult:
+        host = jax.device_get(metrics)
+        return ChunkResult(start, end, {name: np.asarray(v)[: end - start, :n_real] for name, v in host.items()},
+                           np.asarray(jax.device_get(dead))[:n_real], host_state)
+
+    def restore(self, host_state: ModelState) -> ModelState:
+        """Put a host copy of a state (from a checkpoint) back on the devices, sharded like init's."""
+        return jax.device_put(host_state, self.sharded)
+
+
+def train_alone(group: GroupConfig, runs: list[Run]) -> dict[str, np.ndarray]:
+    """Train some runs in one program to the end and return stacked metrics name -> [steps, N].
+    A small helper for tests and notebooks; the sweep streams instead of holding the history."""
+    engine = engine_for(group, runs)
+    prog = Program.get(engine, len(runs))
+    hps = prog.put(hparams_for(runs, engine.table.n_pairs))
+    state, splits = prog.init(hps)
+    chunks = [c.metrics for c in prog.run(state, splits, hps, 0, len(runs))]
+    return {k: np.concatenate([c[k] for c in chunks]) for k in METRIC_NAMES}
+
+
+def train_flops_per_chunk(prog: Program) -> float | None:
+    """FLOPs of the training steps in one chunk (evaluation excluded), from XLA's cost analysis of one
+    vmapped step times the chunk length: XLA counts a scan's body once, not once per iteration."""
+    state, split, hps = prog.abstract
+    step = jax.jit(jax.vmap(prog.engine.train_step_one, in_axes=(0, 0, 0, None, None, None)))
+    try:
+        cost = step.lower(state, split, hps, jax.ShapeDtypeStruct((), jnp.int32), prog.inputs,
+                          prog.labels).compile().cost_analysis()
+    except Exception:  # cost analysis is not offered by every backend
+        return None
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"]) * prog.chunk_steps if cost and "flops" in cost else None

@@ -1,0 +1,161 @@
+"""One model's functions for a static group: init, loss, one train step, evaluation.
+
+Everything here sees ONE model; ``program`` vmaps it. Randomness depends only on a run's own seed:
+``key(seed)`` folded with 0 (split), 1 (init), 2 (batches, then folded with the step). So a run's
+randomness is the same alone or inside any grid.
+
+Step convention: the row for step s holds the metrics of the parameters after s updates; train loss and
+accuracy are those of the batch that update s+1 is computed from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from grokjax.engine.data import Hparams, Split
+from grokjax.losses import LOSSES
+from grokjax.models.registry import make_model
+from grokjax.optim.factory import OPTIMIZER_HPARAMS, make_optimizer
+from grokjax.spec.grid import Run, batch_size_of, n_train_of
+from grokjax.spec.structure import GroupConfig
+from grokjax.tasks.tables import TaskTable, make_table
+
+
+class ModelState(NamedTuple):
+    params: Any
+    opt_state: Any
+    diverged_step: jax.Array  # int32, -1 while the run is healthy
+
+
+def param_norm(params: Any) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(params)))
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Single-model functions for one static group. Shapes are fixed by the group and n_train bounds."""
+
+    group: GroupConfig
+    table: TaskTable
+    n_train_max: int
+    n_train_min: int
+
+    @property
+    def dtype(self) -> Any:
+        return jnp.float64 if self.group.train.dtype == "float64" else jnp.float32
+
+    @property
+    def model(self) -> nn.Module:
+        return make_model(self.group.model, self.table.vocab_size, self.table.n_symbols, self.dtype)
+
+    @property
+    def batch_size(self) -> int | None:
+        return batch_size_of(self.group.train, self.n_train_min)
+
+    @property
+    def n_val_max(self) -> int:
+        return self.table.n_pairs - self.n_train_min
+
+    @property
+    def eval_batch(self) -> int:
+        return min(self.group.train.eval_batch_size, self.n_val_max)
+
+    def optimizer(self, hp: Hparams | None = None) -> optax.GradientTransformation:
+        """The optimizer; with ``hp`` its state starts with this model's numbers (cast to the dtype)."""
+        values = None if hp is None else {k: getattr(hp, k).astype(self.dtype) for k in OPTIMIZER_HPARAMS}
+        return make_optimizer(self.group.train, values)
+
+    def keys(self, seed: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        base = jax.random.key(seed)
+        return jax.random.fold_in(base, 0), jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
+
+    def init_one(self, hp: Hparams) -> tuple[ModelState, Split]:
+        split_key, init_key, _ = self.keys(hp.seed)
+        perm = jax.random.permutation(split_key, self.table.n_pairs).astype(jnp.int32)
+        n_val_max = self.n_val_max
+        split = Split(
+            train_idx=perm[: self.n_train_max],
+            train_w=(jnp.arange(self.n_train_max) < hp.n_train).astype(self.dtype),
+            val_idx=perm[self.n_train_min:],
+            val_w=(jnp.arange(n_val_max) + self.n_train_min >= hp.n_train).astype(self.dtype),
+        )
+        dummy = jnp.zeros((1, 3), jnp.int32)
+        params = self.model.init(init_key, dummy)["params"]
+        params = jax.tree.map(lambda x: x * hp.init_scale.astype(x.dtype), params)
+        opt_state = self.optimizer(hp).init(params)
+        return ModelState(params, opt_state, jnp.array(-1, jnp.int32)), split
+
+    def loss_one(self, params: Any, inputs: jax.Array, labels: jax.Array, weights: jax.Array
+                 ) -> tuple[jax.Array, jax.Array]:
+        """Weighted mean cross-entropy and accuracy on the answer token. inputs [B, 3], labels [B]."""
+        logits = self.model.apply({"params": params}, inputs)
+        return LOSSES[self.group.train.loss](logits, labels, weights)
+
+    def batch_one(self, split: Split, hp: Hparams, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Indices [B] and weights [B] of this step's batch: the whole split, or B distinct train pairs
+        drawn uniformly from the model's own split (fresh each step)."""
+        if self.batch_size is None:
+            return split.train_idx, split.train_w
+        _, _, batch_key = self.keys(hp.seed)
+        # Draw over the whole table size so the stream does not depend on the group's padding.
+        u = jax.random.uniform(jax.random.fold_in(batch_key, step), (self.table.n_pairs,))[: self.n_train_max]
+        u = jnp.where(jnp.arange(self.n_train_max) < hp.n_train, u, -1.0)
+        _, pos = jax.lax.top_k(u, self.batch_size)
+        return split.train_idx[pos], jnp.ones((self.batch_size,), self.dtype)
+
+    def train_step_one(self, state: ModelState, split: Split, hp: Hparams, step: jax.Array,
+                       inputs: jax.Array, labels: jax.Array) -> tuple[ModelState, tuple[jax.Array, jax.Array]]:
+        idx, w = self.batch_one(split, hp, step)
+        (loss, acc), grads = jax.value_and_grad(self.loss_one, has_aux=True)(state.params, inputs[idx],
+                                                                               labels[idx], w)
+        updates, opt_state = self.optimizer().update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        healthy = state.diverged_step < 0
+        active = step < self.group.train.steps
+        finite = jnp.isfinite(loss) & _all_finite(params)
+        keep = healthy & active & finite
+        pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, old)  # noqa: E731
+        diverged = jnp.where(healthy & active & ~finite, step, state.diverged_step).astype(jnp.int32)
+        new_state = ModelState(pick(params, state.params), pick(opt_state, state.opt_state), diverged)
+        nan = jnp.array(jnp.nan, loss.dtype)
+        return new_state, (jnp.where(healthy & jnp.isfinite(loss), loss, nan), jnp.where(healthy, acc, nan))
+
+    def evaluate_one(self, params: Any, split: Split, inputs: jax.Array, labels: jax.Array
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Validation loss and accuracy over the model's held-out pairs, in chunks of eval_batch_size so
+        memory stays bounded; and the global parameter L2 norm."""
+        size = self.eval_batch
+        n = self.n_val_max
+        n_chunks = -(-n // size)
+        pad = n_chunks * size - n
+        idx = jnp.pad(split.val_idx, (0, pad)).reshape(n_chunks, size)
+        w = jnp.pad(split.val_w, (0, pad)).reshape(n_chunks, size)
+
+        def body(acc: tuple[jax.Array, jax.Array], chunk: tuple[jax.Array, jax.Array]):
+            i, wt = chunk
+            loss, correct = self.loss_one(params, inputs[i], labels[i], wt)
+            total = wt.sum()
+            return (acc[0] + loss * total, acc[1] + correct * total), None
+
+        zero = jnp.zeros((), self.dtype)
+        (loss_sum, correct_sum), _ = jax.lax.scan(body, (zero, zero), (idx, w))
+        n_val = jnp.maximum(split.val_w.sum(), 1)
+        return loss_sum / n_val, correct_sum / n_val, param_norm(params)
+
+
+def engine_for(group: GroupConfig, runs: list[Run]) -> Engine:
+    table = make_table(group.task)
+    n_train = [n_train_of(float(r.get("hp.frac")), table.n_pairs) for r in runs]
+    return Engine(group, table, max(n_train), min(n_train))
+
+

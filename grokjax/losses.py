@@ -1,0 +1,47 @@
+"""Classification losses on the answer token, for one model; pick one by name in ``LOSSES``.
+
+Each takes logits [B, C], labels [B] int and weights [B] (0 for padding) and returns the weighted mean
+loss and accuracy (the argmax, whatever the loss). float32 logits are reduced in float32, float64 stays
+float64.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def log_softmax(logits: jax.Array) -> jax.Array:
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def log_stablemax(logits: jax.Array) -> jax.Array:
+    """log StableMax (Prieto et al. 2025): s(x) = x + 1 for x >= 0, 1/(1 - x) for x < 0, and
+    log p_i = log s(x_i) - log sum_j s(x_j). log s is taken as log1p(x) or -log1p(-x), each on its own side
+    only, so neither branch sees an argument where it is undefined (no NaN in the gradient)."""
+    pos = logits >= 0
+    log_s = jnp.where(pos, jnp.log1p(jnp.where(pos, logits, 0.0)), -jnp.log1p(-jnp.where(pos, 0.0, logits)))
+    s = jnp.exp(log_s)
+    return log_s - jnp.log(jnp.sum(s, axis=-1, keepdims=True))
+
+
+def _cross_entropy(log_probs: Callable[[jax.Array], jax.Array]) -> Callable:
+    def loss(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if logits.dtype != jnp.float64:
+            logits = logits.astype(jnp.float32)
+        logp = log_probs(logits)
+        nll = -jnp.take_along_axis(logp, labels[:, None], axis=1)[:, 0]
+        correct = (jnp.argmax(logits, axis=-1) == labels).astype(weights.dtype)
+        total = jnp.maximum(weights.sum(), 1)
+        return (nll * weights).sum() / total, (correct * weights).sum() / total
+
+    return loss
+
+
+LOSSES: dict[str, Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]] = {
+    "softmax": _cross_entropy(log_softmax),
+    "stablemax": _cross_entropy(log_stablemax),
+}
+cross_entropy = LOSSES["softmax"]

@@ -1,0 +1,1 @@
+"""Single-model networks (``transformer``) and the one place that picks one (``registry``)."""

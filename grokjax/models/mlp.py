@@ -1,0 +1,77 @@
+"""The "2-hot" MLP of Liu et al. 2022 / Omnigrok, Gromov 2023 and Prieto et al. 2025, for ONE model.
+
+Input: tokens [B, 3] (``a b =``; the ``=`` token is ignored). ``mlp_input="onehot"``: the concatenated
+one-hot codes of a and b (2 * n_symbols features), so the first layer is W[a] + W[n_symbols + b], a
+gather of two rows rather than a matmul with one-hot vectors. ``mlp_input="embed"``: learned embeddings
+of size d_model for a and b, concatenated (2 * d_model features) into the first layer. Then ``n_layers``
+hidden layers of width ``d_mlp`` with the activation, and a linear readout to n_symbols logits.
+
+Initialisation follows the papers' PyTorch code: nn.Linear's default, weights and biases uniform in
+±1/sqrt(fan_in); nn.Embedding's default, N(0, 1). ``init_scale`` multiplies all of it afterwards (in
+``engine.single``), as for the transformer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from grokjax.models.layers import activation
+from grokjax.spec.structure import ModelConfig
+
+
+def torch_linear_init(fan_in: int) -> nn.initializers.Initializer:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch nn.Linear's default for weights and biases."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class TorchDense(nn.Module):
+    """x @ W + b with nn.Linear's initialisation. kernel [fan_in, features]."""
+
+    features: int
+    use_bias: bool
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = x.shape[-1]
+        kernel = self.param("kernel", torch_linear_init(fan_in), (fan_in, self.features), self.dtype)
+        y = x @ kernel
+        if self.use_bias:
+            y = y + self.param("bias", torch_linear_init(fan_in), (self.features,), self.dtype)
+        return y
+
+
+class MLP(nn.Module):
+    """tokens [B, 3] int -> logits [B, n_symbols]."""
+
+    cfg: ModelConfig
+    vocab_size: int
+    n_symbols: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        cfg, n = self.cfg, self.n_symbols
+        a, b = tokens[:, 0], tokens[:, 1]
+        if cfg.mlp_input == "onehot":
+            fan_in = 2 * n
+            w = self.param("in_kernel", torch_linear_init(fan_in), (fan_in, cfg.d_mlp), self.dtype)
+            h = w[a] + w[n + b]  # == concat(onehot(a), onehot(b)) @ w, as a gather
+            if cfg.bias:
+                h = h + self.param("in_bias", torch_linear_init(fan_in), (cfg.d_mlp,), self.dtype)
+        else:
+            emb = self.param("embed", nn.initializers.normal(stddev=1.0), (n, cfg.d_model), self.dtype)
+            h = TorchDense(cfg.d_mlp, cfg.bias, self.dtype, name="in")(jnp.concatenate([emb[a], emb[b]], -1))
+        h = activation(cfg.act)(h)
+        for i in range(1, cfg.n_layers):
+            h = activation(cfg.act)(TorchDense(cfg.d_mlp, cfg.bias, self.dtype, name=f"hidden_{i}")(h))
+        return TorchDense(n, cfg.bias, self.dtype, name="readout")(h)

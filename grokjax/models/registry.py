@@ -1,0 +1,22 @@
+"""The one place that picks a model for a group: add a model with one line in ``MODELS``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+
+from grokjax.models.layers import ACTIVATIONS
+from grokjax.models.mlp import MLP
+from grokjax.models.transformer import Transformer
+from grokjax.spec.structure import ModelConfig
+
+MODELS: dict[str, type[nn.Module]] = {"transformer": Transformer, "mlp": MLP}
+MLP_INPUTS = ("onehot", "embed")
+
+__all__ = ["ACTIVATIONS", "MLP_INPUTS", "MODELS", "make_model"]
+
+
+def make_model(cfg: ModelConfig, vocab_size: int, n_symbols: int, dtype: Any) -> nn.Module:
+    """A flax module mapping tokens [B, 3] to logits [B, n_symbols] for ONE model."""
+    return MODELS[cfg.arch](cfg, vocab_size, n_symbols, dtype=dtype)

@@ -1,0 +1,1 @@
+"""Optimizers as optax GradientTransformations with per-model hyperparameters in their state (``factory``)."""

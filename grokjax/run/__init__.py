@@ -1,0 +1,1 @@
+"""Sweep orchestration (``sweep``) and what the user sees while it runs (``progress``)."""

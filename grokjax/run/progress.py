@@ -1,0 +1,121 @@
+"""Live per-run facts and the progress display of a running sweep."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+THRESHOLD = 0.99
+
+
+@dataclass
+class Tracker:
+    """Live per-run facts for the progress bar and the end summary (first steps reaching the threshold)."""
+
+    n_runs: int
+    t_train: dict[int, int] = field(default_factory=dict)
+    t_val: dict[int, int] = field(default_factory=dict)
+    val_now: dict[int, float] = field(default_factory=dict)
+    diverged: dict[int, int] = field(default_factory=dict)
+
+    def update(self, ids: np.ndarray, start: int, metrics: dict[str, np.ndarray], dead: np.ndarray) -> None:
+        for j, rid in enumerate(ids.tolist()):
+            for name, seen in (("train_acc", self.t_train), ("val_acc", self.t_val)):
+                hit = np.flatnonzero(metrics[name][:, j] >= THRESHOLD)
+                if rid not in seen and hit.size:
+                    seen[rid] = start + int(hit[0])
+            vals = metrics["val_acc"][:, j]
+            vals = vals[np.isfinite(vals)]
+            if vals.size:
+                self.val_now[rid] = float(vals[-1])
+            if dead[j] >= 0:
+                self.diverged[rid] = int(dead[j])
+
+    @property
+    def n_grokked(self) -> int:
+        return sum(v >= THRESHOLD for v in self.val_now.values())
+
+
+class Reporter:
+    """Progress: a rich bar on a terminal, plain periodic lines otherwise, nothing with quiet."""
+
+    def __init__(self, total_model_steps: int, quiet: bool):
+        self.total = total_model_steps
+        self.done = 0
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+        self.last_line = 0.0
+        self.is_tty = sys.stderr.isatty()
+        self.progress: Any = None
+        self.resumed = 0
+        self.first: tuple[float, int] | None = None  # (time, model-steps done) after the first chunk
+
+    def __enter__(self) -> "Reporter":
+        if not self.quiet and self.is_tty:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=16),
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                     console=Console(stderr=True))
+            self.progress.start()
+            self.task = self.progress.add_task("sweep", total=self.total, info="")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def skip(self, model_steps: int) -> None:
+        """Work done before a resume: counted for the bar, not for the speed."""
+        self.done += model_steps
+        self.resumed += model_steps
+        if self.progress is not None:
+            self.progress.update(self.task, completed=self.done)
+
+    def rate(self) -> float:
+        """Training model-steps/s: measured from the end of the first chunk, so compilation is excluded
+        (the whole wall time, compile included, only while a single chunk has finished)."""
+        if self.first is not None and self.done > self.first[1]:
+            t_first, done_first = self.first
+            return (self.done - done_first) / max(time.perf_counter() - t_first, 1e-9)
+        return (self.done - self.resumed) / max(time.perf_counter() - self.t0, 1e-9)
+
+    def update(self, model_steps: int, where: str, step: int, steps: int, tracker: Tracker) -> None:
+        self.done += model_steps
+        if self.first is None:
+            self.first = (time.perf_counter(), self.done)
+        if self.quiet:
+            return
+        rate = self.rate()
+        info = (f"step {step}/{steps} · {rate:,.0f} model-steps/s · "
+                f"{tracker.n_grokked}/{tracker.n_runs} at val≥{THRESHOLD}")
+        if self.progress is not None:
+            self.progress.update(self.task, completed=self.done, description=where, info=info)
+            return
+        now = time.perf_counter()
+        if now - self.last_line >= 10 or self.done >= self.total:
+            self.last_line = now
+            left = (self.total - self.done) / max(rate, 1e-9)
+            pct = 100 * self.done / max(self.total, 1)
+            print(f"[grokjax] group/batch {where} {pct:5.1f}%  {info}  ETA {left:,.0f}s", file=sys.stderr,
+                  flush=True)
+
+    def say(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.progress is not None:
+            self.progress.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+

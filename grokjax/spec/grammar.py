@@ -1,0 +1,169 @@
+"""The ``key=value`` grammar (never ``eval``).
+
+- scalar: ``wd=0.5``, ``op=add``, ``layer_norm=true``
+- list: ``wd=[0.1,0.3,1]`` or ``wd=0.1,0.3,1``
+- ``logspace(a,b,n)`` = 10**linspace(a,b,n) and ``linspace(a,b,n)``, both ends included
+- ``range(start,stop[,step])``, stop excluded
+- ``seeds=16`` means seeds 0..15; ``seeds=[0,3,7]`` names them
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from typing import Iterable
+
+import numpy as np
+
+from grokjax.errors import UserError
+from grokjax.spec.fields import ALIASES, FIELDS
+from grokjax.spec.structure import Scalar
+
+FUNCTIONS = ("logspace", "linspace", "range")
+
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\((.*)\)")
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def parse_scalar(key: str, text: str) -> Scalar:
+    """One literal: int, float, true/false, or a bare identifier such as ``add``."""
+    t = text.strip()
+    if _INT.fullmatch(t):
+        return int(t)
+    if _FLOAT.fullmatch(t):
+        return float(t)
+    if t in ("true", "false", "True", "False"):
+        return t.lower() == "true"
+    if _IDENT.fullmatch(t):
+        return t
+    shown = t if t else "(empty)"
+    raise UserError(f"{key}={text}: malformed value {shown!r}; expected a number, true/false, a name, "
+                    f"a list [a,b,...], logspace(a,b,n), linspace(a,b,n) or range(start,stop[,step])")
+
+
+def _number_args(key: str, name: str, inner: str) -> list[int | float]:
+    args = [parse_scalar(key, a) for a in inner.split(",")]
+    for a in args:
+        if isinstance(a, bool) or not isinstance(a, (int, float)):
+            raise UserError(f"{key}={name}({inner}): argument {a!r} is not a number; {name} takes numbers")
+    return args
+
+
+def _call(key: str, name: str, inner: str) -> list[Scalar]:
+    args = _number_args(key, name, inner)
+    if name in ("logspace", "linspace"):
+        if len(args) != 3:
+            raise UserError(f"{key}={name}({inner}): {name} takes 3 arguments (start, stop, n), got {len(args)}")
+        a, b, n = args
+        if not isinstance(n, int) or n < 1:
+            raise UserError(f"{key}={name}({inner}): n={n} must be a whole number >= 1")
+        values = np.linspace(a, b, n)
+        return [float(v) for v in (10.0 ** values if name == "logspace" else values)]
+    if len(args) not in (2, 3):
+        raise UserError(f"{key}=range({inner}): range takes 2 or 3 arguments (start, stop[, step]), "
+                        f"got {len(args)}")
+    start, stop = args[0], args[1]
+    step = args[2] if len(args) == 3 else 1
+    if step == 0:
+        raise UserError(f"{key}=range({inner}): step must not be 0")
+    if all(isinstance(a, int) for a in (start, stop, step)):
+        values: list[Scalar] = list(range(start, stop, step))
+    else:
+        values = [float(v) for v in np.arange(start, stop, step)]
+    if not values:
+        raise UserError(f"{key}=range({inner}): the range is empty (stop is excluded); "
+                        f"give start < stop for a positive step")
+    return values
+
+
+def parse_expression(key: str, text: str) -> tuple[list[Scalar], bool]:
+    """Parse one sweep expression. Returns (values, is_axis): is_axis is False for a plain scalar."""
+    t = text.strip()
+    call = _CALL.fullmatch(t)
+    if call:
+        name, inner = call.group(1), call.group(2)
+        if name not in FUNCTIONS:
+            raise UserError(f"{key}={text}: unknown function {name!r}{did_you_mean(name, FUNCTIONS)}; "
+                            f"accepted: logspace(a,b,n), linspace(a,b,n), range(start,stop[,step])")
+        if any(c in inner for c in "()[]"):
+            raise UserError(f"{key}={text}: arguments of {name} must be plain numbers")
+        return _call(key, name, inner), True
+    if t.startswith("[") or t.endswith("]"):
+        if not (t.startswith("[") and t.endswith("]")):
+            raise UserError(f"{key}={text}: unbalanced brackets; a list looks like [a,b,c]")
+        t = t[1:-1]
+        if not t.strip():
+            raise UserError(f"{key}={text}: empty list; give at least one value, e.g. [0.1,1]")
+        items = t.split(",")
+    elif "," in t:
+        items = t.split(",")
+    else:
+        return [parse_scalar(key, t)], False
+    if any(c in item for item in items for c in "()[]"):
+        raise UserError(f"{key}={text}: lists hold plain values, not nested lists or functions")
+    return [parse_scalar(key, item) for item in items], True
+
+
+def resolve_key(key: str) -> str:
+    """Map a short alias or dotted path to its dotted path, or fail with a suggestion."""
+    if key in FIELDS:
+        return FIELDS[key].path
+    if key in ALIASES:
+        return ALIASES[key]
+    options = sorted(set(ALIASES) | set(FIELDS))
+    raise UserError(f"unknown key {key!r}{did_you_mean(key, options)}; "
+                    f"known keys: {', '.join(sorted(ALIASES))} (or their dotted paths, e.g. model.d_model)")
+
+
+def coerce(key: str, value: Scalar, seeds_count: bool = False) -> list[Scalar]:
+    """Type-check and domain-check one value for the field behind ``key``; returns a list of values
+    (``seeds=N`` expands to N seeds)."""
+    path = resolve_key(key)
+    field = FIELDS[path]
+    shown = f"{key}={value}"
+    if field.kind == "bool":
+        if not isinstance(value, bool):
+            raise UserError(f"{shown}: expected true or false")
+        return [value]
+    if field.kind == "choice":
+        if not isinstance(value, str) or value not in field.choices:
+            hint = did_you_mean(str(value), field.choices)
+            raise UserError(f"{shown}: not accepted{hint}; accepted: {', '.join(field.choices)}")
+        return [value]
+    if field.kind == "batch":
+        if isinstance(value, str):
+            if value not in ("full", "auto"):
+                raise UserError(f"{shown}: expected a whole number >= 1, 'full' or 'auto'")
+            return [value]
+    if isinstance(value, bool) or isinstance(value, str):
+        kind = "a number" if field.kind == "float" else "a whole number"
+        raise UserError(f"{shown}: expected {kind}, got {value!r}")
+    if field.kind in ("int", "batch"):
+        if isinstance(value, float):
+            if not (math.isfinite(value) and value.is_integer()):
+                raise UserError(f"{shown}: expected a whole number")
+            value = int(value)
+        if field.kind == "batch" and value < 1:
+            raise UserError(f"{shown}: expected a whole number >= 1, 'full' or 'auto'")
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise UserError(f"{shown}: expected a finite number")
+    if seeds_count:
+        if value < 1:
+            raise UserError(f"{shown}: seeds=N needs N >= 1 (or a list of seeds such as seeds=[0,3,7])")
+        return list(range(int(value)))
+    if field.check is not None:
+        accepted = field.check(value)
+        if accepted is not None:
+            raise UserError(f"{shown}: out of range; expected {accepted}")
+    return [value]
+

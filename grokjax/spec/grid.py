@@ -1,0 +1,185 @@
+"""The resolved sweep: field values, the swept axes, the grid, its static groups, cross-field checks.
+
+Fields given several values are axes of a cartesian grid. Per-model numeric fields (``hp.*``) are
+vmapped arrays inside one compiled program; every other field is structural and splits the grid into
+groups, each compiled once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from grokjax.errors import UserError
+from grokjax.spec.fields import FIELDS
+from grokjax.spec.grammar import coerce, did_you_mean, parse_expression, resolve_key
+from grokjax.spec.presets import PRESETS, find_config, load_toml, named_sweeps
+from grokjax.spec.structure import (
+    GroupConfig,
+    ModelConfig,
+    Scalar,
+    TaskConfig,
+    TrainConfig,
+)
+from grokjax.tasks.tables import OPS_NEEDING_PRIME, n_pairs_of
+
+
+@dataclass(frozen=True)
+class Run:
+    """One point of the grid: its group, its per-model hyperparameters and every field value."""
+
+    run_id: int
+    group: int
+    values: tuple[tuple[str, Scalar], ...]
+
+    def get(self, path: str) -> Scalar:
+        return dict(self.values)[path]
+
+
+@dataclass
+class Sweep:
+    """A resolved sweep: fixed field values, the swept axes in order, and the grid."""
+
+    values: dict[str, list[Scalar]]
+    axes: list[str]
+    name: str = "default"
+
+    def points(self) -> list[dict[str, Scalar]]:
+        fixed = {k: v[0] for k, v in self.values.items() if k not in self.axes}
+        grid = itertools.product(*(self.values[a] for a in self.axes))
+        return [fixed | dict(zip(self.axes, combo)) for combo in grid]
+
+    def groups(self) -> list[tuple[GroupConfig, list[Run]]]:
+        """Split the grid into static groups, in order of first appearance. run_id follows grid order."""
+        groups: dict[GroupConfig, list[dict[str, Scalar]]] = {}
+        order: list[tuple[int, dict[str, Scalar]]] = []
+        for point in self.points():
+            g = group_config(point)
+            groups.setdefault(g, []).append(point)
+            order.append((list(groups).index(g), point))
+        out: list[tuple[GroupConfig, list[Run]]] = [(g, []) for g in groups]
+        for run_id, (gi, point) in enumerate(order):
+            out[gi][1].append(Run(run_id, gi, tuple(sorted(point.items()))))
+        return out
+
+    def n_runs(self) -> int:
+        return math.prod(len(self.values[a]) for a in self.axes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "axes": self.axes, "values": self.values}
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides the results: two sweeps with equal fingerprints are the same."""
+        canon = json.dumps({"axes": self.axes, "values": self.values}, sort_keys=True)
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def group_config(point: dict[str, Scalar]) -> GroupConfig:
+    def build(cls: type, prefix: str) -> Any:
+        return cls(**{f.name: point[f"{prefix}.{f.name}"] for f in dataclasses.fields(cls)})
+
+    return GroupConfig(build(TaskConfig, "task"), build(ModelConfig, "model"), build(TrainConfig, "train"))
+
+
+def is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(math.isqrt(n)) + 1))
+
+
+def n_train_of(frac: float, n_pairs: int) -> int:
+    """round(frac * n_pairs), rounding halves up (not Python's banker's rounding)."""
+    return int(math.floor(frac * n_pairs + 0.5))
+
+
+def batch_size_of(train: TrainConfig, n_train: int) -> int | None:
+    """Pairs per model per step, or None for full batch. ``auto`` is Power et al.'s min(512, n_train/2)."""
+    if train.batch_size == "full":
+        return None
+    if train.batch_size == "auto":
+        return max(1, min(512, n_train // 2))
+    return int(train.batch_size)
+
+
+def check_point(point: dict[str, Scalar]) -> None:
+    """Cross-field checks on one grid point."""
+    d_model, n_heads = point["model.d_model"], point["model.n_heads"]
+    if point["model.arch"] == "transformer" and d_model % n_heads:
+        raise UserError(f"d_model={d_model} is not divisible by n_heads={n_heads}; "
+                        f"choose d_model a multiple of n_heads")
+    op, p = point["task.op"], point["task.p"]
+    if op in OPS_NEEDING_PRIME and not is_prime(int(p)):
+        raise UserError(f"p={p} is not prime, but op={op} needs inverses mod p; use a prime such as 97 or 113")
+    n_pairs = n_pairs_of(str(op), int(p))
+    n_train = n_train_of(float(point["hp.frac"]), n_pairs)
+    if n_train < 1 or n_train >= n_pairs:
+        raise UserError(f"frac={point['hp.frac']} leaves {n_train} of {n_pairs} pairs for training; "
+                        f"both the train and the validation split need at least one pair")
+    batch = batch_size_of(group_config(point).train, n_train)
+    if batch is not None and batch > n_train:
+        raise UserError(f"batch_size={batch} is larger than the train split ({n_train} pairs at "
+                        f"frac={point['hp.frac']}); use batch_size<={n_train} or batch_size=full")
+
+
+def defaults() -> dict[str, list[Scalar]]:
+    return {path: [f.default] for path, f in FIELDS.items()}
+
+
+def _apply(values: dict[str, list[Scalar]], axes: list[str], key: str, parsed: list[Scalar],
+           is_axis: bool) -> None:
+    path = resolve_key(key)
+    seeds_count = key == "seeds" and not is_axis
+    out: list[Scalar] = []
+    for v in parsed:
+        out += coerce(key, v, seeds_count=seeds_count)
+    values[path] = out
+    if path in axes:
+        axes.remove(path)
+    if is_axis or len(out) > 1:
+        axes.append(path)
+
+
+def apply_preset(values: dict[str, list[Scalar]], axes: list[str], preset: dict[str, Any]) -> None:
+    for path, v in preset.items():
+        _apply(values, axes, path, list(v) if isinstance(v, list) else [v], isinstance(v, list))
+
+
+
+def build_sweep(config: str | None = None, overrides: Iterable[str] = ()) -> Sweep:
+    """Resolve ``[CONFIG] key=value ...`` into a validated Sweep. Raises UserError on any bad input."""
+    values, axes = defaults(), []
+    name = config or "default"
+    if config is None:
+        apply_preset(values, axes, PRESETS["default"])
+    else:
+        path = find_config(config)
+        if path is not None:
+            for key, (parsed, is_axis) in load_toml(path).items():
+                _apply(values, axes, key, parsed, is_axis)
+            name = path.stem
+        elif config in PRESETS:
+            apply_preset(values, axes, PRESETS[config])
+        else:
+            raise UserError(f"no sweep file or preset named {config!r}{did_you_mean(config, named_sweeps())}; "
+                            f"accepted: a .toml path or one of {', '.join(named_sweeps())}")
+    seen: set[str] = set()
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"argument {item!r} is not key=value; e.g. wd=0.1 or seeds=4")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise UserError(f"argument {item!r} has no key before '='")
+        path = resolve_key(key)
+        if path in seen:
+            raise UserError(f"{key} is given twice; give each key once (use a list to sweep it)")
+        seen.add(path)
+        parsed, is_axis = parse_expression(key, text)
+        _apply(values, axes, key, parsed, is_axis)
+    sweep = Sweep(values, axes, name)
+    for point in sweep.points():
+        check_point(point)
+    return sweep

@@ -1,0 +1,23 @@
+"""Names in a results directory (contract, see README)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+SWEEP_JSON = "sweep.json"
+RUNS_PARQUET = "runs.parquet"
+METRICS_DIR = "metrics"
+CHECKPOINT_DIR = "checkpoints"
+FITS_PARQUET = "fits.parquet"
+LOCK = ".lock"
+METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "param_norm")
+EVAL_COLUMNS = ("val_loss", "val_acc", "param_norm")
+PART_NAME = re.compile(r"g(\d+)-b(\d+)-s(\d+)\.parquet")
+
+
+def metric_parts(path: Path) -> list[Path]:
+    """The complete part files (temporary files are hidden and never match)."""
+    return sorted(p for p in (Path(path) / METRICS_DIR).glob("*.parquet") if PART_NAME.fullmatch(p.name))
+
+

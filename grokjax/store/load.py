@@ -1,0 +1,62 @@
+"""Read a results directory back as pandas DataFrames (also while its sweep is still writing)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from grokjax.errors import UserError
+from grokjax.store.files import read_json
+from grokjax.store.layout import METRIC_COLUMNS, RUNS_PARQUET, SWEEP_JSON, metric_parts
+
+
+@dataclass
+class Results:
+    """A results directory read back: ``runs`` (one row per model) and ``metrics`` (long table)."""
+
+    path: Path
+    sweep: dict[str, Any]
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.sweep.get("complete"))
+
+    @property
+    def axes(self) -> list[str]:
+        return list(self.sweep["spec"]["axes"])
+
+
+def _read_parts(parts: list[Path]) -> Iterator[pa.Table]:
+    for part in parts:
+        try:
+            yield pq.read_table(part)
+        except FileNotFoundError:  # removed by a resume between listing and reading
+            continue
+
+
+def load(path: str | os.PathLike) -> Results:
+    """Read a results directory (also while its sweep is still writing)."""
+    path = Path(path)
+    if not (path / SWEEP_JSON).is_file():
+        raise UserError(f"{path}: not a grokjax results directory (no {SWEEP_JSON}); "
+                        f"give the --out directory of a sweep")
+    sweep = read_json(path / SWEEP_JSON)
+    runs = pq.read_table(path / RUNS_PARQUET).to_pandas()
+    tables = list(_read_parts(metric_parts(path)))
+    if tables:
+        metrics = pa.concat_tables(tables, promote_options="permissive").to_pandas()
+        metrics = metrics.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
+    else:
+        metrics = pd.DataFrame({"run_id": pd.Series(dtype="int64"), "step": pd.Series(dtype="int64")}
+                               | {c: pd.Series(dtype="float32") for c in METRIC_COLUMNS})
+    return Results(path, sweep, runs, metrics)
+
+

@@ -1,0 +1,1 @@
+"""Algorithmic tasks: full tables of pairs (``tables``)."""
