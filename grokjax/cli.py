@@ -110,6 +110,7 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     from grokjax.analysis.fit import FitOptions
     from grokjax.run.sweep import run_sweep
     from grokjax.spec.grid import build_sweep
+    from grokjax.spec.structure import DIVERGENCE_LOSS
 
     config, overrides = _split_items(args.items)
     sweep = build_sweep(config, overrides)
@@ -126,6 +127,10 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
         _print_run_summary([(r.run_id, r.wd, r.lr, r.seed, r.t_train, r.t_val_first)
                             for r in fits.itertuples()])
         _plot(outcome.path, fits)
+    n_div = len(outcome.tracker.diverged)
+    if n_div:
+        print(f"{n_div} of {sweep.n_runs()} runs diverged (train loss non-finite or above {DIVERGENCE_LOSS:g}, or "
+              f"parameters non-finite): each was frozen at that step and is NaN from there on")
     print(f"results: {outcome.path}")
     return 0
 
@@ -133,7 +138,7 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from grokjax.run.sweep import Interrupted
-    from grokjax.store.results import StorageError
+    from grokjax.store.files import StorageError
 
     try:
         args = _parser().parse_args(argv)

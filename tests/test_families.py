@@ -185,23 +185,22 @@ def test_mlp_works_for_s5_and_without_bias(mlp_input):
 # --------------------------------------------------------------------------------------------------
 # Every member inside a grid equals itself alone (float64), with one compilation per group.
 
+# Each entry is one structural group (one compiled program); together they cover every family member.
 MEMBERS = {
-    "mlp-onehot": ["arch=mlp", "n_layers=2", "d_mlp=24"],
-    "mlp-embed-quadratic": ["arch=mlp", "mlp_input=embed", "act=quadratic", "bias=false", "d_mlp=24"],
-    "transformer-gelu-nobias": ["act=gelu", "bias=false"],
-    "adam-l2": ["optimizer=adam"],
+    "mlp-onehot-gelu": ["arch=mlp", "n_layers=2", "d_mlp=24", "act=gelu"],
+    "mlp-embed-quadratic-nobias": ["arch=mlp", "mlp_input=embed", "act=quadratic", "bias=false", "d_mlp=24"],
+    "transformer-adam-l2-nobias": ["optimizer=adam", "bias=false"],
     "sgd-momentum": ["optimizer=sgd", "lr=0.3", "momentum=[0,0.9]"],
-    "orthograd": ["orthograd=true", "loss=stablemax"],
+    "orthograd-stablemax": ["orthograd=true", "loss=stablemax"],
     "grokfast-ema": ["grokfast=ema", "grokfast_lamb=[0.5,2]", "grokfast_alpha=[0.9,0.98]"],
     "grokfast-ma": ["grokfast=ma", "grokfast_window=4", "grokfast_lamb=[0.5,2]"],
-    "stablemax": ["loss=stablemax"],
 }
 
 
 @pytest.mark.parametrize("name", sorted(MEMBERS))
 def test_member_alone_equals_member_in_grid_and_compiles_once(name):
     counter = CompileCounter("train_chunk")
-    args = TINY + ["dtype=float64", "steps=40", "wd=[0.1,1]", "seeds=2"] + MEMBERS[name]
+    args = TINY + ["dtype=float64", "steps=20", "wd=[0.1,1]", "seeds=2"] + MEMBERS[name]
     (group, runs), = _groups(args)
     grid = train_alone(group, runs)
     assert counter.count == 1, "swept numeric settings must not recompile"
@@ -235,14 +234,14 @@ def test_grokfast_lamb_zero_trains_like_no_filter():
 
 
 def test_mixed_structural_grid_from_the_cli(tmp_path):
-    """One results directory with three optimizers x two filters: 6 groups, per-model columns in runs.parquet,
+    """One results directory with two optimizers x two filters: 4 groups, per-model columns in runs.parquet,
     and one run of the mixed grid equals the same run swept alone."""
     out, alone = tmp_path / "mixed", tmp_path / "alone"
     base = merged(TINY, ["dtype=float64", "steps=20", "momentum=0.5", "grokfast_lamb=1.5"])
-    assert main(["sweep", *base, "optimizer=[adamw,adam,sgd]", "grokfast=[none,ema]", "--out", str(out),
+    assert main(["sweep", *base, "optimizer=[adam,sgd]", "grokfast=[none,ema]", "--out", str(out),
                  "--quiet", "--no-plot"]) == 0
     r = grokjax.load(out)
-    assert r.runs["group"].nunique() == 6
+    assert r.runs["group"].nunique() == 4
     assert {"optimizer", "grokfast", "momentum", "grokfast_alpha", "grokfast_lamb", "orthograd", "loss", "arch"} \
         <= set(r.runs.columns)
     assert main(["sweep", *base, "optimizer=sgd", "grokfast=ema", "--out", str(alone), "--quiet", "--no-plot"]) == 0

@@ -13,12 +13,18 @@ Definitions (threshold 0.99 by default):
   last step observed), so survival statistics can use the budget as a censoring time.
 - Phases after Liu et al. 2022 ("Towards understanding grokking"): comprehension (train and val reach the
   threshold and delay <= gap), grokking (both, delay > gap), memorization (train only), confusion
-  (neither); ``diverged`` when the loss became non-finite. Liu et al. used a gap of 10^3 steps, our
+  (neither); ``diverged`` from the first step whose train loss is non-finite or above
+  ``DIVERGENCE_LOSS`` (1e8), or whose parameters would have become non-finite: the engine freezes the run
+  there and logs NaN from that step on, and ``t_diverged`` is that step. Liu et al. used a gap of 10^3 steps, our
   default ``gap=1000``.
 - A logistic in log10(step) fitted to validation accuracy gives the transition midpoint ``mid_step`` and
   its width ``width_decades`` where the curve rises far enough for one.
 - Per cell (each combination of swept values other than the seed): Kaplan-Meier median of t_val with
   censored runs treated as censored (not as their budget), a bootstrap 95% interval, phase counts.
+  Diverged runs are left out of the Kaplan-Meier estimate: divergence is a competing event after which
+  grokking cannot happen, and counting it as censoring would assume the run might still grok. They are
+  counted in the cell's ``n_diverged`` (and ``n_seeds``), so a cell's median speaks of the runs that
+  stayed finite.
 - The law (Omnigrok, Liu et al. 2022; Lyu et al. 2023 predict t_grok ~ 1/(lr*wd)): least squares of
   log t_val on log wd (or log lr*wd when lr is swept) over cells in the grokking/comprehension phases,
   with a bootstrap interval for the exponent alpha.
@@ -35,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from grokjax.errors import UserError
+from grokjax.spec.structure import DIVERGENCE_LOSS
 from grokjax.store.load import Results, load
 from grokjax.store.outputs import save_fits
 
@@ -99,7 +106,7 @@ def fit_run(m: pd.DataFrame, opts: FitOptions = FitOptions()) -> dict[str, float
     steps = m["step"].to_numpy()
     train_acc = m["train_acc"].to_numpy(dtype=float)
     loss = m["train_loss"].to_numpy(dtype=float)
-    bad = ~np.isfinite(loss)
+    bad = ~np.isfinite(loss) | (np.nan_to_num(loss, nan=np.inf) > DIVERGENCE_LOSS)
     t_div = _first(steps, bad)
     healthy = ~bad
     t_train = _first(steps[healthy], train_acc[healthy] >= opts.threshold)
@@ -157,7 +164,7 @@ def fit(path_or_results: str | Path | Results, threshold: float = 0.99, slack: f
     """Python API of ``grokjax fit``: per-run fits as a DataFrame (written to fits.parquet if ``save``)."""
     results = path_or_results if isinstance(path_or_results, Results) else load(path_or_results)
     fits = fit_results(results, FitOptions(threshold, slack, gap, keep))
-    if save:
+    if save and not fits.empty:  # no metrics yet: nothing is written (an empty fits.parquet would mislead)
         save_fits(results.path, fits)
     return fits
 

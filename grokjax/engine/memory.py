@@ -8,6 +8,7 @@ import jax
 
 from grokjax.engine.program import Program
 from grokjax.engine.single import Engine
+from grokjax.errors import UserError
 
 
 def device_memory_budget(device: jax.Device) -> int:
@@ -31,18 +32,26 @@ def choose_models_per_batch(engine: Engine, n_models: int, requested: int = 0,
     compiled program and shrinks it until it fits.
     Returns (models per batch, a sentence explaining the choice).
     """
+    budget = budget if budget is not None else device_memory_budget(jax.local_devices()[0])
     if requested:
         m = min(requested, n_models)
+        used = Program.get(engine, m).bytes
+        if used is not None and used > budget:
+            fits = _linear_fit(engine, n_models, budget)
+            raise UserError(f"models_per_batch={requested}: {m} models need {used / 2**20:,.0f} MiB, but "
+                            f"{budget / 2**20:,.0f} MiB are free on {jax.local_devices()[0].platform}; at most "
+                            f"{fits} fit (models_per_batch=0 chooses for you)")
         return m, f"{m} models per batch (models_per_batch={requested})"
-    budget = budget if budget is not None else device_memory_budget(jax.local_devices()[0])
     full = Program.get(engine, n_models).bytes
     if full is None or full <= budget:
         shown = "unknown" if full is None else f"{full / 2**20:.0f} MiB"
         return n_models, f"all {n_models} models in one batch ({shown} of {budget / 2**20:.0f} MiB)"
-    one, two = Program.get(engine, 1).bytes, Program.get(engine, 2).bytes
-    per_model = max(two - one, 1)
-    fixed = max(one - per_model, 0)
-    m = int(max(1, min(n_models, (budget - fixed) // per_model)))
+    one = Program.get(engine, 1).bytes
+    if one is not None and one > budget:
+        raise UserError(f"one model of this group needs {one / 2**20:,.0f} MiB, more than the "
+                        f"{budget / 2**20:,.0f} MiB free; use a smaller model, p or eval_batch_size")
+    per_model = _per_model_bytes(engine)
+    m = _linear_fit(engine, n_models, budget)
     # The linear estimate is only a start: check the real program (needed anyway) and shrink until it fits.
     while m > 1 and (used := Program.get(engine, m).bytes) is not None and used > budget:
         m = max(1, min(m - 1, int(m * budget / used)))
@@ -50,3 +59,15 @@ def choose_models_per_batch(engine: Engine, n_models: int, requested: int = 0,
                     f"{per_model / 2**20:.1f} MiB each, budget {budget / 2**20:.0f} MiB")
 
 
+
+
+def _per_model_bytes(engine: Engine) -> int:
+    one, two = Program.get(engine, 1).bytes, Program.get(engine, 2).bytes
+    return max((two or 0) - (one or 0), 1)
+
+
+def _linear_fit(engine: Engine, n_models: int, budget: int) -> int:
+    """Models that fit by the linear estimate from a 1- and a 2-model program (at least 1)."""
+    per_model = _per_model_bytes(engine)
+    fixed = max((Program.get(engine, 1).bytes or 0) - per_model, 0)
+    return int(max(1, min(n_models, (budget - fixed) // per_model)))

@@ -7,6 +7,7 @@ happens at steps that are multiples of ``eval_every`` and at the last step.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -16,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grokjax.engine.data import Hparams, Split, hparams_for, pad_models
-from grokjax.engine.single import Engine, ModelState, engine_for
+from grokjax.engine.single import Engine, ModelState, engine_for, is_dead
 from grokjax.spec.grid import Run
 from grokjax.spec.structure import GroupConfig
 
@@ -37,9 +38,9 @@ def _chunk_fn(engine: Engine, chunk_steps: int) -> Callable:
             nan = jnp.full((n_models,), jnp.nan, engine.dtype)
             val_loss, val_acc, norm = jax.lax.cond(
                 do_eval, lambda: v_eval(states.params, splits, inputs, labels), lambda: (nan, nan, nan))
-            dead = states.diverged_step >= 0
-            val_loss, val_acc = jnp.where(dead, jnp.nan, val_loss), jnp.where(dead, jnp.nan, val_acc)
             states, (train_loss, train_acc) = v_step(states, splits, hps, step, inputs, labels)
+            dead = is_dead(states.diverged_step, step)  # after the step: it may have found this row bad
+            val_loss, val_acc, norm = (jnp.where(dead, jnp.nan, x) for x in (val_loss, val_acc, norm))
             out = dict(train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
                        param_norm=norm)
             return states, {k: v.astype(engine.dtype) for k, v in out.items()}
@@ -75,10 +76,26 @@ def _program_bytes(compiled: Any) -> int | None:
 _PROGRAMS: dict[tuple, "Program"] = {}
 
 
+def _in_precision(method: Callable) -> Callable:
+    """Run a Program method with JAX's 64-bit mode set for its group (on for float64, off for float32),
+    whatever the process-wide flag: a float32 group then traces, compiles and runs the very program a
+    float32-only process would (with 64-bit mode on, default integer and float types change and XLA
+    fuses and rounds differently), and a float64 group gets float64 however the process started."""
+
+    @functools.wraps(method)
+    def wrapped(self: "Program", *args: Any, **kwargs: Any) -> Any:
+        engine = self.engine if hasattr(self, "engine") else args[0]  # __init__(self, engine, n_models)
+        with jax.enable_x64(engine.dtype == jnp.float64):
+            return method(self, *args, **kwargs)
+
+    return wrapped
+
+
 class Program:
     """A compiled batch of ``n_models`` models for one group: init and train_chunk, model axis sharded
     over all local devices (padded to a multiple of the device count)."""
 
+    @_in_precision
     def __init__(self, engine: Engine, n_models: int):
         self.engine = engine
         self.devices = jax.local_devices()
@@ -116,15 +133,18 @@ class Program:
             _PROGRAMS[key] = cls(engine, n_models)
         return _PROGRAMS[key]
 
+    @_in_precision
     def put(self, hps: Hparams) -> Hparams:
         host = pad_models(hps, self.n_models)
         dt = np.dtype(self.engine.dtype)
         host = Hparams(*(x.astype(dt) if x.dtype.kind == "f" else x for x in host))
         return jax.device_put(host, self.sharded)
 
+    @_in_precision
     def init(self, hps: Hparams) -> tuple[ModelState, Split]:
         return self._init(hps)
 
+    @_in_precision
     def train_chunk(self, state: ModelState, splits: Split, hps: Hparams, start: jax.Array
                     ) -> tuple[ModelState, dict[str, jax.Array], jax.Array]:
         """One compiled chunk of ``chunk_steps`` steps from ``start`` (state is donated): the new state,
@@ -149,20 +169,26 @@ class Program:
                 break
             state, metrics, dead = self.train_chunk(state, splits, hps, jnp.int32(s))
             end = min(s + self.chunk_steps, steps)
-            host_state = jax.device_get(state) if want_state(end) else None
+            host_state = self._host(state) if want_state(end) else None
             if pending is not None:
                 yield self._fetch(*pending, n_real)
             pending = (s, end, metrics, dead, host_state)
         if pending is not None:
             # The last dispatched state was never donated: the final result (end or stop) always carries it.
-            yield self._fetch(*pending[:4], jax.device_get(state), n_real)
+            yield self._fetch(*pending[:4], self._host(state), n_real)
 
+    @_in_precision
     def _fetch(self, start: int, end: int, metrics: dict[str, jax.Array], dead: jax.Array,
                host_state: ModelState | None, n_real: int) -> ChunkResult:
         host = jax.device_get(metrics)
         return ChunkResult(start, end, {name: np.asarray(v)[: end - start, :n_real] for name, v in host.items()},
                            np.asarray(jax.device_get(dead))[:n_real], host_state)
 
+    @_in_precision
+    def _host(self, state: ModelState) -> ModelState:
+        return jax.device_get(state)
+
+    @_in_precision
     def restore(self, host_state: ModelState) -> ModelState:
         """Put a host copy of a state (from a checkpoint) back on the devices, sharded like init's."""
         return jax.device_put(host_state, self.sharded)
@@ -183,6 +209,11 @@ def train_flops_per_chunk(prog: Program) -> float | None:
     """FLOPs of the training steps in one chunk (evaluation excluded), from XLA's cost analysis of one
     vmapped step times the chunk length: XLA counts a scan's body once, not once per iteration."""
     state, split, hps = prog.abstract
+    with jax.enable_x64(prog.engine.dtype == jnp.float64):
+        return _train_flops(prog, state, split, hps)
+
+
+def _train_flops(prog: Program, state: Any, split: Any, hps: Any) -> float | None:
     step = jax.jit(jax.vmap(prog.engine.train_step_one, in_axes=(0, 0, 0, None, None, None)))
     try:
         cost = step.lower(state, split, hps, jax.ShapeDtypeStruct((), jnp.int32), prog.inputs,

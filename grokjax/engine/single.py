@@ -23,8 +23,13 @@ from grokjax.losses import LOSSES
 from grokjax.models.registry import make_model
 from grokjax.optim.factory import OPTIMIZER_HPARAMS, make_optimizer
 from grokjax.spec.grid import Run, batch_size_of, n_train_of
-from grokjax.spec.structure import GroupConfig
+from grokjax.spec.structure import DIVERGENCE_LOSS, GroupConfig
 from grokjax.tasks.tables import TaskTable, make_table
+
+
+def is_dead(diverged_step: jax.Array, step: jax.Array) -> jax.Array:
+    """Whether the metric row ``step`` belongs to a run that diverged at or before it."""
+    return (diverged_step >= 0) & (step >= diverged_step)
 
 
 class ModelState(NamedTuple):
@@ -108,7 +113,9 @@ class Engine:
             return split.train_idx, split.train_w
         _, _, batch_key = self.keys(hp.seed)
         # Draw over the whole table size so the stream does not depend on the group's padding.
-        u = jax.random.uniform(jax.random.fold_in(batch_key, step), (self.table.n_pairs,))[: self.n_train_max]
+        # dtype explicit: without it the draw depends on the process-wide 64-bit flag.
+        u = jax.random.uniform(jax.random.fold_in(batch_key, step), (self.table.n_pairs,), jnp.float32)
+        u = u[: self.n_train_max]
         u = jnp.where(jnp.arange(self.n_train_max) < hp.n_train, u, -1.0)
         _, pos = jax.lax.top_k(u, self.batch_size)
         return split.train_idx[pos], jnp.ones((self.batch_size,), self.dtype)
@@ -120,15 +127,21 @@ class Engine:
                                                                                labels[idx], w)
         updates, opt_state = self.optimizer().update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        healthy = state.diverged_step < 0
+        # Divergence (DIVERGENCE_LOSS): at this step if the loss is bad, at the next one if only the updated
+        # parameters are; either way the parameters stay those of the last good step, and every metric
+        # row from the diverged step on is NaN (``is_dead``), so fit's t_diverged is the engine's step.
+        healthy = ~is_dead(state.diverged_step, step)
         active = step < self.group.train.steps
-        finite = jnp.isfinite(loss) & _all_finite(params)
-        keep = healthy & active & finite
+        loss_ok = jnp.isfinite(loss) & (loss <= DIVERGENCE_LOSS)
+        params_ok = _all_finite(params)
+        keep = healthy & active & loss_ok & params_ok
         pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, old)  # noqa: E731
-        diverged = jnp.where(healthy & active & ~finite, step, state.diverged_step).astype(jnp.int32)
+        newly = healthy & active & ~(loss_ok & params_ok)
+        diverged = jnp.where(newly, jnp.where(loss_ok, step + 1, step), state.diverged_step).astype(jnp.int32)
         new_state = ModelState(pick(params, state.params), pick(opt_state, state.opt_state), diverged)
         nan = jnp.array(jnp.nan, loss.dtype)
-        return new_state, (jnp.where(healthy & jnp.isfinite(loss), loss, nan), jnp.where(healthy, acc, nan))
+        ok_row = ~is_dead(diverged, step)
+        return new_state, (jnp.where(ok_row, loss, nan), jnp.where(ok_row, acc, nan))
 
     def evaluate_one(self, params: Any, split: Split, inputs: jax.Array, labels: jax.Array
                      ) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -107,8 +107,15 @@ class Reporter:
             self.last_line = now
             left = (self.total - self.done) / max(rate, 1e-9)
             pct = 100 * self.done / max(self.total, 1)
-            print(f"[grokjax] group/batch {where} {pct:5.1f}%  {info}  ETA {left:,.0f}s", file=sys.stderr,
+            print(f"[grokjax] {where} {pct:5.1f}%  {info}  ETA {left:,.0f}s", file=sys.stderr,
                   flush=True)
+
+    def warn(self, text: str) -> None:
+        """A line the user must see, even with --quiet (repairs of a damaged results directory)."""
+        if self.progress is not None:
+            self.progress.console.print(f"grokjax: {text}")
+        else:
+            print(f"grokjax: {text}", file=sys.stderr, flush=True)
 
     def say(self, text: str) -> None:
         if self.quiet:

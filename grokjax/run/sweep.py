@@ -15,17 +15,20 @@ import jax
 from grokjax.engine.data import Hparams, hparams_for, pad_models
 from grokjax.engine.memory import choose_models_per_batch
 from grokjax.engine.program import Program
-from grokjax.engine.single import engine_for
+from grokjax.engine.single import ModelState, engine_for
 from grokjax.run.progress import Reporter, Tracker
 from grokjax.spec.grid import Sweep
-from grokjax.store.results import ResultsDir, default_out, estimated_bytes, run_ids
+from grokjax.spec.structure import GroupConfig
+from grokjax.store.results import Checkpoint, DamagedFile, ResultsDir, default_out, estimated_bytes, run_ids
 
 
 class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; a checkpoint was written at ``step``."""
+    """SIGINT/SIGTERM arrived; the message says what was saved."""
 
-    def __init__(self, signum: int, path: Path):
-        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint written. Continue with: "
+    def __init__(self, signum: int, path: Path, saved: tuple[int, int, int] | None):
+        what = ("before any checkpoint was written: nothing was trained yet" if saved is None else
+                f"checkpoint written (group {saved[0] + 1}, model batch {saved[1] + 1}, step {saved[2]})")
+        super().__init__(f"stopped by {signal.Signals(signum).name} {what}. Continue with: "
                          f"grokjax sweep ... --out {path} --resume")
         self.signum = signum
 
@@ -43,6 +46,54 @@ def _stop_on_signals() -> Iterator[list[int]]:
             signal.signal(s, h)
 
 
+def describe(group: GroupConfig) -> str:
+    """One line naming a group's task and network, for progress output."""
+    m, t = group.model, group.train
+    task = "s5" if group.task.op == "s5" else f"{group.task.op} mod {group.task.p}"
+    if m.arch == "mlp":
+        net = f"MLP {m.n_layers}x{m.d_mlp} ({m.mlp_input}, {m.act})"
+    else:
+        net = f"transformer {m.n_layers} layer(s) d_model={m.d_model}"
+    extras = [t.optimizer] + (["orthograd"] if t.orthograd else []) + \
+        ([f"grokfast={t.grokfast}"] if t.grokfast != "none" else []) + ([t.loss] if t.loss != "softmax" else [])
+    return f"{task}, {net}, {' '.join(extras)}"
+
+
+def _checkpointed_batch_size(rd: ResultsDir, group: int, rep: Reporter) -> int | None:
+    """models_per_batch from the group's first readable checkpoint, or None (naming any damaged ones)."""
+    for b in rd.checkpoint_batches(group):
+        try:
+            ckpt = rd.load_checkpoint(group, b)
+        except DamagedFile as e:
+            rep.warn(str(e))
+            continue
+        if ckpt is not None:
+            return ckpt.models_per_batch
+    return None
+
+
+def _usable_checkpoint(rd: ResultsDir, group: int, batch: int, state: ModelState, rep: Reporter
+                       ) -> Checkpoint | None:
+    """The batch's checkpoint if it is readable and holds this program's state; otherwise None (the batch
+    then trains again from step 0), saying why."""
+    try:
+        ckpt = rd.load_checkpoint(group, batch)
+    except DamagedFile as e:
+        rep.warn(f"{e}: training group {group + 1} batch {batch + 1} again from step 0")
+        rd.discard_checkpoint(group, batch)
+        return None
+    if ckpt is None:
+        return None
+    expected = jax.tree.leaves(state)
+    if len(ckpt.leaves) != len(expected) or any(
+            a.shape[1:] != b.shape[1:] or a.dtype != b.dtype for a, b in zip(ckpt.leaves, expected)):
+        rep.warn(f"{rd.path}: the checkpoint of group {group + 1} batch {batch + 1} does not hold this "
+                 f"program's state (written by another grokjax version?): training it again from step 0")
+        rd.discard_checkpoint(group, batch)
+        return None
+    return ckpt
+
+
 @dataclass
 class SweepOutcome:
     path: Path
@@ -56,24 +107,30 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
     """Train every run of the sweep into ``out`` (default results/<timestamp>-<hash>)."""
     path = Path(out) if out is not None else default_out(sweep)
     groups = sweep.groups()
-    if any(g.train.dtype == "float64" for g, _ in groups):
-        jax.config.update("jax_enable_x64", True)
     total = sum(g.train.steps * len(runs) for g, runs in groups)
     tracker = Tracker(sweep.n_runs())
     t0 = time.perf_counter()
+    engines = [engine_for(group, runs) for group, runs in groups]
+    # A new sweep plans its model batches (compiling, and refusing what cannot fit) before anything is
+    # written; a resumed one takes the batches its checkpoints were written with.
+    plans = {} if resume else {gi: choose_models_per_batch(e, len(runs), g.train.models_per_batch)
+                               for gi, (e, (g, runs)) in enumerate(zip(engines, groups))}
+    saved: tuple[int, int, int] | None = None
     with ResultsDir.open(path, sweep, resume, command or [], estimated_bytes(sweep)) as rd, Reporter(total, quiet) as rep, \
             _stop_on_signals() as signals:
         rep.say(f"grokjax: {sweep.n_runs()} runs in {len(groups)} group(s) -> {path}")
         for gi, (group, runs) in enumerate(groups):
             t = group.train
-            engine = engine_for(group, runs)
-            first = rd.load_checkpoint(gi, 0) if resume else None
-            if first is not None:  # the checkpoints' layout fixes the batches, whatever memory is free now
-                per_batch, why = first.models_per_batch, f"{first.models_per_batch} models per batch (as checkpointed)"
+            engine = engines[gi]
+            checkpointed = _checkpointed_batch_size(rd, gi, rep) if resume else None
+            if checkpointed is not None:  # the checkpoints' layout fixes the batches, whatever memory is free now
+                per_batch, why = checkpointed, f"{checkpointed} models per batch (as checkpointed)"
             else:
-                per_batch, why = choose_models_per_batch(engine, len(runs), t.models_per_batch)
-            rep.say(f"group {gi}: {group.task.op} p={group.task.p} {group.model.n_layers} layer(s) "
-                    f"d_model={group.model.d_model}; {why}")
+                if resume and (rd.checkpoint_batches(gi) or rd.has_parts(gi)):
+                    rep.warn(f"group {gi + 1}: no readable checkpoint; training the group again from step 0")
+                    rd.clear_group(gi)
+                per_batch, why = plans.get(gi) or choose_models_per_batch(engine, len(runs), t.models_per_batch)
+            rep.say(f"group {gi + 1} of {len(groups)}: {describe(group)}; {why}")
             for bi, lo in enumerate(range(0, len(runs), per_batch)):
                 batch = runs[lo: lo + per_batch]
                 ids = run_ids(batch)
@@ -81,7 +138,12 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
                 hps: Hparams = prog.put(hparams_for(batch, engine.table.n_pairs))
                 state, splits = prog.init(hps)
                 start = 0
-                ckpt = rd.load_checkpoint(gi, bi) if resume else None
+                ckpt = _usable_checkpoint(rd, gi, bi, state, rep) if resume else None
+                damaged = rd.first_damaged_part(gi, bi) if resume else None
+                if ckpt is not None and damaged is not None and damaged[0] < ckpt.step:
+                    rep.warn(f"{damaged[1]} is damaged and its checkpoint is later: training group {gi + 1} "
+                             f"batch {bi + 1} again from step 0")
+                    ckpt = None
                 if ckpt is not None:
                     # Re-pad the models axis: the checkpoint may come from a different number of devices.
                     real = [leaf[: len(batch)] for leaf in ckpt.leaves]
@@ -93,7 +155,8 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
                     rd.clear_parts_from(gi, bi, start)
                 every = t.checkpoint_every
                 k = prog.chunk_steps
-                where = f"g{gi + 1}/{len(groups)} b{bi + 1}"
+                n_batches = -(-len(runs) // per_batch)
+                where = f"group {gi + 1}/{len(groups)} batch {bi + 1}/{n_batches}"
                 for res in prog.run(state, splits, hps, start, len(batch),
                                     want_state=lambda end: end // every != (end - k) // every,
                                     should_stop=lambda: bool(signals)):
@@ -101,9 +164,10 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
                     tracker.update(ids, res.start, res.metrics, res.diverged_step)
                     if res.state is not None:
                         rd.save_checkpoint(gi, bi, res.end, jax.tree.leaves(res.state), per_batch)
+                        saved = (gi, bi, res.end)
                     rep.update((res.end - res.start) * len(batch), where, res.end, t.steps, tracker)
                 if signals:
-                    raise Interrupted(signals[0], path)
+                    raise Interrupted(signals[0], path, saved)
         rd.mark_complete()
         rate = rep.rate()
     return SweepOutcome(path, tracker, rate, time.perf_counter() - t0)

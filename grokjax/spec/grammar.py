@@ -21,6 +21,7 @@ from grokjax.spec.fields import ALIASES, FIELDS
 from grokjax.spec.structure import Scalar
 
 FUNCTIONS = ("logspace", "linspace", "range")
+MAX_AXIS_VALUES = 100_000  # values one key may sweep: refused before anything of that size is allocated
 
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -33,8 +34,9 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def parse_scalar(key: str, text: str) -> Scalar:
-    """One literal: int, float, true/false, or a bare identifier such as ``add``."""
+def parse_scalar(key: str, text: str, whole: str | None = None) -> Scalar:
+    """One literal: int, float, true/false, or a bare identifier such as ``add``. ``whole`` is the whole
+    expression the literal came from, echoed in the error."""
     t = text.strip()
     if _INT.fullmatch(t):
         return int(t)
@@ -45,12 +47,12 @@ def parse_scalar(key: str, text: str) -> Scalar:
     if _IDENT.fullmatch(t):
         return t
     shown = t if t else "(empty)"
-    raise UserError(f"{key}={text}: malformed value {shown!r}; expected a number, true/false, a name, "
+    raise UserError(f"{key}={whole if whole is not None else text}: malformed value {shown!r}; expected a number, true/false, a name, "
                     f"a list [a,b,...], logspace(a,b,n), linspace(a,b,n) or range(start,stop[,step])")
 
 
 def _number_args(key: str, name: str, inner: str) -> list[int | float]:
-    args = [parse_scalar(key, a) for a in inner.split(",")]
+    args = [parse_scalar(key, a, f"{name}({inner})") for a in inner.split(",")]
     for a in args:
         if isinstance(a, bool) or not isinstance(a, (int, float)):
             raise UserError(f"{key}={name}({inner}): argument {a!r} is not a number; {name} takes numbers")
@@ -65,6 +67,7 @@ def _call(key: str, name: str, inner: str) -> list[Scalar]:
         a, b, n = args
         if not isinstance(n, int) or n < 1:
             raise UserError(f"{key}={name}({inner}): n={n} must be a whole number >= 1")
+        _check_count(key, f"{name}({inner})", n)
         values = np.linspace(a, b, n)
         return [float(v) for v in (10.0 ** values if name == "logspace" else values)]
     if len(args) not in (2, 3):
@@ -74,6 +77,7 @@ def _call(key: str, name: str, inner: str) -> list[Scalar]:
     step = args[2] if len(args) == 3 else 1
     if step == 0:
         raise UserError(f"{key}=range({inner}): step must not be 0")
+    _check_count(key, f"range({inner})", max(0, math.ceil((stop - start) / step)))
     if all(isinstance(a, int) for a in (start, stop, step)):
         values: list[Scalar] = list(range(start, stop, step))
     else:
@@ -109,7 +113,8 @@ def parse_expression(key: str, text: str) -> tuple[list[Scalar], bool]:
         return [parse_scalar(key, t)], False
     if any(c in item for item in items for c in "()[]"):
         raise UserError(f"{key}={text}: lists hold plain values, not nested lists or functions")
-    return [parse_scalar(key, item) for item in items], True
+    _check_count(key, text, len(items))
+    return [parse_scalar(key, item, text) for item in items], True
 
 
 def resolve_key(key: str) -> str:
@@ -123,12 +128,17 @@ def resolve_key(key: str) -> str:
                     f"known keys: {', '.join(sorted(ALIASES))} (or their dotted paths, e.g. model.d_model)")
 
 
-def coerce(key: str, value: Scalar, seeds_count: bool = False) -> list[Scalar]:
+def _check_count(key: str, text: str, n: float) -> None:
+    if not n <= MAX_AXIS_VALUES:
+        raise UserError(f"{key}={text}: {n:,.0f} values; at most {MAX_AXIS_VALUES:,} values per key")
+
+
+def coerce(key: str, value: Scalar, seeds_count: bool = False, shown: str | None = None) -> list[Scalar]:
     """Type-check and domain-check one value for the field behind ``key``; returns a list of values
-    (``seeds=N`` expands to N seeds)."""
+    (``seeds=N`` expands to N seeds). ``shown`` is what the user typed, echoed in errors."""
     path = resolve_key(key)
     field = FIELDS[path]
-    shown = f"{key}={value}"
+    shown = shown if shown is not None else f"{key}={value}"
     if field.kind == "bool":
         if not isinstance(value, bool):
             raise UserError(f"{shown}: expected true or false")
@@ -160,6 +170,7 @@ def coerce(key: str, value: Scalar, seeds_count: bool = False) -> list[Scalar]:
     if seeds_count:
         if value < 1:
             raise UserError(f"{shown}: seeds=N needs N >= 1 (or a list of seeds such as seeds=[0,3,7])")
+        _check_count(key, str(value), value)
         return list(range(int(value)))
     if field.check is not None:
         accepted = field.check(value)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from grokjax.errors import UserError
-from grokjax.spec.fields import FIELDS
+from grokjax.spec.fields import FIELDS, SHORT_NAMES
 from grokjax.spec.grammar import coerce, did_you_mean, parse_expression, resolve_key
 from grokjax.spec.presets import PRESETS, find_config, load_toml, named_sweeps
 from grokjax.spec.structure import (
@@ -27,6 +27,10 @@ from grokjax.spec.structure import (
     TrainConfig,
 )
 from grokjax.tasks.tables import OPS_NEEDING_PRIME, n_pairs_of
+
+
+MAX_RUNS = 1_000_000  # runs per sweep, refused before the grid is enumerated
+MAX_PAIRS = 4_000_000  # pairs in a task table (p <= 2000), refused before the table is built
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,9 @@ def check_point(point: dict[str, Scalar]) -> None:
     if op in OPS_NEEDING_PRIME and not is_prime(int(p)):
         raise UserError(f"p={p} is not prime, but op={op} needs inverses mod p; use a prime such as 97 or 113")
     n_pairs = n_pairs_of(str(op), int(p))
+    if n_pairs > MAX_PAIRS:
+        raise UserError(f"p={p}: the table of op={op} would hold {n_pairs:,} pairs; at most {MAX_PAIRS:,} "
+                        f"(p <= {math.isqrt(MAX_PAIRS):,}) fit a task table")
     n_train = n_train_of(float(point["hp.frac"]), n_pairs)
     if n_train < 1 or n_train >= n_pairs:
         raise UserError(f"frac={point['hp.frac']} leaves {n_train} of {n_pairs} pairs for training; "
@@ -129,12 +136,20 @@ def defaults() -> dict[str, list[Scalar]]:
 
 
 def _apply(values: dict[str, list[Scalar]], axes: list[str], key: str, parsed: list[Scalar],
-           is_axis: bool) -> None:
+           is_axis: bool, text: str | None = None) -> None:
+    """Set one key. ``text`` is what the user typed after ``key=`` (echoed in errors)."""
     path = resolve_key(key)
     seeds_count = key == "seeds" and not is_axis
     out: list[Scalar] = []
     for v in parsed:
-        out += coerce(key, v, seeds_count=seeds_count)
+        shown = f"{key}={text}" if text is not None and (len(parsed) == 1 or seeds_count) else None
+        out += coerce(key, v, seeds_count=seeds_count, shown=shown)
+    seen: set[Scalar] = set()
+    for v in out:
+        if (v, type(v)) in seen:
+            raise UserError(f"{key}={text if text is not None else out}: the value {v} appears twice; give each "
+                            f"value once (a repeated seed would train the same run twice)")
+        seen.add((v, type(v)))
     values[path] = out
     if path in axes:
         axes.remove(path)
@@ -178,8 +193,13 @@ def build_sweep(config: str | None = None, overrides: Iterable[str] = ()) -> Swe
             raise UserError(f"{key} is given twice; give each key once (use a list to sweep it)")
         seen.add(path)
         parsed, is_axis = parse_expression(key, text)
-        _apply(values, axes, key, parsed, is_axis)
+        _apply(values, axes, key, parsed, is_axis, text.strip())
     sweep = Sweep(values, axes, name)
+    n_runs = sweep.n_runs()
+    if n_runs > MAX_RUNS:
+        sizes = " x ".join(f"{SHORT_NAMES[a]}={len(values[a])}" for a in axes)
+        raise UserError(f"the grid has {n_runs:,} runs ({sizes}); at most {MAX_RUNS:,} runs per sweep: "
+                        f"split it into several sweeps")
     for point in sweep.points():
         check_point(point)
     return sweep

@@ -82,6 +82,11 @@ class GroupConfig:
     train: TrainConfig
 
 
+# A run has diverged at the first step whose train loss is non-finite or above this bound, or whose
+# parameters after an update are non-finite (cross-entropy at chance is log(n_symbols) ~ 5; a loss of 1e8
+# means logit gaps of 1e8 on the training pairs). The engine freezes it there; fit calls it "diverged".
+DIVERGENCE_LOSS = 1e8
+
 # Per-model numeric hyperparameters: vmapped arrays, never a recompile.
 HP_DEFAULTS: dict[str, Scalar] = {"wd": 1.0, "lr": 1e-3, "frac": 0.3, "seed": 0, "init_scale": 1.0, "momentum": 0.0,
                                   "grokfast_alpha": 0.98, "grokfast_lamb": 2.0}

@@ -9,10 +9,9 @@ from typing import Any, Iterator
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from grokjax.errors import UserError
-from grokjax.store.files import read_json
+from grokjax.store.files import read_json, read_parquet
 from grokjax.store.layout import METRIC_COLUMNS, RUNS_PARQUET, SWEEP_JSON, metric_parts
 
 
@@ -34,12 +33,12 @@ class Results:
         return list(self.sweep["spec"]["axes"])
 
 
-def _read_parts(parts: list[Path]) -> Iterator[pa.Table]:
+def _read_parts(parts: list[Path], sweep_path: Path) -> Iterator[pa.Table]:
+    fix = f"rerun the sweep with --out {sweep_path} --resume to recompute it (or delete the file)"
     for part in parts:
-        try:
-            yield pq.read_table(part)
-        except FileNotFoundError:  # removed by a resume between listing and reading
+        if not part.exists():  # removed by a resume between listing and reading
             continue
+        yield read_parquet(part, fix)
 
 
 def load(path: str | os.PathLike) -> Results:
@@ -49,8 +48,9 @@ def load(path: str | os.PathLike) -> Results:
         raise UserError(f"{path}: not a grokjax results directory (no {SWEEP_JSON}); "
                         f"give the --out directory of a sweep")
     sweep = read_json(path / SWEEP_JSON)
-    runs = pq.read_table(path / RUNS_PARQUET).to_pandas()
-    tables = list(_read_parts(metric_parts(path)))
+    runs = read_parquet(path / RUNS_PARQUET, "the runs table cannot be recovered from the metrics; rerun the "
+                        "sweep into a new --out (its sweep.json holds the command)").to_pandas()
+    tables = list(_read_parts(metric_parts(path), path))
     if tables:
         metrics = pa.concat_tables(tables, promote_options="permissive").to_pandas()
         metrics = metrics.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -34,12 +34,8 @@ import pyarrow as pa
 from grokjax.errors import UserError
 from grokjax.spec.fields import SHORT_NAMES
 from grokjax.spec.grid import Run, Sweep
-from grokjax.store.files import (
-    atomic_parquet,
-    atomic_write_bytes,
-    read_json,
-    remove_tree,
-)
+from grokjax.store.files import (atomic_file, atomic_parquet, atomic_write_bytes, parquet_ok, read_json,
+                                 remove_tree, write_error)
 from grokjax.store.layout import (
     CHECKPOINT_DIR,
     EVAL_COLUMNS,
@@ -50,10 +46,6 @@ from grokjax.store.layout import (
     RUNS_PARQUET,
     SWEEP_JSON,
 )
-
-
-class StorageError(Exception):
-    """Writing the results failed (disk full, permissions changed...). The message says what was kept."""
 
 
 def default_out(sweep: Sweep) -> Path:
@@ -121,6 +113,7 @@ class ResultsDir:
     def __init__(self, path: Path, lock_fd: int):
         self.path = path
         self._lock_fd: int | None = lock_fd
+        self._complete = False
 
     # -- opening ------------------------------------------------------------------------------------
     @classmethod
@@ -128,31 +121,24 @@ class ResultsDir:
              ) -> "ResultsDir":
         """Check the directory, take the lock, and (for a new sweep) write sweep.json and runs.parquet.
         Raises UserError, leaving the disk as it was, when DIR holds another sweep, is in use, cannot be
-        written, or lacks ``needed_bytes`` of free space."""
+        written, or lacks ``needed_bytes`` of free space. The lock is taken before DIR's contents are
+        judged, so of two sweeps racing for one DIR the loser is told that another sweep holds it."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path}: exists and is not a directory; choose a new directory")
-        spec_file = path / SWEEP_JSON
-        existing = read_json(spec_file) if spec_file.exists() else None
-        if existing is not None:
-            if existing.get("fingerprint") != sweep.fingerprint():
-                raise UserError(f"--out {path}: holds a different sweep ({existing.get('name')}, fingerprint "
-                                f"{existing.get('fingerprint')}); choose another --out, or resume it with "
-                                f"the same spec")
-            if not resume:
-                raise UserError(f"--out {path}: already holds this sweep; add --resume to continue it, "
-                                f"or choose another --out")
-        elif resume:
-            raise UserError(f"--out {path}: there is no sweep to resume here (no {SWEEP_JSON})")
-        elif path.is_dir() and any(path.iterdir()):
+        ours = path.is_dir() and ((path / SWEEP_JSON).exists() or (path / LOCK).exists())
+        if path.is_dir() and not ours and any(path.iterdir()):
             raise UserError(f"--out {path}: is not empty and holds no grokjax sweep; choose a new or empty "
                             f"directory")
+        if resume and not ours:
+            raise UserError(f"--out {path}: there is no sweep to resume here (no {SWEEP_JSON})")
         parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
         if parent.is_dir() and needed_bytes and shutil.disk_usage(parent).free < needed_bytes:
             free = shutil.disk_usage(parent).free
             raise UserError(f"--out {path}: {free / 2**20:.0f} MiB free, the sweep needs about "
                             f"{needed_bytes / 2**20:.0f} MiB; free space or choose another --out")
-        created = not path.exists()
+        created_dir = not path.exists()
+        created_lock = not (path / LOCK).exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
             lock_fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -162,9 +148,26 @@ class ResultsDir:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(lock_fd)
-            raise UserError(f"--out {path}: another sweep is writing to this directory right now (locked); "
-                            f"wait for it or choose another --out")
+            raise UserError(f"--out {path}: another sweep holds this directory (it is writing there right "
+                            f"now); wait for it to finish or choose another --out")
         rd = cls(path, lock_fd)
+        spec_file = path / SWEEP_JSON
+        try:
+            existing = read_json(spec_file) if spec_file.exists() else None
+            if existing is not None and existing.get("fingerprint") != sweep.fingerprint():
+                raise UserError(f"--out {path}: holds a different sweep ({existing.get('name')}, fingerprint "
+                                f"{existing.get('fingerprint')}); choose another --out, or resume it with "
+                                f"the same spec")
+            if existing is not None and not resume:
+                raise UserError(f"--out {path}: already holds this sweep; add --resume to continue it, "
+                                f"or choose another --out")
+            if existing is None and resume:
+                raise UserError(f"--out {path}: there is no sweep to resume here (no {SWEEP_JSON})")
+        except UserError:
+            rd.close(remove_lock=created_lock)
+            if created_dir:
+                remove_tree(path)
+            raise
         try:
             probe = path / ".write-probe"
             probe.write_bytes(b"ok")
@@ -179,15 +182,19 @@ class ResultsDir:
                 atomic_parquet(path / RUNS_PARQUET, pa.Table.from_pandas(runs_table(sweep), preserve_index=False))
                 atomic_write_bytes(spec_file, json.dumps(record, indent=2).encode())
         except OSError as e:
-            rd.close()
-            if created:
+            rd.close(remove_lock=created_lock)
+            if created_dir:
                 remove_tree(path)
             raise UserError(f"--out {path}: cannot write there ({e.strerror}); choose a writable directory "
                             f"with free space")
         return rd
 
-    def close(self) -> None:
+    def close(self, remove_lock: bool = False) -> None:
+        """Release the lock; a completed sweep (or a refused open that made it) also removes the lock file."""
         if self._lock_fd is not None:
+            if remove_lock or self._complete:
+                with contextlib.suppress(OSError):
+                    (self.path / LOCK).unlink()
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 os.close(self._lock_fd)
@@ -237,29 +244,70 @@ class ResultsDir:
 
     def save_checkpoint(self, group: int, batch: int, step: int, leaves: list[np.ndarray],
                         models_per_batch: int) -> None:
+        """Write the state's leaves with a SHA-256 digest of their bytes, so a damaged file is detected."""
         path = self._checkpoint_path(group, batch)
+        arrays = [np.ascontiguousarray(np.asarray(x)) for x in leaves]
 
         def write() -> None:
-            tmp = path.with_name(f".{path.name}.tmp")
-            with open(tmp, "wb") as f:
+            with atomic_file(path) as tmp, open(tmp, "wb") as f:
                 np.savez(f, step=np.int64(step), models_per_batch=np.int64(models_per_batch),
-                         **{f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)})
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+                         digest=np.frombuffer(_digest(arrays), np.uint8),
+                         **{f"leaf_{i:04d}": x for i, x in enumerate(arrays)})
 
         self._guard(write)
 
     def load_checkpoint(self, group: int, batch: int) -> Checkpoint | None:
+        """The batch's checkpoint, None if there is none; DamagedFile if it cannot be read or its digest
+        does not match."""
         path = self._checkpoint_path(group, batch)
         if not path.exists():
             return None
-        with np.load(path) as z:
-            names = sorted(k for k in z.files if k.startswith("leaf_"))
-            return Checkpoint(int(z["step"]), [z[k] for k in names], int(z["models_per_batch"]))
+        try:
+            with np.load(path) as z:
+                names = sorted(k for k in z.files if k.startswith("leaf_"))
+                leaves = [z[k] for k in names]
+                ckpt = Checkpoint(int(z["step"]), leaves, int(z["models_per_batch"]))
+                stored = bytes(z["digest"])
+        except Exception as e:  # a truncated or garbled archive fails in many ways (zipfile, numpy, OSError)
+            raise DamagedFile(path, f"{type(e).__name__}: {e}") from e
+        if stored != _digest(leaves):
+            raise DamagedFile(path, "its contents do not match the digest written with it")
+        return ckpt
+
+    def discard_checkpoint(self, group: int, batch: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._checkpoint_path(group, batch).unlink()
+
+    def group_checkpoints(self, group: int) -> list[Path]:
+        return sorted((self.path / CHECKPOINT_DIR).glob(f"g{group:03d}-b*.npz"))
+
+    def checkpoint_batches(self, group: int) -> list[int]:
+        """Model-batch indices of the group that have a checkpoint file (readable or not)."""
+        return [int(p.stem.split("-b")[1]) for p in self.group_checkpoints(group)]
+
+    def has_parts(self, group: int) -> bool:
+        return any((self.path / METRICS_DIR).glob(f"g{group:03d}-b*-s*.parquet"))
+
+    def first_damaged_part(self, group: int, batch: int) -> tuple[int, Path] | None:
+        """(start step, file) of this batch's earliest metric part that cannot be read, if any."""
+        parts = []
+        for part in (self.path / METRICS_DIR).glob(f"g{group:03d}-b{batch:03d}-s*.parquet"):
+            m = PART_NAME.fullmatch(part.name)
+            if m:
+                parts.append((int(m.group(3)), part))
+        for start, part in sorted(parts):
+            if not parquet_ok(part):
+                return start, part
+        return None
+
+    def clear_group(self, group: int) -> None:
+        """Remove every metric part and checkpoint of a group (before training it again from step 0)."""
+        for f in [*(self.path / METRICS_DIR).glob(f"g{group:03d}-b*-s*.parquet"), *self.group_checkpoints(group)]:
+            f.unlink()
 
     def mark_complete(self) -> None:
         record = read_json(self.path / SWEEP_JSON)
+        self._complete = True
         record["complete"] = True
         record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
         self._guard(lambda: atomic_write_bytes(self.path / SWEEP_JSON, json.dumps(record, indent=2).encode()))
@@ -268,9 +316,23 @@ class ResultsDir:
         try:
             write()
         except OSError as e:
-            kept = "the last checkpoint is kept; free space and rerun with --resume"
-            reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-            raise StorageError(f"writing to {self.path} failed: {reason}; {kept}") from e
+            raise write_error(self.path, e, "the last checkpoint is kept; free space and rerun with --resume") from e
+
+
+class DamagedFile(Exception):
+    """A results file that exists but cannot be used (truncated, garbled, or failing its digest)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path} is damaged ({reason})")
+        self.path = path
+
+
+def _digest(arrays: list[np.ndarray]) -> bytes:
+    h = hashlib.sha256()
+    for x in arrays:
+        h.update(str((x.dtype.str, x.shape)).encode())
+        h.update(np.ascontiguousarray(x).tobytes())
+    return h.digest()
 
 
 def estimated_bytes(sweep: Sweep) -> int:
