@@ -1,6 +1,7 @@
 """grokjax: train whole grids of tiny networks at once to study grokking.
 
-Public API: ``build_sweep`` and ``run_sweep`` (what ``grokjax sweep`` does), ``load`` (a results
+Public API: ``sweep`` (``grokjax sweep`` from Python, returns ``Results``), ``build_sweep`` and
+``run_sweep`` (its two halves), ``load`` (a results
 directory as pandas DataFrames), ``fit`` (grokking times and phases per run), ``cells`` and ``fit_law``
 (per-cell statistics and the wd law), ``plot_phase_diagram`` (a matplotlib Figure).
 
@@ -17,6 +18,8 @@ from grokjax.errors import UserError
 __version__ = "0.1.0"
 
 _LAZY = {
+    "sweep": "grokjax.api",
+    "Results": "grokjax.store.load",
     "build_sweep": "grokjax.spec.grid",
     "run_sweep": "grokjax.run.sweep",
     "load": "grokjax.store.load",
@@ -37,4 +40,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["UserError", "build_sweep", "cells", "fit", "fit_law", "load", "plot_phase_diagram", "run_sweep"]
+__all__ = ["Results", "UserError", "build_sweep", "cells", "fit", "fit_law", "load", "plot_phase_diagram", "run_sweep", "sweep"]

@@ -12,43 +12,83 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from grokjax.errors import UserError
+from grokjax.errors import Interrupted, UserError
 
 MAX_SUMMARY_ROWS = 48
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UserError(f"{message} (see grokjax {self.prog.split()[-1]} --help)")
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="grokjax", description="Train grids of tiny transformers at once to study grokking.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from grokjax import __version__
+
+    p = _Parser(prog="grokjax", description="Train grids of tiny networks at once to study grokking.")
+    p.add_argument("--version", action="version", version=f"grokjax {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
     s = sub.add_parser("sweep", help="train a grid of models (default: a small CPU sweep)",
-                       description="grokjax sweep [CONFIG] [key=value ...]: CONFIG is a TOML file or a name in "
-                                   "sweeps/ (default, power2022, nanda2023). Values: 0.1, [0.1,1], 0.1,1, "
-                                   "logspace(a,b,n), linspace(a,b,n), range(a,b[,step]); seeds=N.")
+                       description="grokjax sweep [CONFIG] [key=value ...]: CONFIG is a TOML file or a preset "
+                                   "name (default, power2022, nanda2023, prieto2025, grokfast2024). Values: 0.1, "
+                                   "[0.1,1], 0.1,1, logspace(a,b,n), linspace(a,b,n), range(a,b[,step]); "
+                                   "seeds=N. Every key, its default and meaning: grokjax keys.")
     s.add_argument("items", nargs="*", metavar="[CONFIG] key=value")
     s.add_argument("--out", type=Path, default=None, help="results directory (default results/<time>-<hash>)")
     s.add_argument("--resume", action="store_true", help="continue the sweep in --out from its last checkpoint")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.add_argument("--no-plot", action="store_true", help="skip the fit and the phase diagram at the end")
-    for name, hlp in (("fit", "grokking times per run -> DIR/fits.parquet, and a per-cell table"),
-                      ("plot", "phase diagram -> DIR/phase_diagram.png")):
+    for name, hlp in (("fit", "grokking times per run, per cell and the wd laws -> DIR/fits.parquet, "
+                              "cells.parquet, laws.parquet; several DIRs: per-cell tables side by side"),
+                      ("plot", "phase diagram -> DIR/phase_diagram.FORMAT, from the fits grokjax fit saved "
+                               "(re-fitted, and said so, when fit options are given); several DIRs: "
+                               "overlaid -> DIR1/comparison.FORMAT")):
         c = sub.add_parser(name, help=hlp, description=hlp)
-        c.add_argument("dir", type=Path, help="a results directory")
-        c.add_argument("--threshold", type=float, default=0.99, help="accuracy threshold (default 0.99)")
-        c.add_argument("--slack", type=float, default=0.01,
+        c.add_argument("dir", type=Path, nargs="+", help="a results directory (several: compared)")
+        c.add_argument("--threshold", type=float, default=None, help="accuracy threshold (default 0.99)")
+        c.add_argument("--slack", type=float, default=None,
                        help="after t_val, accuracy counts as kept while >= threshold - slack (default 0.01)")
-        c.add_argument("--keep", type=float, default=0.9,
+        c.add_argument("--keep", type=float, default=None,
                        help="fraction of later evaluations that must be kept (default 0.9; 1 = never drops)")
-        c.add_argument("--gap", type=float, default=1000.0,
+        c.add_argument("--gap", type=float, default=None,
                        help="delay in steps above which a run is 'grokking' not 'comprehension' (default 1000)")
         if name == "plot":
-            c.add_argument("--format", choices=("png", "svg", "pdf"), default="png")
-            c.add_argument("--curves", action="store_true", help="also draw accuracy curves (curves.FORMAT)")
+            c.add_argument("--format", choices=("png", "svg", "pdf"), default="png",
+                           help="image format: writes DIR/phase_diagram.FORMAT (default png)")
+            c.add_argument("--output", type=Path, default=None,
+                           help="where the comparison of several DIRs goes (default DIR1/comparison.FORMAT)")
+            c.add_argument("--curves", action="store_true",
+                           help="also draw learning curves (accuracy, loss, parameter norm) -> DIR/curves.FORMAT")
+    e = sub.add_parser("export", help="write a results directory as TensorBoard event files or offline W&B runs",
+                       description="grokjax export DIR --to tensorboard|wandb OUT: one TensorBoard run directory "
+                                   "(or one offline W&B run) per model, every metric per step, the run's "
+                                   "hyperparameters (HParams plugin / W&B config) and, if grokjax fit ran, its "
+                                   "times. Needs pip install 'grokjax[tensorboard]' or 'grokjax[wandb]'. "
+                                   "Sync W&B runs later with: wandb sync OUT/wandb/offline-run-*")
+    e.add_argument("dir", type=Path, help="a results directory")
+    e.add_argument("--to", required=True, choices=("tensorboard", "wandb"), help="the tracker")
+    e.add_argument("out", type=Path, help="a new (or empty) directory to write into")
+    e.add_argument("--project", default="grokjax", help="W&B project name (default grokjax)")
+    k = sub.add_parser("keys", help="list every sweep key with its default, group and meaning",
+                       description="Every key grokjax sweep accepts: default, group (per-model: a vmapped "
+                                   "array, never a recompile; structural: its own compiled group), accepted "
+                                   "values and meaning.")
+    k.add_argument("key", nargs="?", help="show only this key")
     return p
+
+
+def _keys(key: str | None) -> int:
+    from grokjax.spec.fields import FIELDS
+    from grokjax.spec.grammar import resolve_key
+
+    fields = [FIELDS[resolve_key(key)]] if key else list(FIELDS.values())
+    width = max(len(f.short) for f in fields)
+    for f in fields:
+        default = str(f.default).lower() if isinstance(f.default, bool) else f"{f.default}"
+        print(f"{f.short:<{width}}  {default:<11} {f.group:<10}  {f.accepted}: {f.meaning}")
+    if not key:
+        print("seeds=N is short for seed=[0..N-1]; dotted paths (train.steps) work too.")
+    return 0
 
 
 def _split_items(items: list[str]) -> tuple[str | None, list[str]]:
@@ -67,43 +107,130 @@ def _fmt_step(v: Any) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{int(v)}"
 
 
-def _print_run_summary(rows: list[tuple[Any, ...]]) -> None:
-    print(f"{'run':>4} {'wd':>9} {'lr':>9} {'seed':>4} {'train>=0.99':>11} {'val>=0.99':>9}")
+def _print_run_summary(rows: list[tuple[Any, ...]], threshold: float = 0.99) -> None:
+    """Per run, the FIRST steps at which train and validation accuracy reach the threshold (Power et al.'s
+    first-reach rule: t_train and t_val_first), whatever happens after."""
+    print(f"{'run':>4} {'wd':>9} {'lr':>9} {'seed':>4} {'t_train':>8} {'t_val_first':>11}   "
+          f"(first step at accuracy >= {threshold:g})")
     for run_id, wd, lr, seed, t_train, t_val in rows[:MAX_SUMMARY_ROWS]:
-        print(f"{run_id:>4} {wd:>9.4g} {lr:>9.4g} {seed:>4} {_fmt_step(t_train):>11} {_fmt_step(t_val):>9}")
+        print(f"{run_id:>4} {wd:>9.4g} {lr:>9.4g} {seed:>4} {_fmt_step(t_train):>8} {_fmt_step(t_val):>11}")
     if len(rows) > MAX_SUMMARY_ROWS:
         print(f"... {len(rows) - MAX_SUMMARY_ROWS} more runs: see fits.parquet or grokjax.load()")
 
 
-def _fit_and_report(path: Path, opts: Any) -> Any:
-    from grokjax.analysis.fit import fit
-    from grokjax.analysis.law import fit_law
-    from grokjax.analysis.summary import summary_table
-    from grokjax.analysis.survival import cells
+def _options(args: argparse.Namespace) -> Any:
+    from grokjax.analysis.fit import FitOptions
 
-    threshold, slack, gap, keep = opts.threshold, opts.slack, opts.gap, opts.keep
-    fits = fit(path, threshold=threshold, slack=slack, gap=gap, keep=keep, save=True)
+    d = FitOptions()
+    return FitOptions(*(d.__dict__[k] if getattr(args, k, None) is None else getattr(args, k)
+                        for k in ("threshold", "slack", "gap", "keep"))).check()
+
+
+def _options_given(args: argparse.Namespace) -> bool:
+    return any(getattr(args, k, None) is not None for k in ("threshold", "slack", "gap", "keep"))
+
+
+def _fit_and_report(path: Path, opts: Any) -> Any:
+    from grokjax.analysis.report import analyse
+    from grokjax.analysis.summary import summary_table
+
+    report = analyse(path, opts, save=True)
+    fits = report.fits
     if fits.empty:
         raise UserError(f"{path}: no metrics written yet; nothing to fit")
-    print(summary_table(fits, cells(fits)))
-    law = fit_law(fits)
-    print(str(law) if law else "t_grok law: needs at least two wd values whose runs mostly grok")
+    print(summary_table(report.cells, opts.threshold))
+    for law in report.laws:
+        print(law)
     print(f"phases: {', '.join(f'{k} {v}' for k, v in fits['phase'].value_counts().items())}; "
-          f"t_val = first eval with val acc >= {threshold} after which {keep:.0%} of evals stay "
-          f">= {threshold - slack:g}; "
-          f"grokking when delay > {gap:g} steps")
-    print(f"wrote {path / 'fits.parquet'}")
+          f"t_val = first eval with val acc >= {opts.threshold} after which {opts.keep:.0%} of evals stay "
+          f">= {opts.threshold - opts.slack:g} (--keep, --slack); grokking when delay > {opts.gap:g} steps")
+    print(f"wrote {path / 'fits.parquet'}, cells.parquet, laws.parquet")
+    return report
+
+
+def _fits_for_plot(path: Path, args: argparse.Namespace) -> Any:
+    """The fits ``grokjax fit`` saved, unless options were given or they are missing or stale: then a
+    re-fit, said so (fits.parquet is left as it was)."""
+    from grokjax.analysis.fit import fit_results
+    from grokjax.store.load import load, saved_fits
+
+    results = load(path)
+    if not _options_given(args):
+        fits, why = saved_fits(path)
+        if fits is not None:
+            fits.attrs.update(axes=results.axes, path=str(path))
+            print(f"using the fits in {why}")
+            return fits
+    else:
+        why = "fit options given"
+    opts = _options(args)
+    fits = fit_results(results, opts)
+    if fits.empty:
+        raise UserError(f"{path}: no metrics written yet; nothing to plot")
+    print(f"fitted for this plot ({why}): threshold {opts.threshold:g}, keep {opts.keep:g}, slack "
+          f"{opts.slack:g}, gap {opts.gap:g}; fits.parquet not changed (grokjax fit writes it)")
     return fits
 
 
 def _plot(path: Path, fits: Any, fmt: str = "png", curves: bool = False) -> None:
     from grokjax.analysis.plots import plot_curves, plot_phase_diagram
+    from grokjax.analysis.report import report_of
     from grokjax.store.load import load
     from grokjax.store.outputs import save_figure
 
-    print(f"wrote {save_figure(plot_phase_diagram(fits), path / f'phase_diagram.{fmt}')}")
+    print(f"wrote {save_figure(plot_phase_diagram(fits, report=report_of(fits)), path / f'phase_diagram.{fmt}')}")
     if curves:
         print(f"wrote {save_figure(plot_curves(load(path).metrics, fits), path / f'curves.{fmt}')}")
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    """A label per results directory: the settings in which their sweeps differ, else the directory."""
+    from grokjax.store.load import load
+
+    specs = [load(p).sweep["spec"]["values"] for p in paths]
+    keys = sorted(set().union(*specs))
+    differ = [k for k in keys if len({str(s.get(k)) for s in specs}) > 1 and k not in ("hp.seed",)]
+    if differ and len(differ) <= 3:
+        labels = [", ".join(f"{k.rsplit('.', 1)[-1]}={_short(s.get(k))}" for k in differ) for s in specs]
+        if len(set(labels)) == len(labels):
+            return labels
+    names = [p.name or str(p) for p in paths]
+    return names if len(set(names)) == len(names) else [str(p) for p in paths]
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, list) and len(v) == 1:
+        v = v[0]
+    if isinstance(v, list):
+        return "[" + ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v[:4]) + \
+            (",...]" if len(v) > 4 else "]")
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _fit_many(paths: list[Path], opts: Any) -> None:
+    from grokjax.analysis.report import analyse
+    from grokjax.analysis.summary import side_by_side
+
+    labels = _labels(paths)
+    tables = []
+    for label, path in zip(labels, paths):
+        report = analyse(path, opts, save=True)
+        if report.fits.empty:
+            raise UserError(f"{path}: no metrics written yet; nothing to fit")
+        tables.append((label, report.cells))
+        print(f"{label}: " + "; ".join(str(law) for law in report.laws[:2]) + f"  (wrote {path / 'fits.parquet'})")
+    print(side_by_side(tables))
+
+
+def _plot_many(paths: list[Path], args: argparse.Namespace) -> None:
+    from grokjax.analysis.plots import plot_comparison
+    from grokjax.analysis.report import report_of
+    from grokjax.store.outputs import save_figure
+
+    labels = _labels(paths)
+    reports = [(label, report_of(_fits_for_plot(p, args))) for label, p in zip(labels, paths)]
+    out = args.output or paths[0] / f"comparison.{args.format}"
+    print(f"wrote {save_figure(plot_comparison(reports), Path(out))}")
 
 
 def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
@@ -123,7 +250,7 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
                  t.t_val.get(r.run_id)) for _, runs in sweep.groups() for r in runs]
         _print_run_summary(sorted(rows))
     else:
-        fits = _fit_and_report(outcome.path, FitOptions())
+        fits = _fit_and_report(outcome.path, FitOptions()).fits
         _print_run_summary([(r.run_id, r.wd, r.lr, r.seed, r.t_train, r.t_val_first)
                             for r in fits.itertuples()])
         _plot(outcome.path, fits)
@@ -137,23 +264,32 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from grokjax.run.sweep import Interrupted
     from grokjax.store.files import StorageError
 
     try:
         args = _parser().parse_args(argv)
         if args.command == "sweep":
             return _sweep(args, argv)
-        from grokjax.analysis.fit import FitOptions, fit
+        if args.command == "keys":
+            return _keys(args.key)
+        if args.command == "export":
+            from grokjax.store.export import export
 
-        opts = FitOptions(args.threshold, args.slack, args.gap, args.keep).check()
+            n = export(args.dir, args.to, args.out, args.project, say=print)
+            print(f"exported {n} runs to {args.out}" + (f"; upload with: wandb sync {args.out}/wandb/offline-run-*"
+                                                          if args.to == "wandb" else
+                                                          f"; view with: tensorboard --logdir {args.out}"))
+            return 0
+        paths = args.dir
         if args.command == "fit":
-            _fit_and_report(args.dir, opts)
+            if len(paths) == 1:
+                _fit_and_report(paths[0], _options(args))
+            else:
+                _fit_many(paths, _options(args))
+        elif len(paths) == 1:
+            _plot(paths[0], _fits_for_plot(paths[0], args), args.format, args.curves)
         else:
-            fits = fit(args.dir, threshold=opts.threshold, slack=opts.slack, gap=opts.gap, keep=opts.keep)
-            if fits.empty:
-                raise UserError(f"{args.dir}: no metrics written yet; nothing to plot")
-            _plot(args.dir, fits, args.format, args.curves)
+            _plot_many(paths, args)
         return 0
     except UserError as e:
         print(f"grokjax: error: {e}", file=sys.stderr)

@@ -1,4 +1,7 @@
-"""The one exception type for user mistakes: the CLI prints it as one line and exits with status 2."""
+"""Exceptions the CLI turns into one line: UserError (exit 2) and Interrupted (exit 128 + signal)."""
+
+import signal
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -9,3 +12,14 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; the message says what was saved."""
+
+    def __init__(self, signum: int, path: Path, saved: tuple[int, int, int] | None):
+        what = ("before any checkpoint was written: nothing was trained yet" if saved is None else
+                f"checkpoint written (group {saved[0] + 1}, model batch {saved[1] + 1}, step {saved[2]})")
+        super().__init__(f"stopped by {signal.Signals(signum).name} {what}. Continue with: "
+                         f"grokjax sweep ... --out {path} --resume")
+        self.signum = signum

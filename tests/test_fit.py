@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import merged
 
 import grokjax
-from conftest import merged
 from grokjax.analysis.fit import FitOptions, fit_run
 from grokjax.analysis.law import fit_law
 from grokjax.analysis.plots import plot_phase_diagram
@@ -118,21 +118,36 @@ def test_cells_treat_censoring_and_count_phases():
 
 def test_phase_diagram_figure(tmp_path):
     fits = synthetic_fits(seeds=3)
-    fits.loc[0, ["censored", "phase", "t_val"]] = [True, "memorization", np.nan]
+    fits.loc[[0, 1], ["censored", "phase", "t_val"]] = [True, "memorization", np.nan]
     fig = plot_phase_diagram(fits)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-    labels = ax.get_legend().get_texts()
-    assert any("wd^" in t.get_text() for t in labels)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("wd^" in t and "4 cells" in t for t in labels) and any("delay" in t and "wd^" in t for t in labels)
+    assert "budget (1000000 steps)" in labels and any("over 3 seeds" in t for t in labels)
     offsets = {c.get_label(): len(c.get_offsets()) for c in ax.collections if c.get_label()[:1] != "_"}
-    assert offsets["t_train (train acc ≥ thr)"] == len(fits)
-    assert offsets["t_val (val acc ≥ thr, kept)"] == len(fits) - 1
-    assert offsets["censored (no grokking within budget)"] == 1
+    assert offsets["t_train per seed (train acc ≥ 0.99)"] == len(fits)
+    assert offsets["t_val per seed (val acc ≥ 0.99, kept)"] == len(fits) - 2
+    assert offsets["censored: no t_val within budget (count)"] == 1  # one arrow for the wd's two runs
+    texts = [t.get_text() for t in ax.texts]
+    assert "×2" in texts and "1/3\ngrokked" in texts and texts.count("3/3\ngrokked") == 4
     path = save_figure(fig, tmp_path / "phase_diagram.png")
     from matplotlib.image import imread
 
     h, w = imread(path).shape[:2]
     assert w >= 800 and h >= 500
+
+
+def test_zero_weight_decay_gets_its_own_panel_and_few_cells_no_law():
+    fits = synthetic_fits(seeds=2, wds=(1e-9, 0.3, 1.0))
+    fits.loc[fits.wd == 1e-9, ["wd", "censored", "phase", "t_val"]] = [0.0, True, "memorization", np.nan]
+    fig = plot_phase_diagram(fits)
+    zero, main_ax = fig.axes[0], fig.axes[1]
+    assert [t.get_text() for t in zero.get_xticklabels()] == ["wd=0"]
+    assert main_ax.get_xlim()[0] > 0.1  # the log axis holds only the positive wd values
+    notes = " ".join(t.get_text() for t in main_ax.texts)
+    assert "no law (2 grokked cell(s) < 3)" in notes
+    assert not any("wd^" in t.get_text() for t in main_ax.get_legend().get_texts())
 
 
 def test_two_numeric_axes_give_a_heatmap():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from grokjax.errors import UserError
 from grokjax.spec.grammar import parse_expression
 from grokjax.spec.grid import build_sweep
 from grokjax.spec.presets import PRESETS, find_config
-from grokjax.errors import UserError
 
 
 def test_scalar_forms():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -13,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY, merged, run_cli, snapshot
 
 import grokjax
-from conftest import TINY, merged, run_cli, snapshot
 from grokjax.analysis.fit import fit_run
 from grokjax.cli import main
 from grokjax.engine.data import hparams_for
@@ -245,10 +246,13 @@ def test_fit_on_a_full_disk_keeps_the_old_fits_and_leaves_no_temporary(finished,
     assert main(["fit", str(d)]) == 0
     before = (d / "fits.parquet").read_bytes()
 
-    def full(self, *a, **k):
+    def full(table, where, *a, **k):  # half a file, then the disk is full
+        Path(where).write_bytes(b"PAR1 partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", full)
+    import pyarrow.parquet
+
+    monkeypatch.setattr(pyarrow.parquet, "write_table", full)
     capsys.readouterr()
     assert main(["fit", str(d)]) == 1
     err = capsys.readouterr().err.strip()

@@ -14,9 +14,9 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO, run_cli, snapshot
 
 import grokjax
-from conftest import REPO, run_cli, snapshot
 from grokjax.cli import main
 
 LONG = ["op=add", "p=11", "d_model=16", "n_heads=2", "d_mlp=32", "steps=1500", "eval_every=50",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pandas as pd
+from conftest import merged, run_cli
 
 import grokjax
-from conftest import merged, run_cli
 
 
 def test_four_devices_match_one(tmp_path, tiny):

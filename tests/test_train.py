@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import TINY, CompileCounter, merged
+
 from grokjax.engine.data import hparams_for
 from grokjax.engine.memory import choose_models_per_batch
 from grokjax.engine.program import METRIC_NAMES, Program, train_alone

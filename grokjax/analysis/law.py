@@ -1,4 +1,10 @@
-"""The wd -> grokking-time power law (Omnigrok; Lyu et al. 2023 predict t_grok ~ 1/(lr*wd))."""
+"""The wd -> grokking-time power laws (Omnigrok, Liu et al. 2022; Lyu et al. 2023 predict t ~ 1/(lr*wd)).
+
+Fitted separately for the kept-rule ``t_val``, for the grokking delay ``t_val - t_train`` (the two
+exponents can differ a lot) and for the first-reach ``t_val_first`` (how much the law depends on the rule
+that defines t_val). A law is fitted only through at least ``MIN_LAW_CELLS`` cells: a line through two
+points has no test of being a power law, and its bootstrap interval means little.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,19 @@ import numpy as np
 import pandas as pd
 
 from grokjax.analysis.fit import GROKKED
-from grokjax.analysis.survival import kaplan_meier_median, survival_arrays
+from grokjax.analysis.survival import TARGETS, kaplan_meier_median, survival_arrays
+
+MIN_LAW_CELLS = 3  # distinct wd (or lr*wd) values whose runs mostly grok, with a finite KM median
+TARGET_NAMES = {"t_val": "t_val (kept)", "delay": "delay t_val-t_train", "t_val_first": "t_val_first"}
 
 
 @dataclass(frozen=True)
 class Law:
-    """log t_val = c + alpha * log x, x = wd or lr*wd; [alpha_low, alpha_high] is a bootstrap 95% interval."""
+    """log t = c + alpha * log x for t = ``target``, x = wd or lr*wd over ``n_cells`` cells;
+    [alpha_low, alpha_high] is a bootstrap 95% interval (seeds resampled within cells). ``alpha`` is NaN
+    when fewer than ``MIN_LAW_CELLS`` cells qualify: then there is no fit, only the count."""
 
+    target: str
     x_name: str
     alpha: float
     alpha_low: float
@@ -25,8 +37,16 @@ class Law:
     x_min: float
     x_max: float
 
+    @property
+    def fitted(self) -> bool:
+        return math.isfinite(self.alpha)
+
     def __str__(self) -> str:
-        return (f"t_grok ~ {self.x_name}^{self.alpha:.2f} [{self.alpha_low:.2f}, {self.alpha_high:.2f}] "
+        name = TARGET_NAMES[self.target]
+        if not self.fitted:
+            return (f"{name}: no law fitted: {self.n_cells} grokked cell(s), at least {MIN_LAW_CELLS} "
+                    f"distinct {self.x_name} values needed")
+        return (f"{name} ~ {self.x_name}^{self.alpha:.2f} [{self.alpha_low:.2f}, {self.alpha_high:.2f}] "
                 f"({self.n_cells} cells)")
 
 
@@ -42,22 +62,26 @@ def _slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(a), float(c)
 
 
-def fit_law(fits: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> Law | None:
-    """Fit the power law over cells whose majority phase is grokking or comprehension and whose KM median
-    is finite. None when fewer than two distinct x values qualify."""
+def fit_law(fits: pd.DataFrame, target: str = "t_val", n_boot: int = 1000, seed: int = 0,
+            min_cells: int = MIN_LAW_CELLS) -> Law:
+    """Fit the power law of ``target`` (one of ``TARGETS``) over cells (x values > 0) whose majority phase
+    is grokking or comprehension and whose Kaplan-Meier median of the target is finite and > 0."""
+    if target not in TARGETS:
+        raise ValueError(f"target {target!r}: expected one of {', '.join(TARGETS)}")
     x_name, x = _law_x(fits)
     data = fits.assign(_x=x)
     data = data[data["_x"] > 0]
     groups = []
     for xv, cell in data.groupby("_x", sort=True):
-        times, observed = survival_arrays(cell)
-        med = kaplan_meier_median(times, observed)
+        times, observed = survival_arrays(cell, target)
+        med = kaplan_meier_median(times, observed) if times.size else math.nan
         majority = cell["phase"].value_counts().idxmax()
         if majority in GROKKED and np.isfinite(med) and med > 0:
             groups.append((float(xv), times, observed, med))
-    if len(groups) < 2:
-        return None
     xs = np.array([g[0] for g in groups])
+    if len(groups) < max(min_cells, 2):
+        lo_x, hi_x = (float(xs.min()), float(xs.max())) if xs.size else (math.nan, math.nan)
+        return Law(target, x_name, math.nan, math.nan, math.nan, math.nan, len(groups), lo_x, hi_x)
     alpha, c = _slope(xs, np.array([g[3] for g in groups]))
     rng = np.random.default_rng(seed)
     boots = []
@@ -68,6 +92,17 @@ def fit_law(fits: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> Law | None
         if ok.sum() >= 2 and np.unique(xs[ok]).size >= 2:
             boots.append(_slope(xs[ok], meds[ok])[0])
     lo, hi = (np.quantile(boots, [0.025, 0.975]) if boots else (math.nan, math.nan))
-    return Law(x_name, alpha, float(lo), float(hi), c, len(groups), float(xs.min()), float(xs.max()))
+    return Law(target, x_name, alpha, float(lo), float(hi), c, len(groups), float(xs.min()), float(xs.max()))
 
 
+def fit_laws(fits: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> list[Law]:
+    """The laws of every target: t_val (kept rule), the delay, and t_val_first (rule sensitivity)."""
+    return [fit_law(fits, t, n_boot, seed) for t in TARGETS]
+
+
+def laws_table(laws: list[Law], fits: pd.DataFrame) -> pd.DataFrame:
+    """The laws as rows (laws.parquet), with the fit options they were computed under."""
+    df = pd.DataFrame([vars(law) | {"fitted": law.fitted} for law in laws])
+    for key in ("threshold", "slack", "keep", "gap"):
+        df[key] = fits.attrs.get(key, math.nan)
+    return df

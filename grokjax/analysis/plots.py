@@ -4,8 +4,10 @@ Functions return Figures; ``store.outputs.save_figure`` writes them."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -13,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from grokjax.analysis.law import fit_law  # noqa: E402
+from grokjax.analysis.law import MIN_LAW_CELLS, TARGET_NAMES, Law, fit_law  # noqa: E402
 from grokjax.analysis.survival import cells  # noqa: E402
 from grokjax.spec.structure import PER_MODEL_FIELDS  # noqa: E402
 
@@ -56,61 +58,113 @@ def _title(fits: pd.DataFrame) -> str:
             + f"  ({n_seeds} seed{'s' if n_seeds != 1 else ''})")
 
 
-def _x_positions(values: np.ndarray) -> tuple[np.ndarray, dict[float, float]]:
-    """Log-axis positions; a zero value is drawn one step left of the smallest positive one."""
-    uniq = np.unique(values)
-    pos_vals = uniq[uniq > 0]
-    lo = pos_vals.min() if pos_vals.size else 1.0
-    ratio = (pos_vals.max() / lo) ** (1 / max(len(pos_vals) - 1, 1)) if pos_vals.size > 1 else 10.0
-    mapping = {float(v): (float(v) if v > 0 else lo / max(ratio, 2.0)) for v in uniq}
-    return np.array([mapping[float(v)] for v in values]), mapping
+def _band_edges(keys: list[float]) -> list[float]:
+    """Band boundaries on a log axis: halfway (geometric) between neighbours, the outer ones half a
+    neighbour gap beyond the first and last value, so a band never reaches past the data by more."""
+    if len(keys) == 1:
+        return [keys[0] / 1.5, keys[0] * 1.5]
+    mids = [math.sqrt(a * b) for a, b in zip(keys[:-1], keys[1:])]
+    return [keys[0] ** 2 / mids[0], *mids, keys[-1] ** 2 / mids[-1]]
 
 
-def _diagram_1d(ax: plt.Axes, fits: pd.DataFrame, x_name: str, with_law: bool) -> None:
-    xs, mapping = _x_positions(fits[x_name].to_numpy(float))
+def _seed_jitter(fits: pd.DataFrame, spread: float) -> np.ndarray:
     seeds = fits["seed"].to_numpy() if "seed" in fits.columns else np.zeros(len(fits))
-    uniq_seeds = np.unique(seeds)
-    jitter = 1 + 0.06 * (np.searchsorted(uniq_seeds, seeds) - (len(uniq_seeds) - 1) / 2) / max(len(uniq_seeds), 1)
-    xj = xs * jitter
-    cell = cells(_with_axes(fits.copy(), [x_name]))
-    keys = sorted(mapping)
-    edges = np.sqrt([mapping[a] * mapping[b] for a, b in zip(keys[:-1], keys[1:])]) if len(keys) > 1 else []
-    bounds = [mapping[keys[0]] / 2, *edges, mapping[keys[-1]] * 2]
+    uniq = np.unique(seeds)
+    return spread * (np.searchsorted(uniq, seeds) - (len(uniq) - 1) / 2) / max(len(uniq), 1)
+
+
+def _draw_cells(ax: plt.Axes, fits: pd.DataFrame, cell: pd.DataFrame, x_name: str, pos: dict[float, float],
+                log_x: bool, thr: float) -> None:
+    """Seeds' t_train and t_val, censored counts at the budget, KM medians of t_val and of the delay with
+    their intervals, majority-phase bands labelled with the grokked fraction, at the x positions ``pos``."""
+    cell = cell[cell[x_name].astype(float).isin(list(pos))]
+    x = np.array([pos[float(v)] for v in fits[x_name]])
+    j = _seed_jitter(fits, 0.12)
+    xj = x * 10 ** j if log_x else x + j * 2
+    budget = float(fits["budget"].max())
+    keys = sorted(pos)
+    edges = _band_edges([pos[k] for k in keys]) if log_x else [pos[keys[0]] - 0.5, pos[keys[0]] + 0.5]
     for i, k in enumerate(keys):
-        phase = cell.loc[cell[x_name] == k, "phase"]
-        if len(phase):
-            ax.axvspan(bounds[i], bounds[i + 1], color=PHASE_COLORS[phase.iloc[0]], alpha=0.6, lw=0, zorder=0)
-    budget = fits["budget"].max()
+        row = cell[cell[x_name] == k]
+        if len(row):
+            r = row.iloc[0]
+            ax.axvspan(edges[i], edges[i + 1], color=PHASE_COLORS[r["phase"]], alpha=0.6, lw=0, zorder=0)
+            n_grok = int(r["n_grokking"] + r["n_comprehension"])
+            ax.text(pos[k], 0.99, f"{n_grok}/{int(r['n_seeds'])}\ngrokked", transform=ax.get_xaxis_transform(),
+                    ha="center", va="top", fontsize=7, color="#444444")
     ax.scatter(xj, fits["t_train"], marker="o", facecolors="none", edgecolors="tab:blue", s=28, zorder=3,
-               label="t_train (train acc ≥ thr)")
+               label=f"t_train per seed (train acc ≥ {thr:g})")
     grokked = ~fits["censored"].to_numpy(bool)
     ax.scatter(xj[grokked], fits["t_val"][grokked], marker="^", color="tab:red", s=34, zorder=3,
-               label="t_val (val acc ≥ thr, kept)")
+               label=f"t_val per seed (val acc ≥ {thr:g}, kept)")
     cens = ~grokked & (fits["phase"] != "diverged").to_numpy()
     if cens.any():
-        ax.scatter(xj[cens], np.full(cens.sum(), budget), marker=r"$\uparrow$", color="tab:red", s=90,
-                   zorder=3, label="censored (no grokking within budget)")
-    finite = cell[np.isfinite(cell["median_t_val"])]
-    if len(finite):
-        cx = np.array([mapping[float(v)] for v in finite[x_name]])
-        hi = np.where(np.isinf(finite["ci_high"]), budget, finite["ci_high"])
-        ax.errorbar(cx, finite["median_t_val"], yerr=[finite["median_t_val"] - finite["ci_low"],
-                                                      hi - finite["median_t_val"]],
-                    fmt="s", color="black", ms=6, capsize=4, zorder=4, label="KM median t_val, 95% CI")
-    law = fit_law(fits) if with_law else None
-    if law is not None:
-        line = np.geomspace(law.x_min, law.x_max, 50)
-        ax.plot(line, np.exp(law.c) * line**law.alpha, "--", color="black", lw=1.2, zorder=2,
-                label=f"fit: t ∝ {law.x_name}^{law.alpha:.2f} [{law.alpha_low:.2f}, {law.alpha_high:.2f}]")
-    ax.axhline(budget, color="gray", lw=0.8, ls=":", zorder=1)
+        counts = pd.Series(x[cens]).value_counts()
+        ax.scatter(counts.index, np.full(len(counts), budget), marker=r"$\uparrow$", color="tab:red", s=110,
+                   zorder=3, label="censored: no t_val within budget (count)")
+        for xv, n in counts.items():
+            ax.annotate(f"×{n}", (xv, budget), xytext=(6, -10), textcoords="offset points", fontsize=7,
+                        color="tab:red")
+    n_seeds = int(cell["n_seeds"].max()) if len(cell) else 0
+    for col, lo, hi, marker, face, name in (
+            ("median_t_val", "ci_low", "ci_high", "s", "black", "t_val"),
+            ("median_delay", "delay_ci_low", "delay_ci_high", "D", "white", "delay")):
+        finite = cell[np.isfinite(cell[col].astype(float))]
+        if not len(finite):
+            continue
+        cx = np.array([pos[float(v)] for v in finite[x_name]])
+        shift = 10 ** 0.03 if (log_x and name == "delay") else 1.0
+        top = np.where(np.isinf(finite[hi]), budget, finite[hi])
+        ax.errorbar(cx * shift, finite[col], yerr=[finite[col] - finite[lo], top - finite[col]], fmt=marker,
+                    color="black", mfc=face, ms=6, capsize=4, zorder=4,
+                    label=f"KM median {name}, 95% bootstrap CI over {n_seeds} seeds")
+    ax.axhline(budget, color="gray", lw=0.8, ls=":", zorder=1, label=f"budget ({budget:.0f} steps)")
+
+
+def _diagram_1d(ax: plt.Axes, fits: pd.DataFrame, x_name: str, laws: list[Law] | None,
+                zero_ax: plt.Axes | None = None) -> None:
+    """The 1-D phase diagram on ``ax`` (log x); runs at x = 0 go to ``zero_ax``, their own panel."""
+    thr = float(fits.attrs.get("threshold", 0.99))
+    cell = cells(_with_axes(fits.copy(), [x_name]))
+    positive = fits[fits[x_name] > 0]
+    if len(positive):
+        pos = {float(v): float(v) for v in positive[x_name].unique()}
+        _draw_cells(ax, positive, cell, x_name, pos, True, thr)
+        edges = _band_edges(sorted(pos))
+        ax.set_xlim(edges[0], edges[-1])
+    zero = fits[fits[x_name] == 0]
+    if zero_ax is not None and len(zero):
+        _draw_cells(zero_ax, zero, cell, x_name, {0.0: 0.0}, False, thr)
+        zero_ax.set_xticks([0.0], [f"{x_name}=0"])
+        zero_ax.set_xlim(-0.5, 0.5)
+        zero_ax.set_yscale("log")
+        zero_ax.set_ylabel("step (t_train, t_val, delay = t_val − t_train)")
+        zero_ax.grid(True, which="major", alpha=0.3)
+    budget = float(fits["budget"].max())
+    shown = np.concatenate([fits[c].to_numpy(float) for c in ("t_train", "t_val")] +
+                           [cell[c].to_numpy(float) for c in ("median_delay", "delay_ci_low")])
+    shown = shown[np.isfinite(shown) & (shown > 0)]
+    y_lo = float(shown.min()) / 1.5 if shown.size else 1.0
+    y_hi = budget * 3  # room above the budget for the grokked-fraction labels
+    notes = []
+    for law, style in zip(laws or [], ("--", ":")):
+        if law.fitted:
+            line = np.geomspace(law.x_min, law.x_max, 50)
+            ax.plot(line, np.exp(law.c) * line**law.alpha, style, color="black", lw=1.2, zorder=2,
+                    label=f"law {TARGET_NAMES[law.target]} ∝ {law.x_name}^{law.alpha:.2f} "
+                          f"[{law.alpha_low:.2f}, {law.alpha_high:.2f}], {law.n_cells} cells")
+        else:
+            notes.append(f"{TARGET_NAMES[law.target]}: no law ({law.n_cells} grokked cell(s) < {MIN_LAW_CELLS})")
+    if notes:
+        ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom",
+                bbox=dict(facecolor="white", alpha=0.8, lw=0))
+    ax.set_ylim(y_lo, y_hi)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    if 0.0 in mapping:
-        ax.axvline(bounds[1], color="gray", lw=0.8)
-        ax.text(mapping[0.0], 1.0, f"{x_name}=0", transform=ax.get_xaxis_transform(), ha="center",
-                va="bottom", fontsize=8)
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel(x_name)
-    ax.set_ylabel("steps")
+    if zero_ax is None or not len(zero):
+        ax.set_ylabel("step (t_train, t_val, delay = t_val − t_train)")
     ax.grid(True, which="major", alpha=0.3)
 
 
@@ -137,66 +191,134 @@ def _heatmap(ax: plt.Axes, fits: pd.DataFrame, x_name: str, y_name: str, fig: Fi
     fig.colorbar(im, ax=ax, label="log10 median t_val (blank: censored)")
 
 
-def plot_phase_diagram(fits: pd.DataFrame, ax: plt.Axes | None = None) -> Figure:
-    """The phase diagram of a fitted sweep (``grokjax.fit`` output).
+def plot_phase_diagram(fits: pd.DataFrame, ax: plt.Axes | None = None, report: Any = None) -> Figure:
+    """The phase diagram of a fitted sweep (``grokjax.fit`` output; ``report``: its analysis.report.Report,
+    computed when not given).
 
-    One numeric axis (wd, or the first swept one): x = that value (log), y = steps (log), every seed's
-    t_train and t_val, KM medians with 95% intervals, censored runs as arrows at the budget, background
-    shaded by majority phase, the fitted law. Two numeric axes: a heatmap of log median t_val with each
-    cell's phase. Structural axes (p, op, sizes) become facets.
+    One numeric axis (wd, or the first swept one): x = that value (log; wd = 0 in a panel of its own),
+    y = steps (log): every seed's t_train and t_val, censored runs counted at the budget, Kaplan-Meier
+    medians of t_val and of the delay with bootstrap intervals, bands shaded by the measured majority phase
+    and labelled with the grokked fraction, the fitted laws of t_val and of the delay (or why none was
+    fitted). Two numeric axes: a heatmap of log median t_val with each cell's phase. Structural axes (p, op,
+    sizes) become facets.
     """
     numeric = _numeric_axes(fits)
     facets = _facets(fits)
     if ax is not None and len(facets) > 1:
         raise ValueError("a sweep with structural facets needs its own figure; call without ax")
+    has_zero = len(numeric) == 1 and bool((fits[numeric[0]] == 0).any()) and ax is None
     if ax is None:
         ncols = min(len(facets), 3)
         nrows = math.ceil(len(facets) / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(8.5 * ncols, 5.5 * nrows), squeeze=False, dpi=110)
-        axes_list = list(axes.ravel())
+        width = [1, 6] * ncols if has_zero else [1] * ncols
+        fig, grid = plt.subplots(nrows, len(width), figsize=(8.5 * ncols, 5.5 * nrows), squeeze=False, dpi=110,
+                                 gridspec_kw=dict(width_ratios=width), sharey="row" if has_zero else False)
+        pairs = ([(grid[r, 2 * c + 1], grid[r, 2 * c]) for r in range(nrows) for c in range(ncols)] if has_zero
+                 else [(a, None) for a in grid.ravel()])
     else:
-        fig, axes_list = ax.figure, [ax]
-    for (label, sub), a in zip(facets, axes_list):
+        fig, pairs = ax.figure, [(ax, None)]
+    for (label, sub), (a, zero_a) in zip(facets, pairs):
         if len(numeric) >= 2:
             _heatmap(a, sub, numeric[0], numeric[1], fig)
         else:
-            _diagram_1d(a, sub, numeric[0], with_law=numeric[0] == "wd")
+            with_law = numeric[0] == "wd"
+            laws = None
+            if with_law:
+                laws = (report.laws[:2] if report is not None and len(facets) == 1
+                        else [fit_law(sub, "t_val"), fit_law(sub, "delay")])
+            _diagram_1d(a, sub, numeric[0], laws, zero_a)
             handles, labels = a.get_legend_handles_labels()
             phases = sorted(set(sub["phase"]), key=list(PHASE_COLORS).index)
             handles += [plt.Rectangle((0, 0), 1, 1, color=PHASE_COLORS[p], alpha=0.6) for p in phases]
             labels += [f"majority phase: {p}" for p in phases]
-            a.legend(handles, labels, fontsize=8, loc="best", framealpha=0.9)
+            a.legend(handles, labels, fontsize=7, loc="lower left" if not has_zero else "best", framealpha=0.9)
         if label:
             a.set_title(label, fontsize=10)
-    for a in axes_list[len(facets):]:
+    for a, zero_a in pairs[len(facets):]:
         a.set_visible(False)
-    fig.suptitle(f"Grokking phase diagram\n{_title(fits)}", fontsize=10)
+        if zero_a is not None:
+            zero_a.set_visible(False)
+    keep = fits.attrs.get("keep", 0.9)
+    rule = f"t_val: first eval with val acc ≥ {fits.attrs.get('threshold', 0.99):g} kept by {keep:.0%} of later evals"
+    fig.suptitle(f"Grokking phase diagram\n{_title(fits)}\n{rule}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_comparison(reports: list[tuple[str, Any]]) -> Figure:
+    """Several sweeps' phase diagrams overlaid (one colour each): Kaplan-Meier median t_val per wd with
+    bootstrap intervals, cells that mostly never grok as arrows at their budget, and each fitted t_val law."""
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    colors = plt.get_cmap("tab10")
+    for i, (label, report) in enumerate(reports):
+        c = colors(i % 10)
+        cell = cells(_with_axes(report.fits.copy(), ["wd"]))
+        cell = cell[cell["wd"] > 0]
+        budget = float(report.fits["budget"].max())
+        shift = 10 ** (0.02 * (i - (len(reports) - 1) / 2))
+        finite = cell[np.isfinite(cell["median_t_val"])]
+        if len(finite):
+            top = np.where(np.isinf(finite["ci_high"]), budget, finite["ci_high"])
+            ax.errorbar(finite["wd"] * shift, finite["median_t_val"],
+                        yerr=[finite["median_t_val"] - finite["ci_low"], top - finite["median_t_val"]],
+                        fmt="s", color=c, ms=5, capsize=3, label=f"{label}: KM median t_val, 95% CI")
+        never = cell[~np.isfinite(cell["median_t_val"])]
+        if len(never):
+            ax.scatter(never["wd"] * shift, np.full(len(never), budget), marker=r"$\uparrow$", color=c, s=90,
+                       label=f"{label}: mostly no t_val within {budget:.0f} steps")
+        law = fit_law(_with_axes(report.fits.copy(), ["wd"]), "t_val")
+        if law.fitted:
+            line = np.geomspace(law.x_min, law.x_max, 50)
+            ax.plot(line, np.exp(law.c) * line**law.alpha, "--", color=c, lw=1,
+                    label=f"{label}: t_val ∝ wd^{law.alpha:.2f} [{law.alpha_low:.2f}, {law.alpha_high:.2f}]")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("wd (wd = 0 not shown)")
+    ax.set_ylabel("step (t_val, kept rule)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, framealpha=0.9)
+    ax.set_title("Grokking phase diagrams compared", fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def plot_curves(results_metrics: pd.DataFrame, fits: pd.DataFrame) -> Figure:
-    """Train (dashed) and validation (solid) accuracy against log step, coloured by wd."""
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    """Learning curves: train and validation accuracy, train and validation loss and the parameter norm
+    against the step (symlog: step 0, the initialisation, is shown). Colour = wd, line style = seed."""
+    fig, grid = plt.subplots(2, 3, figsize=(14, 7.5), dpi=110)
+    panels = [("train_acc", "train accuracy", False), ("val_acc", "validation accuracy", False),
+              ("param_norm", "parameter norm (L2)", False), ("train_loss", "train loss", True),
+              ("val_loss", "validation loss", True)]
     wds = np.sort(fits["wd"].unique())
     cmap = plt.get_cmap("viridis")
     color = {w: cmap(i / max(len(wds) - 1, 1)) for i, w in enumerate(wds)}
-    wd_of = fits.set_index("run_id")["wd"]
+    seeds = np.sort(fits["seed"].unique()) if "seed" in fits.columns else np.array([0])
+    styles = ["-", "--", ":", "-."]
+    style = {s: styles[i % len(styles)] for i, s in enumerate(seeds)}
+    info = fits.set_index("run_id")
     for rid, m in results_metrics.groupby("run_id"):
-        c = color[wd_of[rid]]
-        m = m[m["step"] > 0]
-        ax.plot(m["step"], m["train_acc"], ls="--", lw=0.8, color=c, alpha=0.7)
-        ev = m[m["val_acc"].notna()]
-        ax.plot(ev["step"], ev["val_acc"], lw=1.2, color=c, alpha=0.9)
-    for w in wds:
-        ax.plot([], [], color=color[w], label=f"wd={w:g}")
-    ax.plot([], [], "k--", lw=0.8, label="train")
-    ax.plot([], [], "k-", lw=1.2, label="validation")
-    ax.set_xscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8, ncol=2)
-    ax.set_title(f"Learning curves\n{_title(fits)}", fontsize=9)
+        if rid not in info.index:
+            continue
+        c, ls = color[info.at[rid, "wd"]], style.get(info.at[rid, "seed"] if "seed" in info else 0, "-")
+        for ax, (col, _, _) in zip(grid.ravel(), panels):
+            rows = m[m[col].notna()]
+            ax.plot(rows["step"], rows[col], ls=ls, lw=0.9, color=c, alpha=0.85)
+    eval_steps = np.unique(results_metrics.loc[results_metrics["val_acc"].notna(), "step"])
+    linthresh = float(eval_steps[1] - eval_steps[0]) if eval_steps.size > 1 else 1.0
+    for ax, (col, title, log_y) in zip(grid.ravel(), panels):
+        ax.set_xscale("symlog", linthresh=linthresh)
+        if log_y:
+            ax.set_yscale("log")
+        elif col.endswith("acc"):
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step (symlog)")
+        ax.grid(True, alpha=0.3)
+    legend_ax = grid[1, 2]
+    legend_ax.axis("off")
+    handles = [plt.Line2D([], [], color=color[w], label=f"wd={w:g}") for w in wds]
+    handles += [plt.Line2D([], [], color="black", ls=style[s], label=f"seed {s}") for s in seeds[:len(styles)]]
+    legend_ax.legend(handles=handles, loc="center", fontsize=8, ncol=2)
+    fig.suptitle(f"Learning curves\n{_title(fits)}", fontsize=9)
     fig.tight_layout()
     return fig

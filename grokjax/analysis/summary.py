@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -10,29 +11,69 @@ import pandas as pd
 from grokjax.analysis.fit import PHASES
 
 
-def summary_table(fits: pd.DataFrame, cell_stats: pd.DataFrame) -> str:
-    """A plain-text per-cell table for the terminal."""
-    axes = [a for a in cell_stats.columns if a not in _CELL_STAT_COLUMNS]
-    header = "  ".join(f"{a:>8}" for a in axes) + "  seeds  grokked  median t_val [95% CI]      t_train  phase"
+def _cell_axes(cell_stats: pd.DataFrame) -> list[str]:
+    return [a for a in cell_stats.columns if a not in _CELL_STAT_COLUMNS]
+
+
+def summary_table(cell_stats: pd.DataFrame, threshold: float = 0.99) -> str:
+    """The per-cell table: Kaplan-Meier medians of t_val (kept rule) and of the delay, with bootstrap
+    95% intervals over seeds."""
+    axes = _cell_axes(cell_stats)
+    header = ("  ".join(f"{a:>8}" for a in axes) + "  seeds  grokked  median t_val [95% CI]      "
+              "median delay [95% CI]    t_train  phase")
     lines = [header]
     for _, r in cell_stats.iterrows():
         vals = "  ".join(f"{_fmt(r[a]):>8}" for a in axes)
-        med = _steps(r["median_t_val"])
-        ci = f"[{_steps(r['ci_low'])}, {_steps(r['ci_high'])}]"
-        lines.append(f"{vals}  {r['n_seeds']:>5}  {r['frac_grokked']:>7.0%}  {med:>12} {ci:<14}"
+        lines.append(f"{vals}  {r['n_seeds']:>5}  {r['frac_grokked']:>7.0%}  "
+                     f"{_interval(r['median_t_val'], r['ci_low'], r['ci_high'])}  "
+                     f"{_interval(r['median_delay'], r['delay_ci_low'], r['delay_ci_high'])}"
                      f"{_steps(r['median_t_train']):>7}  {r['phase']}")
+    lines.append(f"(t_val: first evaluation at val acc >= {threshold:g} that is kept; delay = t_val - t_train; "
+                 f"medians are Kaplan-Meier over seeds, censored at the budget; with n seeds a 95% interval "
+                 f"is at most the seeds' range)")
     return "\n".join(lines)
 
 
-_CELL_STAT_COLUMNS = {"n_seeds", "frac_grokked", "median_t_val", "ci_low", "ci_high", "median_t_train",
-                      "phase"} | {f"n_{p}" for p in PHASES}
+def side_by_side(tables: list[tuple[str, pd.DataFrame]]) -> str:
+    """Per-cell tables of several sweeps joined on their common cell axes: grokked fraction and median
+    t_val of each, one column pair per sweep."""
+    common = set.intersection(*(set(_cell_axes(c)) for _, c in tables))
+    axes = [a for a in _cell_axes(tables[0][1]) if a in common]
+    merged: pd.DataFrame | None = None
+    for i, (_, c) in enumerate(tables):
+        part = c[axes + ["frac_grokked", "median_t_val"]].rename(
+            columns={"frac_grokked": f"g{i}", "median_t_val": f"t{i}"})
+        merged = part if merged is None else merged.merge(part, on=axes, how="outer")
+    assert merged is not None
+    merged = merged.sort_values(axes)
+    width = max(16, *(len(label) for label, _ in tables))
+    head = "  ".join(f"{a:>8}" for a in axes) + "  " + "  ".join(f"{label:>{width}}" for label, _ in tables)
+    sub = "  ".join(" " * 8 for _ in axes) + "  " + "  ".join(f"{'grokked  t_val':>{width}}" for _ in tables)
+    lines = [head, sub]
+    for _, r in merged.iterrows():
+        cols = []
+        for i in range(len(tables)):
+            g, t = r[f"g{i}"], r[f"t{i}"]
+            cols.append(f"{'-' if pd.isna(g) else f'{g:.0%}':>7}  {_steps(t):>{width - 9}}")
+        lines.append("  ".join(f"{_fmt(r[a]):>8}" for a in axes) + "  " + "  ".join(cols))
+    lines.append("(grokked: fraction of seeds; t_val: Kaplan-Meier median of the kept-rule t_val; "
+                 "'-': the cell is not in that sweep)")
+    return "\n".join(lines)
+
+
+_CELL_STAT_COLUMNS = {"n_seeds", "frac_grokked", "median_t_val", "ci_low", "ci_high", "median_delay",
+                      "delay_ci_low", "delay_ci_high", "median_t_train", "phase"} | {f"n_{p}" for p in PHASES}
+
+
+def _interval(med: Any, lo: Any, hi: Any) -> str:
+    return f"{_steps(med):>7} [{_steps(lo)}, {_steps(hi)}]".ljust(23)
 
 
 def _fmt(v: object) -> str:
     return f"{v:g}" if isinstance(v, (float, np.floating)) else str(v)
 
 
-def _steps(v: float) -> str:
+def _steps(v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return ">budget" if math.isinf(v) else f"{v:.0f}"

@@ -24,11 +24,30 @@ def kaplan_meier_median(times: np.ndarray, observed: np.ndarray) -> float:
     return math.inf
 
 
-def survival_arrays(cell: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+# What a survival statistic or a law can be about: the kept-rule t_val, the first-reach t_val_first, and
+# the delay t_val - t_train (Omnigrok's and Lyu et al.'s grokking delay).
+TARGETS = ("t_val", "delay", "t_val_first")
+
+
+def survival_arrays(cell: pd.DataFrame, target: str = "t_val") -> tuple[np.ndarray, np.ndarray]:
+    """(times, observed) of a cell's non-diverged runs for ``target``; a run that never reaches it is
+    censored at its budget. The delay counts only runs that memorized (finite t_train), censored at
+    budget - t_train."""
     ok = cell[cell["phase"] != "diverged"]
+    budget = ok["budget"].to_numpy(float)
+    if target == "t_val_first":
+        t = ok["t_val_first"].to_numpy(float)
+        observed = np.isfinite(t)
+        return np.where(observed, t, budget), observed
     observed = ~ok["censored"].to_numpy(bool)
-    times = np.where(observed, ok["t_val"].to_numpy(float), ok["budget"].to_numpy(float))
-    return times, observed
+    t_val = ok["t_val"].to_numpy(float)
+    if target == "delay":
+        t_train = ok["t_train"].to_numpy(float)
+        mem = np.isfinite(t_train)
+        return np.where(observed, t_val - t_train, budget - t_train)[mem], observed[mem]
+    if target != "t_val":
+        raise ValueError(f"target {target!r}: expected one of {', '.join(TARGETS)}")
+    return np.where(observed, t_val, budget), observed
 
 
 def _bootstrap_medians(times: np.ndarray, observed: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -44,8 +63,8 @@ def cell_axes(fits: pd.DataFrame) -> list[str]:
 
 
 def cells(fits: pd.DataFrame, n_boot: int = 500, seed: int = 0) -> pd.DataFrame:
-    """Per cell of the grid: n_seeds, frac_grokked, KM median t_val with bootstrap 95% interval, phase
-    counts and the majority phase."""
+    """Per cell of the grid: n_seeds, frac_grokked, KM median t_val and KM median delay (t_val - t_train)
+    each with a bootstrap 95% interval, phase counts and the majority phase."""
     axes = cell_axes(fits) or ["wd"]
     rng = np.random.default_rng(seed)
     rows = []
@@ -53,12 +72,17 @@ def cells(fits: pd.DataFrame, n_boot: int = 500, seed: int = 0) -> pd.DataFrame:
         key = key if isinstance(key, tuple) else (key,)
         times, observed = survival_arrays(cell)
         boots = _bootstrap_medians(times, observed, rng, n_boot)
+        d_times, d_observed = survival_arrays(cell, "delay")
+        d_boots = _bootstrap_medians(d_times, d_observed, rng, n_boot)
         counts = cell["phase"].value_counts()
         row = dict(zip(axes, key))
         row |= dict(n_seeds=len(cell), frac_grokked=float(np.mean(cell["phase"].isin(GROKKED))),
                     median_t_val=kaplan_meier_median(times, observed),
                     ci_low=float(np.quantile(boots, 0.025, method="inverted_cdf")),
                     ci_high=float(np.quantile(boots, 0.975, method="inverted_cdf")),
+                    median_delay=kaplan_meier_median(d_times, d_observed) if d_times.size else math.nan,
+                    delay_ci_low=float(np.quantile(d_boots, 0.025, method="inverted_cdf")),
+                    delay_ci_high=float(np.quantile(d_boots, 0.975, method="inverted_cdf")),
                     median_t_train=float(cell["t_train"].median()),
                     phase=str(counts.idxmax()))
         row |= {f"n_{p}": int(counts.get(p, 0)) for p in PHASES}

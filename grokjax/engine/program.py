@@ -126,6 +126,11 @@ class Program:
         return Hparams(**{k: f(jnp.int32 if k in ("seed", "n_train") else dt) for k in Hparams._fields})
 
     @classmethod
+    def cached(cls, engine: Engine, n_models: int) -> bool:
+        """Whether ``get`` would return an already compiled program."""
+        return (engine, n_models, len(jax.local_devices())) in _PROGRAMS
+
+    @classmethod
     def get(cls, engine: Engine, n_models: int) -> "Program":
         """Compiled programs are cached, so a new numeric grid of the same shape never recompiles."""
         key = (engine, n_models, len(jax.local_devices()))

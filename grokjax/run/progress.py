@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,18 +42,25 @@ class Tracker:
 
 
 class Reporter:
-    """Progress: a rich bar on a terminal, plain periodic lines otherwise, nothing with quiet."""
+    """Progress: a rich bar on a terminal, plain lines every ``interval`` seconds otherwise (also while one
+    long chunk or a compilation runs: a heartbeat thread prints them), nothing with quiet."""
 
-    def __init__(self, total_model_steps: int, quiet: bool):
+    def __init__(self, total_model_steps: int, quiet: bool, interval: float = 10.0):
         self.total = total_model_steps
         self.done = 0
         self.quiet = quiet
         self.t0 = time.perf_counter()
-        self.last_line = 0.0
+        self.last_line = time.perf_counter()
         self.is_tty = sys.stderr.isatty()
         self.progress: Any = None
         self.resumed = 0
         self.first: tuple[float, int] | None = None  # (time, model-steps done) after the first chunk
+        self.interval = interval
+        self.status = "starting"  # the last thing said or updated, repeated by the heartbeat
+        self.last_event = time.perf_counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     def __enter__(self) -> "Reporter":
         if not self.quiet and self.is_tty:
@@ -69,11 +77,28 @@ class Reporter:
                                      console=Console(stderr=True))
             self.progress.start()
             self.task = self.progress.add_task("sweep", total=self.total, info="")
+        elif not self.quiet:
+            self._heartbeat = threading.Thread(target=self._beat, name="grokjax-progress", daemon=True)
+            self._heartbeat.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
         if self.progress is not None:
             self.progress.stop()
+
+    def _beat(self) -> None:
+        """Print the last status again whenever ``interval`` seconds pass without a line."""
+        while not self._stop.wait(min(1.0, self.interval / 4)):
+            now = time.perf_counter()
+            with self._lock:
+                if now - self.last_line < self.interval:
+                    continue
+                self.last_line = now
+                print(f"[grokjax] {self.status} (still running: {now - self.last_event:,.0f} s since the last "
+                      f"update)", file=sys.stderr, flush=True)
 
     def skip(self, model_steps: int) -> None:
         """Work done before a resume: counted for the bar, not for the speed."""
@@ -103,12 +128,14 @@ class Reporter:
             self.progress.update(self.task, completed=self.done, description=where, info=info)
             return
         now = time.perf_counter()
-        if now - self.last_line >= 10 or self.done >= self.total:
-            self.last_line = now
-            left = (self.total - self.done) / max(rate, 1e-9)
-            pct = 100 * self.done / max(self.total, 1)
-            print(f"[grokjax] {where} {pct:5.1f}%  {info}  ETA {left:,.0f}s", file=sys.stderr,
-                  flush=True)
+        left = (self.total - self.done) / max(rate, 1e-9)
+        pct = 100 * self.done / max(self.total, 1)
+        with self._lock:
+            self.status = f"{where} {pct:5.1f}%  {info}  ETA {left:,.0f}s"
+            self.last_event = now
+            if now - self.last_line >= self.interval or self.done >= self.total:
+                self.last_line = now
+                print(f"[grokjax] {self.status}", file=sys.stderr, flush=True)
 
     def warn(self, text: str) -> None:
         """A line the user must see, even with --quiet (repairs of a damaged results directory)."""
@@ -122,7 +149,10 @@ class Reporter:
             return
         if self.progress is not None:
             self.progress.console.print(text)
-        else:
+            return
+        with self._lock:
+            self.status, self.last_event = text, time.perf_counter()
+            self.last_line = self.last_event
             print(text, file=sys.stderr, flush=True)
 
 

@@ -15,22 +15,19 @@ import jax
 from grokjax.engine.data import Hparams, hparams_for, pad_models
 from grokjax.engine.memory import choose_models_per_batch
 from grokjax.engine.program import Program
-from grokjax.engine.single import ModelState, engine_for
+from grokjax.engine.single import Engine, ModelState, engine_for
+from grokjax.errors import Interrupted
 from grokjax.run.progress import Reporter, Tracker
 from grokjax.spec.grid import Sweep
 from grokjax.spec.structure import GroupConfig
-from grokjax.store.results import Checkpoint, DamagedFile, ResultsDir, default_out, estimated_bytes, run_ids
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; the message says what was saved."""
-
-    def __init__(self, signum: int, path: Path, saved: tuple[int, int, int] | None):
-        what = ("before any checkpoint was written: nothing was trained yet" if saved is None else
-                f"checkpoint written (group {saved[0] + 1}, model batch {saved[1] + 1}, step {saved[2]})")
-        super().__init__(f"stopped by {signal.Signals(signum).name} {what}. Continue with: "
-                         f"grokjax sweep ... --out {path} --resume")
-        self.signum = signum
+from grokjax.store.results import (
+    Checkpoint,
+    DamagedFile,
+    ResultsDir,
+    default_out,
+    estimated_bytes,
+    run_ids,
+)
 
 
 @contextlib.contextmanager
@@ -111,63 +108,90 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
     tracker = Tracker(sweep.n_runs())
     t0 = time.perf_counter()
     engines = [engine_for(group, runs) for group, runs in groups]
-    # A new sweep plans its model batches (compiling, and refusing what cannot fit) before anything is
-    # written; a resumed one takes the batches its checkpoints were written with.
-    plans = {} if resume else {gi: choose_models_per_batch(e, len(runs), g.train.models_per_batch)
-                               for gi, (e, (g, runs)) in enumerate(zip(engines, groups))}
-    saved: tuple[int, int, int] | None = None
-    with ResultsDir.open(path, sweep, resume, command or [], estimated_bytes(sweep)) as rd, Reporter(total, quiet) as rep, \
-            _stop_on_signals() as signals:
-        rep.say(f"grokjax: {sweep.n_runs()} runs in {len(groups)} group(s) -> {path}")
-        for gi, (group, runs) in enumerate(groups):
-            t = group.train
-            engine = engines[gi]
-            checkpointed = _checkpointed_batch_size(rd, gi, rep) if resume else None
-            if checkpointed is not None:  # the checkpoints' layout fixes the batches, whatever memory is free now
-                per_batch, why = checkpointed, f"{checkpointed} models per batch (as checkpointed)"
-            else:
-                if resume and (rd.checkpoint_batches(gi) or rd.has_parts(gi)):
-                    rep.warn(f"group {gi + 1}: no readable checkpoint; training the group again from step 0")
-                    rd.clear_group(gi)
-                per_batch, why = plans.get(gi) or choose_models_per_batch(engine, len(runs), t.models_per_batch)
-            rep.say(f"group {gi + 1} of {len(groups)}: {describe(group)}; {why}")
-            for bi, lo in enumerate(range(0, len(runs), per_batch)):
-                batch = runs[lo: lo + per_batch]
-                ids = run_ids(batch)
-                prog = Program.get(engine, per_batch)
-                hps: Hparams = prog.put(hparams_for(batch, engine.table.n_pairs))
-                state, splits = prog.init(hps)
-                start = 0
-                ckpt = _usable_checkpoint(rd, gi, bi, state, rep) if resume else None
-                damaged = rd.first_damaged_part(gi, bi) if resume else None
-                if ckpt is not None and damaged is not None and damaged[0] < ckpt.step:
-                    rep.warn(f"{damaged[1]} is damaged and its checkpoint is later: training group {gi + 1} "
-                             f"batch {bi + 1} again from step 0")
-                    ckpt = None
-                if ckpt is not None:
-                    # Re-pad the models axis: the checkpoint may come from a different number of devices.
-                    real = [leaf[: len(batch)] for leaf in ckpt.leaves]
-                    host = pad_models(jax.tree.unflatten(jax.tree.structure(state), real), prog.n_models)
-                    state = prog.restore(host)
-                    start = ckpt.step
-                    rep.skip(start * len(batch))
-                if resume:
-                    rd.clear_parts_from(gi, bi, start)
-                every = t.checkpoint_every
-                k = prog.chunk_steps
-                n_batches = -(-len(runs) // per_batch)
-                where = f"group {gi + 1}/{len(groups)} batch {bi + 1}/{n_batches}"
-                for res in prog.run(state, splits, hps, start, len(batch),
-                                    want_state=lambda end: end // every != (end - k) // every,
-                                    should_stop=lambda: bool(signals)):
-                    rd.write_chunk(gi, bi, res.start, ids, res.metrics, t.log_every, t.eval_every, t.steps)
-                    tracker.update(ids, res.start, res.metrics, res.diverged_step)
-                    if res.state is not None:
-                        rd.save_checkpoint(gi, bi, res.end, jax.tree.leaves(res.state), per_batch)
-                        saved = (gi, bi, res.end)
-                    rep.update((res.end - res.start) * len(batch), where, res.end, t.steps, tracker)
-                if signals:
-                    raise Interrupted(signals[0], path, saved)
-        rd.mark_complete()
+    with Reporter(total, quiet) as rep:
+        # A new sweep plans its model batches (compiling, and refusing what cannot fit) before anything is
+        # written; a resumed one takes the batches its checkpoints were written with.
+        plans = {}
+        for gi, (e, (g, runs)) in enumerate(zip(engines, groups)):
+            if not resume:
+                with _compiling(rep, f"group {gi + 1} of {len(groups)} ({len(runs)} models)"):
+                    plans[gi] = choose_models_per_batch(e, len(runs), g.train.models_per_batch)
+        with ResultsDir.open(path, sweep, resume, command or [], estimated_bytes(sweep)) as rd, \
+                _stop_on_signals() as signals:
+            _train_groups(sweep, groups, engines, plans, rd, rep, tracker, resume, signals, path)
+            rd.mark_complete()
         rate = rep.rate()
     return SweepOutcome(path, tracker, rate, time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _compiling(rep: Reporter, what: str) -> Iterator[None]:
+    """A line when compilation of ``what`` starts and one when it ends (with its time)."""
+    rep.say(f"compiling {what} ...")
+    t0 = time.perf_counter()
+    yield
+    rep.say(f"compiled {what} in {time.perf_counter() - t0:.1f} s")
+
+
+def _program(engine: Engine, n_models: int, rep: Reporter, what: str) -> Program:
+    if Program.cached(engine, n_models):
+        return Program.get(engine, n_models)
+    with _compiling(rep, what):
+        return Program.get(engine, n_models)
+
+
+def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: ResultsDir, rep: Reporter,
+                  tracker: Tracker, resume: bool, signals: list[int], path: Path) -> None:
+    """Train every model batch of every group into ``rd``; raises Interrupted on SIGINT/SIGTERM, naming the
+    last checkpoint written."""
+    saved: tuple[int, int, int] | None = None
+    rep.say(f"grokjax: {sweep.n_runs()} runs in {len(groups)} group(s) -> {path}")
+    for gi, (group, runs) in enumerate(groups):
+        t = group.train
+        engine = engines[gi]
+        checkpointed = _checkpointed_batch_size(rd, gi, rep) if resume else None
+        if checkpointed is not None:  # the checkpoints' layout fixes the batches, whatever memory is free now
+            per_batch, why = checkpointed, f"{checkpointed} models per batch (as checkpointed)"
+        else:
+            if resume and (rd.checkpoint_batches(gi) or rd.has_parts(gi)):
+                rep.warn(f"group {gi + 1}: no readable checkpoint; training the group again from step 0")
+                rd.clear_group(gi)
+            per_batch, why = plans.get(gi) or choose_models_per_batch(engine, len(runs), t.models_per_batch)
+        rep.say(f"group {gi + 1} of {len(groups)}: {describe(group)}; {why}")
+        for bi, lo in enumerate(range(0, len(runs), per_batch)):
+            batch = runs[lo: lo + per_batch]
+            ids = run_ids(batch)
+            prog = _program(engine, per_batch, rep, f"group {gi + 1} of {len(groups)} ({per_batch} models)")
+            hps: Hparams = prog.put(hparams_for(batch, engine.table.n_pairs))
+            state, splits = prog.init(hps)
+            start = 0
+            ckpt = _usable_checkpoint(rd, gi, bi, state, rep) if resume else None
+            damaged = rd.first_damaged_part(gi, bi) if resume else None
+            if ckpt is not None and damaged is not None and damaged[0] < ckpt.step:
+                rep.warn(f"{damaged[1]} is damaged and its checkpoint is later: training group {gi + 1} "
+                         f"batch {bi + 1} again from step 0")
+                ckpt = None
+            if ckpt is not None:
+                # Re-pad the models axis: the checkpoint may come from a different number of devices.
+                real = [leaf[: len(batch)] for leaf in ckpt.leaves]
+                host = pad_models(jax.tree.unflatten(jax.tree.structure(state), real), prog.n_models)
+                state = prog.restore(host)
+                start = ckpt.step
+                rep.skip(start * len(batch))
+            if resume:
+                rd.clear_parts_from(gi, bi, start)
+            every = t.checkpoint_every
+            k = prog.chunk_steps
+            n_batches = -(-len(runs) // per_batch)
+            where = f"group {gi + 1}/{len(groups)} batch {bi + 1}/{n_batches}"
+            for res in prog.run(state, splits, hps, start, len(batch),
+                                want_state=lambda end: end // every != (end - k) // every,
+                                should_stop=lambda: bool(signals)):
+                rd.write_chunk(gi, bi, res.start, ids, res.metrics, t.log_every, t.eval_every, t.steps)
+                tracker.update(ids, res.start, res.metrics, res.diverged_step)
+                if res.state is not None:
+                    rd.save_checkpoint(gi, bi, res.end, jax.tree.leaves(res.state), per_batch)
+                    saved = (gi, bi, res.end)
+                rep.update((res.end - res.start) * len(batch), where, res.end, t.steps, tracker)
+            if signals:
+                raise Interrupted(signals[0], path, saved)

@@ -9,6 +9,7 @@ from typing import Any, Callable
 from grokjax.losses import LOSSES
 from grokjax.models.registry import ACTIVATIONS, MLP_INPUTS, MODELS
 from grokjax.optim.registry import GRADIENT_FILTERS, OPTIMIZERS
+from grokjax.spec.meanings import MEANINGS
 from grokjax.spec.structure import (
     HP_DEFAULTS,
     ModelConfig,
@@ -34,6 +35,26 @@ class Field:
     @property
     def per_model(self) -> bool:
         return self.path.startswith("hp.")
+
+    @property
+    def group(self) -> str:
+        """Where a value lands: per model (a vmapped array) or structural (a compiled group)."""
+        return "per-model" if self.per_model else "structural"
+
+    @property
+    def meaning(self) -> str:
+        return MEANINGS[self.short]
+
+    @property
+    def accepted(self) -> str:
+        """The values accepted, in words."""
+        if self.choices:
+            return "|".join(self.choices)
+        if self.kind == "bool":
+            return "true|false"
+        if self.kind == "batch":
+            return "full|auto|N"
+        return "number" if self.kind == "float" else "whole number"
 
 
 def _at_least(lo: float) -> Callable[[Any], str | None]:

@@ -13,11 +13,19 @@ import itertools
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
+
+import numpy as np
 
 from grokjax.errors import UserError
 from grokjax.spec.fields import FIELDS, SHORT_NAMES
-from grokjax.spec.grammar import coerce, did_you_mean, parse_expression, resolve_key
+from grokjax.spec.grammar import (
+    MAX_AXIS_VALUES,
+    coerce,
+    did_you_mean,
+    parse_expression,
+    resolve_key,
+)
 from grokjax.spec.presets import PRESETS, find_config, load_toml, named_sweeps
 from grokjax.spec.structure import (
     GroupConfig,
@@ -27,7 +35,6 @@ from grokjax.spec.structure import (
     TrainConfig,
 )
 from grokjax.tasks.tables import OPS_NEEDING_PRIME, n_pairs_of
-
 
 MAX_RUNS = 1_000_000  # runs per sweep, refused before the grid is enumerated
 MAX_PAIRS = 4_000_000  # pairs in a task table (p <= 2000), refused before the table is built
@@ -163,8 +170,34 @@ def apply_preset(values: dict[str, list[Scalar]], axes: list[str], preset: dict[
 
 
 
-def build_sweep(config: str | None = None, overrides: Iterable[str] = ()) -> Sweep:
-    """Resolve ``[CONFIG] key=value ...`` into a validated Sweep. Raises UserError on any bad input."""
+def python_values(key: str, value: Any) -> tuple[list[Scalar], bool]:
+    """A Python value for ``key`` as (values, is_axis): a list, tuple, range or 1-D NumPy array is an axis
+    (``wd=np.logspace(-3, 1, 32)``); anything else one value (``seeds=16`` counts seeds, as on the CLI).
+    NumPy scalars become Python ones; the values are checked like the command line's."""
+    if isinstance(value, np.ndarray):
+        if value.ndim > 1:
+            raise UserError(f"{key}: a {value.ndim}-D array; give a 1-D array or a list of values")
+        value = value.tolist() if value.ndim == 1 else value.item()
+    if isinstance(value, (list, tuple, range)):
+        items = [v.item() if isinstance(v, np.generic) else v for v in value]
+        if not items:
+            raise UserError(f"{key}=[]: empty list; give at least one value")
+        if len(items) > MAX_AXIS_VALUES:
+            raise UserError(f"{key}: {len(items):,} values; at most {MAX_AXIS_VALUES:,} values per key")
+        if any(isinstance(v, (list, tuple, dict, np.ndarray)) for v in items):
+            raise UserError(f"{key}={value!r}: lists hold plain values, not nested lists")
+        return items, True
+    if isinstance(value, np.generic):
+        value = value.item()
+    if not isinstance(value, (bool, int, float, str)):
+        raise UserError(f"{key}={value!r}: expected a number, a string, a bool or a list of them")
+    return [value], False
+
+
+def build_sweep(config: str | None = None, overrides: Iterable[str] = (),
+                settings: Mapping[str, Any] | None = None) -> Sweep:
+    """Resolve ``[CONFIG] key=value ...`` (``overrides``: the command line's text) and ``settings``
+    (Python values by key, see ``python_values``) into a validated Sweep. Raises UserError on bad input."""
     values, axes = defaults(), []
     name = config or "default"
     if config is None:
@@ -181,6 +214,13 @@ def build_sweep(config: str | None = None, overrides: Iterable[str] = ()) -> Swe
             raise UserError(f"no sweep file or preset named {config!r}{did_you_mean(config, named_sweeps())}; "
                             f"accepted: a .toml path or one of {', '.join(named_sweeps())}")
     seen: set[str] = set()
+    for key, value in (settings or {}).items():
+        path = resolve_key(key)
+        if path in seen:
+            raise UserError(f"{key} is given twice; give each key once (use a list to sweep it)")
+        seen.add(path)
+        parsed, is_axis = python_values(key, value)
+        _apply(values, axes, key, parsed, is_axis, repr(value) if not is_axis else None)
     for item in overrides:
         if "=" not in item:
             raise UserError(f"argument {item!r} is not key=value; e.g. wd=0.1 or seeds=4")

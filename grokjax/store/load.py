@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,14 @@ import pyarrow as pa
 
 from grokjax.errors import UserError
 from grokjax.store.files import read_json, read_parquet
-from grokjax.store.layout import METRIC_COLUMNS, RUNS_PARQUET, SWEEP_JSON, metric_parts
+from grokjax.store.layout import (
+    FIT_OPTIONS_KEY,
+    FITS_PARQUET,
+    METRIC_COLUMNS,
+    RUNS_PARQUET,
+    SWEEP_JSON,
+    metric_parts,
+)
 
 
 @dataclass
@@ -30,7 +38,13 @@ class Results:
 
     @property
     def axes(self) -> list[str]:
-        return list(self.sweep["spec"]["axes"])
+        """The swept keys, as the runs table names its columns (``wd``, ``seed``, ``p``...)."""
+        return [a.rsplit(".", 1)[-1] for a in self.sweep["spec"]["axes"]]
+
+    def frame(self) -> pd.DataFrame:
+        """The metrics joined with each run's hyperparameters: one row per (run, logged step), columns
+        ``run_id step`` + metric columns + every runs-table column (``wd lr seed p op ...``)."""
+        return self.metrics.merge(self.runs, on="run_id", how="left", validate="many_to_one")
 
 
 def _read_parts(parts: list[Path], sweep_path: Path) -> Iterator[pa.Table]:
@@ -60,3 +74,24 @@ def load(path: str | os.PathLike) -> Results:
     return Results(path, sweep, runs, metrics)
 
 
+
+
+
+def saved_fits(path: str | os.PathLike) -> tuple[pd.DataFrame | None, str]:
+    """The fits ``grokjax fit`` wrote into DIR/fits.parquet with the options it used (in ``attrs``), or
+    (None, why not): absent, damaged, or older than the newest metrics part."""
+    path = Path(path)
+    target = path / FITS_PARQUET
+    if not target.is_file():
+        return None, f"no {FITS_PARQUET} yet"
+    parts = metric_parts(path)
+    if parts and max(p.stat().st_mtime for p in parts) > target.stat().st_mtime:
+        return None, f"{target} is older than the metrics"
+    try:
+        table = read_parquet(target, "")
+    except UserError:
+        return None, f"{target} is damaged"
+    options = json.loads((table.schema.metadata or {}).get(FIT_OPTIONS_KEY, b"{}"))
+    fits = table.to_pandas()
+    fits.attrs.update(options)
+    return fits, f"{target} ({', '.join(f'{k} {v:g}' for k, v in options.items())})"

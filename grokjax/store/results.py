@@ -34,8 +34,16 @@ import pyarrow as pa
 from grokjax.errors import UserError
 from grokjax.spec.fields import SHORT_NAMES
 from grokjax.spec.grid import Run, Sweep
-from grokjax.store.files import (atomic_file, atomic_parquet, atomic_write_bytes, parquet_ok, read_json,
-                                 remove_tree, write_error)
+from grokjax.store.columns import describe
+from grokjax.store.files import (
+    atomic_file,
+    atomic_parquet,
+    atomic_write_bytes,
+    parquet_ok,
+    read_json,
+    remove_tree,
+    write_error,
+)
 from grokjax.store.layout import (
     CHECKPOINT_DIR,
     EVAL_COLUMNS,
@@ -179,7 +187,8 @@ class ResultsDir:
                           "created": datetime.datetime.now().isoformat(timespec="seconds"),
                           "complete": False, "spec": sweep.to_json(), "n_runs": sweep.n_runs()}
                 record |= provenance()
-                atomic_parquet(path / RUNS_PARQUET, pa.Table.from_pandas(runs_table(sweep), preserve_index=False))
+                atomic_parquet(path / RUNS_PARQUET, describe(
+                    pa.Table.from_pandas(runs_table(sweep), preserve_index=False), "runs"))
                 atomic_write_bytes(spec_file, json.dumps(record, indent=2).encode())
         except OSError as e:
             rd.close(remove_lock=created_lock)
@@ -226,7 +235,7 @@ class ResultsDir:
             values = metrics[name][keep].T.ravel()  # [N * K'] ordered by run, then step
             cols[name] = pa.array(values, mask=eval_mask if name in EVAL_COLUMNS else None, type=pa.from_numpy_dtype(values.dtype))
         path = self.path / METRICS_DIR / f"g{group:03d}-b{batch:03d}-s{start:09d}.parquet"
-        self._guard(lambda: atomic_parquet(path, pa.table(cols)))
+        self._guard(lambda: atomic_parquet(path, describe(pa.table(cols), "metrics")))
         return len(step) * n
 
     def clear_parts_from(self, group: int, batch: int, step: int) -> None:

@@ -1,0 +1,44 @@
+"""Everything ``grokjax fit`` computes from a results directory: per-run fits, per-cell statistics and
+the laws, as one Report (``save`` writes fits.parquet, cells.parquet and laws.parquet)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from grokjax.analysis.fit import FitOptions, fit_results
+from grokjax.analysis.law import Law, fit_laws, laws_table
+from grokjax.analysis.survival import cells
+from grokjax.store.load import Results, load
+from grokjax.store.outputs import save_fits
+
+
+@dataclass
+class Report:
+    fits: pd.DataFrame
+    cells: pd.DataFrame
+    laws: list[Law]
+
+    @property
+    def laws_frame(self) -> pd.DataFrame:
+        return laws_table(self.laws, self.fits)
+
+
+def report_of(fits: pd.DataFrame) -> Report:
+    """Cells and laws of per-run fits (deterministic: fixed bootstrap seeds)."""
+    return Report(fits, cells(fits), fit_laws(fits))
+
+
+def analyse(source: str | Path | Results, opts: FitOptions = FitOptions(), save: bool = False) -> Report:
+    """Fit every run of a results directory; with ``save``, write the three tables (nothing is written
+    while no metrics exist: an empty fits.parquet would mislead)."""
+    results = source if isinstance(source, Results) else load(source)
+    fits = fit_results(results, opts)
+    if fits.empty:
+        return Report(fits, pd.DataFrame(), [])
+    report = report_of(fits)
+    if save:
+        save_fits(results.path, fits, report.cells, report.laws_frame)
+    return report

@@ -1,0 +1,114 @@
+"""The data dictionary: every column of every table in a results directory, with meaning, unit and when
+it is null. Written into each Parquet file as field metadata (``description``, ``unit``, ``null``) and
+printed in the README (a test keeps the two in step)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from grokjax.spec.meanings import MEANINGS
+
+
+@dataclass(frozen=True)
+class Column:
+    meaning: str
+    unit: str = ""
+    null: str = "never"
+
+
+STEP = "steps"
+_RUN_KEYS = {key: Column(meaning) for key, meaning in MEANINGS.items()}
+
+RUNS: dict[str, Column] = {
+    "run_id": Column("the run's number in the sweep, 0-based, stable across resumes"),
+    "group": Column("the compiled group the run trained in (structural settings), 0-based"),
+} | _RUN_KEYS
+
+METRICS: dict[str, Column] = {
+    "run_id": RUNS["run_id"],
+    "step": Column("number of updates the parameters have had when the row was measured (0: the "
+                   "initialisation)", STEP),
+    "train_loss": Column("loss (softmax or StableMax cross-entropy) of the batch this step trains on, "
+                         "before its update", "nats",
+                         "NaN from the run's divergence on"),
+    "train_acc": Column("argmax accuracy on that batch", "fraction", "NaN from the run's divergence on"),
+    "val_loss": Column("mean loss on the whole validation split", "nats",
+                       "null between evaluations; NaN from divergence on"),
+    "val_acc": Column("accuracy on the whole validation split", "fraction",
+                      "null between evaluations; NaN from divergence on"),
+    "param_norm": Column("global L2 norm of all parameters", "",
+                         "null between evaluations; NaN from divergence on"),
+}
+
+FITS: dict[str, Column] = {
+    "run_id": RUNS["run_id"],
+    "t_train": Column("first logged step with train accuracy >= threshold", STEP, "NaN: never reached"),
+    "t_val": Column("first evaluation with validation accuracy >= threshold that the run keeps (the kept "
+                    "rule, --keep and --slack)", STEP, "NaN: censored (never within the budget)"),
+    "delay": Column("t_val - t_train, the grokking delay", STEP, "NaN: t_val or t_train missing"),
+    "censored": Column("true when t_val was not reached within the budget"),
+    "phase": Column("comprehension, grokking, memorization, confusion or diverged (Liu et al. 2022)"),
+    "budget": Column("last observed step + 1: the censoring time", STEP),
+    "t_val_first": Column("first evaluation with validation accuracy >= threshold (Power et al.'s first "
+                          "reach)", STEP, "NaN: never reached"),
+    "t_val_interp": Column("t_val with the crossing linearly interpolated from the previous evaluation",
+                           STEP, "NaN: censored"),
+    "t_diverged": Column("first step whose train loss is non-finite or above 1e8 (or parameters "
+                         "non-finite)", STEP, "NaN: never diverged"),
+    "mid_step": Column("midpoint of a logistic fitted to validation accuracy against log10 step", STEP,
+                       "NaN: the curve rises by less than 0.5 or the fit failed"),
+    "width_decades": Column("width of that logistic", "decades of steps", "NaN: as mid_step"),
+    "final_train_acc": Column("last finite train accuracy", "fraction", "NaN: none finite"),
+    "final_val_acc": Column("last finite validation accuracy", "fraction", "NaN: none finite"),
+} | {k: v for k, v in RUNS.items() if k != "run_id"}
+
+CELLS: dict[str, Column] = {
+    "n_seeds": Column("runs in the cell (every swept value fixed except the seed)"),
+    "frac_grokked": Column("fraction of the cell's runs in the grokking or comprehension phase", "fraction"),
+    "median_t_val": Column("Kaplan-Meier median of t_val, censored runs censored at their budget, diverged "
+                           "runs left out", STEP, "inf: more than half never grok"),
+    "ci_low": Column("bootstrap 2.5% quantile of median_t_val (seeds resampled)", STEP),
+    "ci_high": Column("bootstrap 97.5% quantile of median_t_val", STEP, "inf: unbounded"),
+    "median_delay": Column("Kaplan-Meier median of the delay t_val - t_train over runs that memorized",
+                           STEP, "NaN: no run memorized; inf: more than half never grok"),
+    "delay_ci_low": Column("bootstrap 2.5% quantile of median_delay", STEP),
+    "delay_ci_high": Column("bootstrap 97.5% quantile of median_delay", STEP, "inf: unbounded"),
+    "median_t_train": Column("median t_train of the cell's runs", STEP, "NaN: none memorized"),
+    "phase": Column("the cell's majority phase"),
+} | {f"n_{p}": Column(f"runs of the cell in the {p} phase") for p in
+     ("comprehension", "grokking", "memorization", "confusion", "diverged")}
+
+LAWS: dict[str, Column] = {
+    "target": Column("what the law is about: t_val (kept rule), delay or t_val_first"),
+    "x_name": Column("wd, or lr*wd when lr is swept too"),
+    "alpha": Column("exponent of t ~ x^alpha, least squares in log-log over cells", "",
+                    "NaN: too few grokked cells (see n_cells)"),
+    "alpha_low": Column("bootstrap 2.5% quantile of alpha", "", "NaN: not fitted"),
+    "alpha_high": Column("bootstrap 97.5% quantile of alpha", "", "NaN: not fitted"),
+    "c": Column("intercept of log t = c + alpha log x", "", "NaN: not fitted"),
+    "n_cells": Column("cells (x values) mostly grokked with a finite median: the points of the fit"),
+    "x_min": Column("smallest x fitted", "", "NaN: no cell"),
+    "x_max": Column("largest x fitted", "", "NaN: no cell"),
+    "fitted": Column("false when fewer than MIN_LAW_CELLS (3) cells qualified"),
+    "threshold": Column("fit option --threshold", "fraction"),
+    "slack": Column("fit option --slack", "fraction"),
+    "keep": Column("fit option --keep", "fraction"),
+    "gap": Column("fit option --gap", STEP),
+}
+
+TABLES: dict[str, dict[str, Column]] = {"runs": RUNS, "metrics": METRICS, "fits": FITS, "cells": CELLS,
+                                        "laws": LAWS}
+
+
+def describe(table: pa.Table, kind: str) -> pa.Table:
+    """``table`` with each known column's meaning, unit and null rule as Parquet field metadata."""
+    columns = TABLES[kind]
+    fields = []
+    for f in table.schema:
+        col = columns.get(f.name)
+        if col is not None:
+            f = f.with_metadata({"description": col.meaning, "unit": col.unit, "null": col.null})
+        fields.append(f)
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))

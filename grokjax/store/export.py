@@ -1,0 +1,127 @@
+"""Export a results directory to the trackers people already use: TensorBoard event files (one run
+directory per model, scalars per step, hyperparameters through the HParams plugin) or offline W&B runs
+(synced later with ``wandb sync``). Both writers are optional extras, imported only here."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from grokjax.errors import UserError
+from grokjax.store.layout import METRIC_COLUMNS
+from grokjax.store.load import Results, load, saved_fits
+
+TARGETS = ("tensorboard", "wandb")
+SUMMARY_COLUMNS = ("t_train", "t_val", "delay", "t_val_first", "final_train_acc", "final_val_acc")
+_EXTRA = {"tensorboard": ("tensorboardX", "grokjax[tensorboard]"), "wandb": ("wandb", "grokjax[wandb]")}
+
+
+def run_name(run_id: int) -> str:
+    return f"run_{run_id:05d}"
+
+
+def _plain(v: Any) -> int | float | str | bool:
+    """A NumPy or pandas scalar as a Python one (what the writers accept)."""
+    v = v.item() if hasattr(v, "item") else v
+    return v if isinstance(v, (int, float, str, bool)) else str(v)
+
+
+def _hparams(results: Results) -> dict[int, dict[str, int | float | str | bool]]:
+    runs = results.runs.set_index("run_id")
+    return {int(rid): {k: _plain(v) for k, v in row.items()} for rid, row in runs.iterrows()}
+
+
+def _summaries(results: Results) -> dict[int, dict[str, float]]:
+    """The saved fits' times per run, if ``grokjax fit`` wrote them (NaN ones left out)."""
+    fits, _ = saved_fits(results.path)
+    if fits is None:
+        return {}
+    out = {}
+    for row in fits.itertuples():
+        vals = {c: float(getattr(row, c)) for c in SUMMARY_COLUMNS if hasattr(row, c)}
+        out[int(row.run_id)] = {k: v for k, v in vals.items() if math.isfinite(v)}
+    return out
+
+
+def _rows(metrics: pd.DataFrame) -> Any:
+    """Per run: (run_id, [(step, {metric: value})]) with the null entries dropped."""
+    for rid, m in metrics.groupby("run_id", sort=True):
+        rows = []
+        for rec in m[["step", *METRIC_COLUMNS]].itertuples(index=False):
+            vals = {c: float(getattr(rec, c)) for c in METRIC_COLUMNS if not pd.isna(getattr(rec, c))}
+            rows.append((int(rec.step), vals))
+        yield int(rid), rows
+
+
+def _to_tensorboard(results: Results, out: Path, say: Callable[[str], None]) -> int:
+    from tensorboardX import SummaryWriter
+    from tensorboardX.summary import hparams
+
+    hps, summaries = _hparams(results), _summaries(results)
+    n = 0
+    for rid, rows in _rows(results.metrics):
+        with SummaryWriter(logdir=str(out / run_name(rid)), flush_secs=3600) as w:
+            for step, vals in rows:
+                for tag, v in vals.items():
+                    w.add_scalar(tag, v, step)
+            final = {f"fit/{k}": v for k, v in summaries.get(rid, {}).items()}
+            for tag, v in final.items():
+                w.add_scalar(tag, v, 0)
+            for summary in hparams(hps[rid], final or {"fit/none": 0.0}):
+                w.file_writer.add_summary(summary)
+        n += 1
+        if n % 50 == 0:
+            say(f"exported {n} of {len(hps)} runs")
+    return n
+
+
+def _to_wandb(results: Results, out: Path, project: str, say: Callable[[str], None]) -> int:
+    os.environ.setdefault("WANDB_MODE", "offline")  # never the network: the user syncs later
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    hps, summaries = _hparams(results), _summaries(results)
+    group = f"{results.sweep.get('name', 'sweep')}-{results.sweep.get('fingerprint', '')[:8]}"
+    n = 0
+    for rid, rows in _rows(results.metrics):
+        run = wandb.init(mode="offline", dir=str(out), project=project, group=group, name=run_name(rid),
+                         config=hps[rid], reinit="create_new",
+                         settings=wandb.Settings(console="off", x_disable_stats=True, silent=True))
+        for step, vals in rows:
+            run.log(vals, step=step)
+        run.summary.update(summaries.get(rid, {}))
+        run.finish()
+        n += 1
+        if n % 50 == 0:
+            say(f"exported {n} of {len(hps)} runs")
+    return n
+
+
+def export(path: str | os.PathLike, to: str, out: str | os.PathLike, project: str = "grokjax",
+           say: Callable[[str], None] = lambda s: None) -> int:
+    """Write every run of the results directory ``path`` to ``out`` (a new or empty directory) as
+    TensorBoard event files or offline W&B runs. Returns the number of runs exported."""
+    if to not in TARGETS:
+        raise UserError(f"--to {to}: expected one of {', '.join(TARGETS)}")
+    module, extra = _EXTRA[to]
+    try:
+        __import__(module)
+    except ImportError:
+        raise UserError(f"--to {to} needs the {module} package: pip install '{extra}'") from None
+    results = load(path)
+    if results.metrics.empty:
+        raise UserError(f"{path}: no metrics written yet; nothing to export")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: exists and is not an empty directory; export into a new directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{out}: cannot create it ({e.strerror}); choose a writable directory") from None
+    if to == "tensorboard":
+        return _to_tensorboard(results, out, say)
+    return _to_wandb(results, out, project, say)
