@@ -145,9 +145,9 @@ def test_zero_weight_decay_gets_its_own_panel_and_few_cells_no_law():
     zero, main_ax = fig.axes[0], fig.axes[1]
     assert [t.get_text() for t in zero.get_xticklabels()] == ["wd=0"]
     assert main_ax.get_xlim()[0] > 0.1  # the log axis holds only the positive wd values
-    notes = " ".join(t.get_text() for t in main_ax.texts)
-    assert "no law (2 grokked cell(s) < 3)" in notes
-    assert not any("wd^" in t.get_text() for t in main_ax.get_legend().get_texts())
+    labels = [t.get_text() for t in main_ax.get_legend().get_texts()]
+    assert "t_val (kept): no law (2 grokked cell(s) < 3)" in labels
+    assert not any("wd^" in t for t in labels)
 
 
 def test_two_numeric_axes_give_a_heatmap():

@@ -137,3 +137,24 @@ def test_memory_aware_batching_picks_a_batch_that_fits():
     m, why = choose_models_per_batch(eng, 16, budget=budget)
     assert 1 <= m < 16 and Program.get(eng, m).bytes <= budget and "budget" in why
     assert choose_models_per_batch(eng, 16, requested=3)[0] == 3
+
+
+def test_a_budget_that_chunks_do_not_divide_computes_no_extra_step():
+    """steps=50 in chunks of 20: the last chunk runs 10 steps, so the final state is the 50-step state
+    (float64: equal to the same run in one 50-step chunk), not a 60-step one."""
+    base = ["op=add", "p=11", "d_model=16", "n_heads=2", "d_mlp=32", "frac=0.5", "wd=1", "lr=3e-3",
+            "steps=50", "eval_every=10", "dtype=float64"]
+    finals = []
+    for chunk in (20, 50):
+        group, runs = build_sweep(None, [*base, f"chunk_steps={chunk}"]).groups()[0]
+        engine = engine_for(group, runs)
+        prog = Program.get(engine, len(runs))
+        hps = prog.put(hparams_for(runs, engine.table.n_pairs))
+        state, splits = prog.init(hps)
+        before = prog.steps_computed
+        results = list(prog.run(state, splits, hps, 0, len(runs)))
+        assert prog.steps_computed - before == 50
+        assert [(r.start, r.end) for r in results] == [(s, min(s + chunk, 50)) for s in range(0, 50, chunk)]
+        finals.append(jax.tree.leaves(results[-1].state))
+    for a, b in zip(*finals):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)

@@ -155,9 +155,8 @@ def _diagram_1d(ax: plt.Axes, fits: pd.DataFrame, x_name: str, laws: list[Law] |
                           f"[{law.alpha_low:.2f}, {law.alpha_high:.2f}], {law.n_cells} cells")
         else:
             notes.append(f"{TARGET_NAMES[law.target]}: no law ({law.n_cells} grokked cell(s) < {MIN_LAW_CELLS})")
-    if notes:
-        ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom",
-                bbox=dict(facecolor="white", alpha=0.8, lw=0))
+    for note in notes:  # said in the legend, where it cannot hide data
+        ax.plot([], [], " ", label=note)
     ax.set_ylim(y_lo, y_hi)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -211,7 +210,7 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: plt.Axes | None = None, report: A
         ncols = min(len(facets), 3)
         nrows = math.ceil(len(facets) / ncols)
         width = [1, 6] * ncols if has_zero else [1] * ncols
-        fig, grid = plt.subplots(nrows, len(width), figsize=(8.5 * ncols, 5.5 * nrows), squeeze=False, dpi=110,
+        fig, grid = plt.subplots(nrows, len(width), figsize=(11.5 * ncols, 5.5 * nrows), squeeze=False, dpi=110,
                                  gridspec_kw=dict(width_ratios=width), sharey="row" if has_zero else False)
         pairs = ([(grid[r, 2 * c + 1], grid[r, 2 * c]) for r in range(nrows) for c in range(ncols)] if has_zero
                  else [(a, None) for a in grid.ravel()])
@@ -228,10 +227,11 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: plt.Axes | None = None, report: A
                         else [fit_law(sub, "t_val"), fit_law(sub, "delay")])
             _diagram_1d(a, sub, numeric[0], laws, zero_a)
             handles, labels = a.get_legend_handles_labels()
-            phases = sorted(set(sub["phase"]), key=list(PHASE_COLORS).index)
+            majority = cells(_with_axes(sub.copy(), [numeric[0]]))["phase"]  # the bands drawn
+            phases = sorted(set(majority), key=list(PHASE_COLORS).index)
             handles += [plt.Rectangle((0, 0), 1, 1, color=PHASE_COLORS[p], alpha=0.6) for p in phases]
             labels += [f"majority phase: {p}" for p in phases]
-            a.legend(handles, labels, fontsize=7, loc="lower left" if not has_zero else "best", framealpha=0.9)
+            a.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
         if label:
             a.set_title(label, fontsize=10)
     for a, zero_a in pairs[len(facets):]:

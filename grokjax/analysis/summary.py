@@ -26,7 +26,7 @@ def summary_table(cell_stats: pd.DataFrame, threshold: float = 0.99) -> str:
         vals = "  ".join(f"{_fmt(r[a]):>8}" for a in axes)
         lines.append(f"{vals}  {r['n_seeds']:>5}  {r['frac_grokked']:>7.0%}  "
                      f"{_interval(r['median_t_val'], r['ci_low'], r['ci_high'])}  "
-                     f"{_interval(r['median_delay'], r['delay_ci_low'], r['delay_ci_high'])}"
+                     f"{_interval(r['median_delay'], r['delay_ci_low'], r['delay_ci_high'])}  "
                      f"{_steps(r['median_t_train']):>7}  {r['phase']}")
     lines.append(f"(t_val: first evaluation at val acc >= {threshold:g} that is kept; delay = t_val - t_train; "
                  f"medians are Kaplan-Meier over seeds, censored at the budget; with n seeds a 95% interval "
@@ -66,7 +66,7 @@ _CELL_STAT_COLUMNS = {"n_seeds", "frac_grokked", "median_t_val", "ci_low", "ci_h
 
 
 def _interval(med: Any, lo: Any, hi: Any) -> str:
-    return f"{_steps(med):>7} [{_steps(lo)}, {_steps(hi)}]".ljust(23)
+    return f"{_steps(med):>7} [{_steps(lo)}, {_steps(hi)}]".ljust(27)
 
 
 def _fmt(v: object) -> str:

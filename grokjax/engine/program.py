@@ -112,12 +112,24 @@ class Program:
         state_shape, split_shape = jax.eval_shape(jax.vmap(engine.init_one), hp_shape)
         shard = lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.sharded)  # noqa: E731
         self.abstract = (jax.tree.map(shard, state_shape), jax.tree.map(shard, split_shape), hp_shape)
-        by_model = NamedSharding(mesh, PartitionSpec(None, "models"))
-        self._chunk = jax.jit(_chunk_fn(engine, self.chunk_steps), donate_argnums=(0,),
-                              out_shardings=(self.sharded, by_model, self.sharded)).lower(
-            jax.tree.map(shard, state_shape), jax.tree.map(shard, split_shape), hp_shape,
-            jax.ShapeDtypeStruct((), jnp.int32), self.inputs, self.labels).compile()
-        self.bytes = _program_bytes(self._chunk)
+        self._chunks: dict[int, Any] = {}
+        self.steps_computed = 0  # scan steps dispatched by train_chunk, over the program's lifetime
+        self.bytes = _program_bytes(self._compiled(self.chunk_steps))
+        tail = engine.group.train.steps % self.chunk_steps
+        if tail:  # compiled now, with the rest, so the training rate never includes a compilation
+            self._compiled(tail)
+
+    def _compiled(self, n_steps: int) -> Any:
+        """The compiled chunk of ``n_steps`` steps: ``chunk_steps`` for all but the last chunk of a budget
+        that ``chunk_steps`` does not divide, which gets a program of its own length (compiled on first
+        use) so that no step past the budget is computed."""
+        if n_steps not in self._chunks:
+            state, split, hps = self.abstract
+            by_model = NamedSharding(self.sharded.mesh, PartitionSpec(None, "models"))
+            self._chunks[n_steps] = jax.jit(_chunk_fn(self.engine, n_steps), donate_argnums=(0,),
+                                            out_shardings=(self.sharded, by_model, self.sharded)).lower(
+                state, split, hps, jax.ShapeDtypeStruct((), jnp.int32), self.inputs, self.labels).compile()
+        return self._chunks[n_steps]
 
     def _abstract_hparams(self) -> Hparams:
         dt = self.engine.dtype
@@ -150,11 +162,14 @@ class Program:
         return self._init(hps)
 
     @_in_precision
-    def train_chunk(self, state: ModelState, splits: Split, hps: Hparams, start: jax.Array
-                    ) -> tuple[ModelState, dict[str, jax.Array], jax.Array]:
-        """One compiled chunk of ``chunk_steps`` steps from ``start`` (state is donated): the new state,
-        metrics name -> [chunk_steps, n_models], and each model's diverged step (-1 healthy)."""
-        return self._chunk(state, splits, hps, start, self.inputs, self.labels)
+    def train_chunk(self, state: ModelState, splits: Split, hps: Hparams, start: jax.Array,
+                    n_steps: int | None = None) -> tuple[ModelState, dict[str, jax.Array], jax.Array]:
+        """One compiled chunk of ``n_steps`` (default ``chunk_steps``) steps from ``start`` (state is
+        donated): the new state, metrics name -> [n_steps, n_models], and each model's diverged step
+        (-1 healthy)."""
+        n_steps = n_steps or self.chunk_steps
+        self.steps_computed += n_steps
+        return self._compiled(n_steps)(state, splits, hps, start, self.inputs, self.labels)
 
     def run(self, state: ModelState, splits: Split, hps: Hparams, start: int, n_real: int,
             want_state: Callable[[int], bool] = lambda end: False,
@@ -172,8 +187,8 @@ class Program:
         for s in range(start, steps, self.chunk_steps):
             if should_stop():
                 break
-            state, metrics, dead = self.train_chunk(state, splits, hps, jnp.int32(s))
             end = min(s + self.chunk_steps, steps)
+            state, metrics, dead = self.train_chunk(state, splits, hps, jnp.int32(s), end - s)
             host_state = self._host(state) if want_state(end) else None
             if pending is not None:
                 yield self._fetch(*pending, n_real)

@@ -94,7 +94,7 @@ class Reporter:
         while not self._stop.wait(min(1.0, self.interval / 4)):
             now = time.perf_counter()
             with self._lock:
-                if now - self.last_line < self.interval:
+                if now - self.last_line < self.interval or now - self.last_event < self.interval:
                     continue
                 self.last_line = now
                 print(f"[grokjax] {self.status} (still running: {now - self.last_event:,.0f} s since the last "
