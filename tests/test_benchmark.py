@@ -28,3 +28,13 @@ def test_throughput_quick_tiny(tmp_path, monkeypatch):
     assert r["matmul_peak_flops"] > 0 and 0 < r["mfu"] < 1.5 and r["answer_only_flops_saving"] > 1
     table = (tmp_path / "RESULTS.md").read_text()
     assert "| date | device |" in table and table.count("| cpu") == 1
+
+
+def test_cpu_rows_name_their_vector_extensions():
+    bench = _load_benchmark()
+    avx512 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 avx512f avx512bw\n"
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm\n"
+    assert [bench.vector_extensions(t) for t in (avx512, avx2, arm, "")] == [
+        "AVX-512", "AVX2", "ASIMD", "unknown vector extensions"]
+    assert bench.device_name().count(",") >= 1  # "cpu: MODEL, EXTENSIONS (N cores)" on this CPU
