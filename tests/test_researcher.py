@@ -274,3 +274,15 @@ def test_wandb_export_is_offline_and_reads_back(swept, tmp_path, monkeypatch):
         assert wd == pytest.approx(swept.runs.wd[rid])
         assert [h["_step"] for h in history] == m.step.tolist()
         np.testing.assert_allclose([h["val_acc"] for h in history], m.val_acc, rtol=1e-6)
+
+
+def test_the_first_rate_excludes_compilation(capsys):
+    from grokjax.run.progress import Reporter, Tracker
+
+    with Reporter(1000, quiet=False, interval=60) as rep:
+        with rep.compiling("group 1 of 1 (4 models)"):
+            time.sleep(1.0)
+        rep.update(100, "group 1/1 batch 1/1", 25, 250, Tracker(4))
+        assert rep.rate() > 200  # 100 model-steps over the ~0 s outside compilation, not over ~1 s
+    err = capsys.readouterr().err
+    assert "compiling group 1 of 1 (4 models) ..." in err and "compiled group 1 of 1 (4 models) in 1.0 s" in err

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -56,6 +57,8 @@ class Reporter:
         self.resumed = 0
         self.first: tuple[float, int] | None = None  # (time, model-steps done) after the first chunk
         self.interval = interval
+        self.compile_s = 0.0  # time spent compiling (announced through ``compiling``)
+        self.compile_after_first = 0.0
         self.status = "starting"  # the last thing said or updated, repeated by the heartbeat
         self.last_event = time.perf_counter()
         self._lock = threading.Lock()
@@ -108,12 +111,27 @@ class Reporter:
             self.progress.update(self.task, completed=self.done)
 
     def rate(self) -> float:
-        """Training model-steps/s: measured from the end of the first chunk, so compilation is excluded
-        (the whole wall time, compile included, only while a single chunk has finished)."""
+        """Training model-steps/s: measured from the end of the first chunk (which may include lazy
+        one-off work), or until then over the wall time minus the compilations announced through
+        ``compiling``; either way compilation is excluded."""
         if self.first is not None and self.done > self.first[1]:
             t_first, done_first = self.first
-            return (self.done - done_first) / max(time.perf_counter() - t_first, 1e-9)
-        return (self.done - self.resumed) / max(time.perf_counter() - self.t0, 1e-9)
+            return (self.done - done_first) / max(time.perf_counter() - t_first - self.compile_after_first, 1e-9)
+        return (self.done - self.resumed) / max(time.perf_counter() - self.t0 - self.compile_s, 1e-9)
+
+    @contextlib.contextmanager
+    def compiling(self, what: str) -> Iterator[None]:
+        """A line when compiling ``what`` starts and one when it ends; its time is kept out of the rate."""
+        self.say(f"compiling {what} ...")
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            took = time.perf_counter() - t0
+            self.compile_s += took
+            if self.first is not None:
+                self.compile_after_first += took
+            self.say(f"compiled {what} in {took:.1f} s")
 
     def update(self, model_steps: int, where: str, step: int, steps: int, tracker: Tracker) -> None:
         self.done += model_steps

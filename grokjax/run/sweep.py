@@ -114,7 +114,7 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
         plans = {}
         for gi, (e, (g, runs)) in enumerate(zip(engines, groups)):
             if not resume:
-                with _compiling(rep, f"group {gi + 1} of {len(groups)} ({len(runs)} models)"):
+                with rep.compiling(f"group {gi + 1} of {len(groups)} ({len(runs)} models)"):
                     plans[gi] = choose_models_per_batch(e, len(runs), g.train.models_per_batch)
         with ResultsDir.open(path, sweep, resume, command or [], estimated_bytes(sweep)) as rd, \
                 _stop_on_signals() as signals:
@@ -124,19 +124,10 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
     return SweepOutcome(path, tracker, rate, time.perf_counter() - t0)
 
 
-@contextlib.contextmanager
-def _compiling(rep: Reporter, what: str) -> Iterator[None]:
-    """A line when compilation of ``what`` starts and one when it ends (with its time)."""
-    rep.say(f"compiling {what} ...")
-    t0 = time.perf_counter()
-    yield
-    rep.say(f"compiled {what} in {time.perf_counter() - t0:.1f} s")
-
-
 def _program(engine: Engine, n_models: int, rep: Reporter, what: str) -> Program:
     if Program.cached(engine, n_models):
         return Program.get(engine, n_models)
-    with _compiling(rep, what):
+    with rep.compiling(what):
         return Program.get(engine, n_models)
 
 
