@@ -188,9 +188,13 @@ def _labels(paths: list[Path]) -> list[str]:
     """A label per results directory: the settings in which their sweeps differ, else the directory."""
     from grokjax.store.load import load
 
-    specs = [load(p).sweep["spec"]["values"] for p in paths]
+    sweeps = [load(p).sweep["spec"] for p in paths]
+    specs = [sw["values"] for sw in sweeps]
     keys = sorted(set().union(*specs))
     differ = [k for k in keys if len({str(s.get(k)) for s in specs}) > 1 and k not in ("hp.seed",)]
+    swept = set().union(*(sw["axes"] for sw in sweeps))
+    if [k for k in differ if k not in swept]:  # the swept values show in the tables and on the x axis
+        differ = [k for k in differ if k not in swept]
     if differ and len(differ) <= 3:
         labels = [", ".join(f"{k.rsplit('.', 1)[-1]}={_short(s.get(k))}" for k in differ) for s in specs]
         if len(set(labels)) == len(labels):

@@ -181,7 +181,9 @@ def test_two_sweeps_are_compared_side_by_side(swept, tmp_path, capsys):
     assert main(["fit", str(swept.path), str(other)]) == 0
     out = capsys.readouterr().out
     assert "lr=0.003" in out and "lr=0.01" in out  # labelled by the setting in which they differ
-    table = out[out.index("grokked  t_val"):].splitlines()
+    table = out.splitlines()
+    header = next(i for i, ln in enumerate(table) if re.search(r"^\s+grokked\s+t_val\s+grokked\s+t_val\s*$", ln))
+    table = table[header:]
     assert sum(bool(re.match(r"\s+(0\.3|1)\s", ln)) for ln in table) == 2
     assert main(["plot", str(swept.path), str(other), "--output", str(tmp_path / "cmp.png")]) == 0
     assert (tmp_path / "cmp.png").stat().st_size > 10_000

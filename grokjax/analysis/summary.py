@@ -48,13 +48,14 @@ def side_by_side(tables: list[tuple[str, pd.DataFrame]]) -> str:
     merged = merged.sort_values(axes)
     width = max(16, *(len(label) for label, _ in tables))
     head = "  ".join(f"{a:>8}" for a in axes) + "  " + "  ".join(f"{label:>{width}}" for label, _ in tables)
-    sub = "  ".join(" " * 8 for _ in axes) + "  " + "  ".join(f"{'grokked  t_val':>{width}}" for _ in tables)
+    sub = "  ".join(" " * 8 for _ in axes) + "  " + "  ".join(f"{'grokked':>{width - 9}}  {'t_val':>7}"
+                                                             for _ in tables)
     lines = [head, sub]
     for _, r in merged.iterrows():
         cols = []
         for i in range(len(tables)):
             g, t = r[f"g{i}"], r[f"t{i}"]
-            cols.append(f"{'-' if pd.isna(g) else f'{g:.0%}':>7}  {_steps(t):>{width - 9}}")
+            cols.append(f"{'-' if pd.isna(g) else f'{g:.0%}':>{width - 9}}  {_steps(t):>7}")
         lines.append("  ".join(f"{_fmt(r[a]):>8}" for a in axes) + "  " + "  ".join(cols))
     lines.append("(grokked: fraction of seeds; t_val: Kaplan-Meier median of the kept-rule t_val; "
                  "'-': the cell is not in that sweep)")
