@@ -28,22 +28,27 @@ def _chunk_fn(engine: Engine, chunk_steps: int) -> Callable:
     steps, eval_every = engine.group.train.steps, engine.group.train.eval_every
     v_step = jax.vmap(engine.train_step_one, in_axes=(0, 0, 0, None, None, None))
     v_eval = jax.vmap(engine.evaluate_one, in_axes=(0, 0, None, None))
+    v_measure = jax.vmap(engine.measure_one, in_axes=(0, 0, None, None))
+
+    def evaluate(params: Any, splits: Split, inputs: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+        val_loss, val_acc, norm = v_eval(params, splits, inputs, labels)
+        measured, spectrum = v_measure(params, splits, inputs, labels)
+        return dict(val_loss=val_loss, val_acc=val_acc, param_norm=norm, **measured, spectrum=spectrum)
 
     def train_chunk(states: ModelState, splits: Split, hps: Hparams, start: jax.Array,
                     inputs: jax.Array, labels: jax.Array) -> tuple[ModelState, dict[str, jax.Array], jax.Array]:
-        n_models = hps.seed.shape[0]
+        shapes = jax.eval_shape(evaluate, states.params, splits, inputs, labels)
+        skipped = {k: jnp.full(v.shape, jnp.nan, v.dtype) for k, v in shapes.items()}
 
         def body(states: ModelState, step: jax.Array):
             do_eval = (step % eval_every == 0) | (step == steps - 1)
-            nan = jnp.full((n_models,), jnp.nan, engine.dtype)
-            val_loss, val_acc, norm = jax.lax.cond(
-                do_eval, lambda: v_eval(states.params, splits, inputs, labels), lambda: (nan, nan, nan))
-            states, (train_loss, train_acc) = v_step(states, splits, hps, step, inputs, labels)
+            evaluated = jax.lax.cond(do_eval, lambda: evaluate(states.params, splits, inputs, labels),
+                                     lambda: skipped)
+            states, trained = v_step(states, splits, hps, step, inputs, labels)
             dead = is_dead(states.diverged_step, step)  # after the step: it may have found this row bad
-            val_loss, val_acc, norm = (jnp.where(dead, jnp.nan, x) for x in (val_loss, val_acc, norm))
-            out = dict(train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
-                       param_norm=norm)
-            return states, {k: v.astype(engine.dtype) for k, v in out.items()}
+            evaluated = {k: jnp.where(dead.reshape(dead.shape + (1,) * (v.ndim - 1)), jnp.nan, v)
+                         for k, v in evaluated.items()}
+            return states, {k: v.astype(engine.dtype) for k, v in (trained | evaluated).items()}
 
         states, metrics = jax.lax.scan(body, states, start + jnp.arange(chunk_steps, dtype=jnp.int32))
         return states, metrics, states.diverged_step + 0
@@ -222,7 +227,7 @@ def train_alone(group: GroupConfig, runs: list[Run]) -> dict[str, np.ndarray]:
     hps = prog.put(hparams_for(runs, engine.table.n_pairs))
     state, splits = prog.init(hps)
     chunks = [c.metrics for c in prog.run(state, splits, hps, 0, len(runs))]
-    return {k: np.concatenate([c[k] for c in chunks]) for k in METRIC_NAMES}
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
 def train_flops_per_chunk(prog: Program) -> float | None:

@@ -16,13 +16,24 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from grokjax.engine.data import Hparams, Split
+from grokjax.engine.measures import (
+    fourier_basis,
+    fourier_measures,
+    group_norms,
+    key_mask,
+    restricted_and_excluded,
+    sum_directions,
+    tree_norm,
+)
 from grokjax.losses import LOSSES
 from grokjax.models.registry import make_model
 from grokjax.optim.factory import OPTIMIZER_HPARAMS, make_optimizer
 from grokjax.spec.grid import Run, batch_size_of, n_train_of
+from grokjax.spec.measures import MEASURE_NAMES
 from grokjax.spec.structure import DIVERGENCE_LOSS, GroupConfig
 from grokjax.tasks.tables import TaskTable, make_table
 
@@ -121,7 +132,8 @@ class Engine:
         return split.train_idx[pos], jnp.ones((self.batch_size,), self.dtype)
 
     def train_step_one(self, state: ModelState, split: Split, hp: Hparams, step: jax.Array,
-                       inputs: jax.Array, labels: jax.Array) -> tuple[ModelState, tuple[jax.Array, jax.Array]]:
+                       inputs: jax.Array, labels: jax.Array) -> tuple[ModelState, dict[str, jax.Array]]:
+        """One update. Returns the new state and the step's train metrics (``train_metric_names``)."""
         idx, w = self.batch_one(split, hp, step)
         (loss, acc), grads = jax.value_and_grad(self.loss_one, has_aux=True)(state.params, inputs[idx],
                                                                                labels[idx], w)
@@ -141,7 +153,10 @@ class Engine:
         new_state = ModelState(pick(params, state.params), pick(opt_state, state.opt_state), diverged)
         nan = jnp.array(jnp.nan, loss.dtype)
         ok_row = ~is_dead(diverged, step)
-        return new_state, (jnp.where(ok_row, loss, nan), jnp.where(ok_row, acc, nan))
+        out = {"train_loss": loss, "train_acc": acc}
+        if "norms" in self.measures:  # of this step's raw gradient and of the update it applied
+            out |= {"grad_norm": tree_norm(grads), "update_norm": tree_norm(updates)}
+        return new_state, {k: jnp.where(ok_row, v, nan).astype(self.dtype) for k, v in out.items()}
 
     def evaluate_one(self, params: Any, split: Split, inputs: jax.Array, labels: jax.Array
                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -164,6 +179,58 @@ class Engine:
         (loss_sum, correct_sum), _ = jax.lax.scan(body, (zero, zero), (idx, w))
         n_val = jnp.maximum(split.val_w.sum(), 1)
         return loss_sum / n_val, correct_sum / n_val, param_norm(params)
+
+
+    # -- progress measures (engine.measures) -------------------------------------------------------
+    @property
+    def measures(self) -> tuple[str, ...]:
+        return tuple(m for m in self.group.train.measures.split("+") if m in MEASURE_NAMES)
+
+    @property
+    def train_metric_names(self) -> tuple[str, ...]:
+        return ("train_loss", "train_acc") + (("grad_norm", "update_norm") if "norms" in self.measures else ())
+
+    @property
+    def n_freqs(self) -> int:
+        """Frequencies of the Fourier spectrum (constant included), 0 without the fourier measure."""
+        return (self.table.n_symbols - 1) // 2 + 1 if "fourier" in self.measures else 0
+
+    def number_embedding(self, params: Any) -> jax.Array:
+        """W_E [p, d]: the embedding rows of the p number tokens (for the one-hot MLP, the first layer's
+        rows for the first operand)."""
+        p = self.table.n_symbols
+        if self.group.model.arch == "mlp":
+            return params["in_kernel"][:p] if self.group.model.mlp_input == "onehot" else params["embed"][:p]
+        return params["embed"]["embedding"][:p]
+
+    def measure_one(self, params: Any, split: Split, inputs: jax.Array, labels: jax.Array
+                    ) -> tuple[dict[str, jax.Array], jax.Array]:
+        """The evaluation-time measures of one model (columns) and its Fourier spectrum [n_freqs]."""
+        out: dict[str, jax.Array] = {}
+        spectrum = jnp.zeros((self.n_freqs,), self.dtype)
+        if "norms" in self.measures:
+            out |= group_norms(params, self.group.model.arch)
+        if "fourier" in self.measures or "excluded" in self.measures:
+            columns, norms = fourier_measures(self.number_embedding(params), jnp.asarray(self._basis))
+            if "fourier" in self.measures:
+                out |= columns
+                spectrum = norms
+            if "excluded" in self.measures:
+                logits = self.model.apply({"params": params}, inputs)  # the whole table: [p*p, p]
+                kept, removed = restricted_and_excluded(logits, jnp.asarray(self._directions), key_mask(norms))
+                loss = LOSSES[self.group.train.loss]
+                idx, w = split.train_idx, split.train_w
+                out["restricted_loss"] = loss(kept[idx], labels[idx], w)[0]
+                out["excluded_loss"] = loss(removed[idx], labels[idx], w)[0]
+        return {k: v.astype(self.dtype) for k, v in out.items()}, spectrum.astype(self.dtype)
+
+    @property
+    def _basis(self) -> np.ndarray:
+        return fourier_basis(self.table.n_symbols)
+
+    @property
+    def _directions(self) -> np.ndarray:
+        return sum_directions(self.table.n_symbols, -1 if self.group.task.op == "sub" else 1)
 
 
 def engine_for(group: GroupConfig, runs: list[Run]) -> Engine:

@@ -178,7 +178,8 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
             for res in prog.run(state, splits, hps, start, len(batch),
                                 want_state=lambda end: end // every != (end - k) // every,
                                 should_stop=lambda: bool(signals)):
-                rd.write_chunk(gi, bi, res.start, ids, res.metrics, t.log_every, t.eval_every, t.steps)
+                rd.write_chunk(gi, bi, res.start, ids, res.metrics, t.log_every, t.eval_every, t.steps,
+                               engine.train_metric_names)
                 tracker.update(ids, res.start, res.metrics, res.diverged_step)
                 if res.state is not None:
                     rd.save_checkpoint(gi, bi, res.end, jax.tree.leaves(res.state), per_batch)

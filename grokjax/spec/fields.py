@@ -10,6 +10,7 @@ from grokjax.losses import LOSSES
 from grokjax.models.registry import ACTIVATIONS, MLP_INPUTS, MODELS
 from grokjax.optim.registry import GRADIENT_FILTERS, OPTIMIZERS
 from grokjax.spec.meanings import MEANINGS
+from grokjax.spec.measures import MEASURE_NAMES
 from grokjax.spec.structure import (
     HP_DEFAULTS,
     ModelConfig,
@@ -23,7 +24,7 @@ from grokjax.tasks.tables import OPS
 @dataclass(frozen=True)
 class Field:
     path: str
-    kind: str  # "int" | "float" | "bool" | "choice" | "batch"
+    kind: str  # "int" | "float" | "bool" | "choice" | "batch" | "measures"
     default: Scalar
     check: Callable[[Any], str | None] | None = None  # returns what would be accepted, or None if fine
     choices: tuple[str, ...] = ()
@@ -48,6 +49,8 @@ class Field:
     @property
     def accepted(self) -> str:
         """The values accepted, in words."""
+        if self.kind == "measures":
+            return "+".join(self.choices) + " (any subset) or none"
         if self.choices:
             return "|".join(self.choices)
         if self.kind == "bool":
@@ -94,6 +97,7 @@ _SPECIAL: dict[str, tuple[str, Callable[[Any], str | None] | None, tuple[str, ..
     "train.orthograd": ("bool", None, ()),
     "train.grokfast": ("choice", None, tuple(GRADIENT_FILTERS)),
     "train.loss": ("choice", None, tuple(LOSSES)),
+    "train.measures": ("measures", None, MEASURE_NAMES),
     "train.dtype": ("choice", None, ("float32", "float64")),
     "hp.wd": ("float", _at_least(0), ()),
     "hp.lr": ("float", _positive, ()),

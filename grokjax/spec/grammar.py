@@ -18,6 +18,7 @@ import numpy as np
 
 from grokjax.errors import UserError
 from grokjax.spec.fields import ALIASES, FIELDS
+from grokjax.spec.measures import MEASURE_NAMES, canonical_measures
 from grokjax.spec.structure import Scalar
 
 FUNCTIONS = ("logspace", "linspace", "range")
@@ -26,6 +27,7 @@ MAX_AXIS_VALUES = 100_000  # values one key may sweep: refused before anything o
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_IDENT_SET = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\+[A-Za-z_][A-Za-z0-9_]*)+")  # a+b: a set (measures=)
 _CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\((.*)\)")
 
 
@@ -35,7 +37,8 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
 
 
 def parse_scalar(key: str, text: str, whole: str | None = None) -> Scalar:
-    """One literal: int, float, true/false, or a bare identifier such as ``add``. ``whole`` is the whole
+    """One literal: int, float, true/false, a bare identifier such as ``add``, or a ``+``-joined set of
+    identifiers such as ``norms+fourier``. ``whole`` is the whole
     expression the literal came from, echoed in the error."""
     t = text.strip()
     if _INT.fullmatch(t):
@@ -44,7 +47,7 @@ def parse_scalar(key: str, text: str, whole: str | None = None) -> Scalar:
         return float(t)
     if t in ("true", "false", "True", "False"):
         return t.lower() == "true"
-    if _IDENT.fullmatch(t):
+    if _IDENT.fullmatch(t) or _IDENT_SET.fullmatch(t):
         return t
     shown = t if t else "(empty)"
     raise UserError(f"{key}={whole if whole is not None else text}: malformed value {shown!r}; expected a number, true/false, a name, "
@@ -148,6 +151,12 @@ def coerce(key: str, value: Scalar, seeds_count: bool = False, shown: str | None
             hint = did_you_mean(str(value), field.choices)
             raise UserError(f"{shown}: not accepted{hint}; accepted: {', '.join(field.choices)}")
         return [value]
+    if field.kind == "measures":
+        canonical = canonical_measures(value) if isinstance(value, str) else None
+        if canonical is None:
+            raise UserError(f"{shown}: not accepted; accepted: none, or a +-joined set of "
+                            f"{', '.join(MEASURE_NAMES)} such as norms+fourier (a list would sweep it)")
+        return [canonical]
     if field.kind == "batch":
         if isinstance(value, str):
             if value not in ("full", "auto"):

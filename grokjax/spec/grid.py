@@ -26,6 +26,7 @@ from grokjax.spec.grammar import (
     parse_expression,
     resolve_key,
 )
+from grokjax.spec.measures import OPS_WITH_EXCLUDED, OPS_WITH_FOURIER
 from grokjax.spec.presets import PRESETS, find_config, load_toml, named_sweeps
 from grokjax.spec.structure import (
     GroupConfig,
@@ -124,6 +125,13 @@ def check_point(point: dict[str, Scalar]) -> None:
     op, p = point["task.op"], point["task.p"]
     if op in OPS_NEEDING_PRIME and not is_prime(int(p)):
         raise UserError(f"p={p} is not prime, but op={op} needs inverses mod p; use a prime such as 97 or 113")
+    measures = str(point["train.measures"]).split("+")
+    if "fourier" in measures and op not in OPS_WITH_FOURIER:
+        raise UserError(f"measures=fourier needs a mod-p task (op={op} has no Fourier basis of Z_p); drop "
+                        f"fourier for op={op}")
+    if "excluded" in measures and op not in OPS_WITH_EXCLUDED:
+        raise UserError(f"measures=excluded is defined for op=add and op=sub (directions of a+b or a-b), "
+                        f"not op={op}")
     n_pairs = n_pairs_of(str(op), int(p))
     if n_pairs > MAX_PAIRS:
         raise UserError(f"p={p}: the table of op={op} would hold {n_pairs:,} pairs; at most {MAX_PAIRS:,} "

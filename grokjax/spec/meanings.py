@@ -27,6 +27,7 @@ MEANINGS: dict[str, str] = {
     "grokfast": "gradient filter before the optimizer: none, ema or ma (Lee et al. 2024)",
     "grokfast_window": "window of the ma filter, in steps",
     "loss": "cross-entropy through softmax, or StableMax (Prieto et al. 2025)",
+    "measures": "progress measures computed on the device: a +-joined set of norms, fourier, excluded (or none)",
     "dtype": "floating-point precision of parameters, training and stored metrics",
     "eval_batch_size": "validation pairs per evaluation call (memory, not results)",
     "chunk_steps": "steps per compiled call; the host sees data only between chunks",

@@ -50,6 +50,8 @@ class TrainConfig:
     min(512, n_train // 2)) or a number of pairs drawn per model per step from its own train split.
     ``optimizer`` (adamw|adam|sgd), ``orthograd``, ``grokfast`` (none|ema|ma) with its ``grokfast_window``,
     and ``loss`` (softmax|stablemax) are structural; their numeric settings are per-model (``hp.*``).
+    ``measures`` is a ``+``-joined set of progress measures (norms, fourier, excluded; or none), kept in
+    that canonical order so equal sets make one group.
     """
 
     steps: int = 40_000
@@ -66,6 +68,7 @@ class TrainConfig:
     grokfast: str = "none"
     grokfast_window: int = 100
     loss: str = "softmax"
+    measures: str = "norms"
     dtype: str = "float32"
     eval_batch_size: int = 4096
     chunk_steps: int = 500

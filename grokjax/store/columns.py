@@ -4,6 +4,7 @@ printed in the README (a test keeps the two in step)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -19,6 +20,7 @@ class Column:
 
 
 STEP = "steps"
+_EVAL_ONLY = "absent without that measure; null between evaluations; NaN from divergence on"
 _RUN_KEYS = {key: Column(meaning) for key, meaning in MEANINGS.items()}
 
 RUNS: dict[str, Column] = {
@@ -40,6 +42,38 @@ METRICS: dict[str, Column] = {
                       "null between evaluations; NaN from divergence on"),
     "param_norm": Column("global L2 norm of all parameters", "",
                          "null between evaluations; NaN from divergence on"),
+    "grad_norm": Column("measures=norms: L2 norm of this step's raw gradient (before any filter or "
+                        "optimizer)", "", "absent without norms; NaN from divergence on"),
+    "update_norm": Column("measures=norms: L2 norm of the update this step applied (lr, weight decay "
+                          "and filters included)", "", "absent without norms; NaN from divergence on"),
+    "norm_embed": Column("measures=norms: L2 norm of the token and position embeddings (transformer) or "
+                         "the MLP's input embeddings (mlp_input=embed)", "", _EVAL_ONLY),
+    "norm_attn": Column("measures=norms: L2 norm of all attention weights (query, key, value, out; "
+                        "their LayerNorms)", "", _EVAL_ONLY),
+    "norm_mlp": Column("measures=norms: L2 norm of all transformer MLP weights (and their LayerNorms)", "",
+                       _EVAL_ONLY),
+    "norm_unembed": Column("measures=norms: L2 norm of the unembedding (and the final LayerNorm)", "",
+                           _EVAL_ONLY),
+    "norm_layer_<i>": Column("measures=norms, arch=mlp: L2 norm of hidden layer i's weights and biases "
+                             "(layer_0: the input layer)", "", _EVAL_ONLY),
+    "norm_readout": Column("measures=norms, arch=mlp: L2 norm of the readout layer", "", _EVAL_ONLY),
+    "fourier_gini": Column("measures=fourier: Gini coefficient of the number embeddings' per-frequency "
+                           "norms over Z_p (constant left out; 1 = one frequency)", "", _EVAL_ONLY),
+    "n_key_freqs": Column("measures=fourier: how many frequencies, largest first, hold 90% of the "
+                          "embeddings' non-constant Fourier energy", "", _EVAL_ONLY),
+    "restricted_loss": Column("measures=excluded: train loss of the logits kept to the key frequencies' "
+                              "cos/sin(w(a±b)) components plus the table mean (Nanda et al. 2023)", "nats",
+                              _EVAL_ONLY),
+    "excluded_loss": Column("measures=excluded: train loss of the logits with those components removed",
+                            "nats", _EVAL_ONLY),
+}
+
+SPECTRA: dict[str, Column] = {
+    "run_id": RUNS["run_id"],
+    "step": Column("evaluation step", STEP),
+    "freq": Column("frequency k of Z_p (0: the constant component)"),
+    "norm": Column("norm of the number embeddings' component at frequency k: sqrt(|cos_k W_E|^2 + "
+                   "|sin_k W_E|^2)", "", "NaN from the run's divergence on"),
 }
 
 FITS: dict[str, Column] = {
@@ -98,17 +132,32 @@ LAWS: dict[str, Column] = {
     "gap": Column("fit option --gap", STEP),
 }
 
-TABLES: dict[str, dict[str, Column]] = {"runs": RUNS, "metrics": METRICS, "fits": FITS, "cells": CELLS,
-                                        "laws": LAWS}
+TABLES: dict[str, dict[str, Column]] = {"runs": RUNS, "metrics": METRICS, "spectra": SPECTRA, "fits": FITS,
+                                        "cells": CELLS, "laws": LAWS}
+
+
+def column_of(kind: str, name: str) -> Column | None:
+    """The dictionary entry of a column (``norm_layer_3`` finds ``norm_layer_<i>``)."""
+    columns = TABLES[kind]
+    if name in columns:
+        return columns[name]
+    generic = re.sub(r"_\d+$", "_<i>", name)
+    return columns.get(generic)
 
 
 def describe(table: pa.Table, kind: str) -> pa.Table:
     """``table`` with each known column's meaning, unit and null rule as Parquet field metadata."""
-    columns = TABLES[kind]
     fields = []
     for f in table.schema:
-        col = columns.get(f.name)
+        col = column_of(kind, f.name)
         if col is not None:
             f = f.with_metadata({"description": col.meaning, "unit": col.unit, "null": col.null})
         fields.append(f)
     return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+
+
+def column_rank(name: str) -> tuple[int, str]:
+    """Sort key of a metrics column: the data dictionary's order (norm_layer_3 at norm_layer_<i>)."""
+    order = list(METRICS)
+    generic = re.sub(r"_\d+$", "_<i>", name)
+    return (order.index(generic) if generic in order else len(order), name)

@@ -12,7 +12,6 @@ from typing import Any, Callable
 import pandas as pd
 
 from grokjax.errors import UserError
-from grokjax.store.layout import METRIC_COLUMNS
 from grokjax.store.load import Results, load, saved_fits
 
 TARGETS = ("tensorboard", "wandb")
@@ -48,12 +47,13 @@ def _summaries(results: Results) -> dict[int, dict[str, float]]:
 
 
 def _rows(metrics: pd.DataFrame) -> Any:
-    """Per run: (run_id, [(step, {metric: value})]) with the null entries dropped."""
+    """Per run: (run_id, [(step, {metric: value})]) with the null entries dropped; every metric column
+    (the measures' included)."""
+    columns = [c for c in metrics.columns if c not in ("run_id", "step")]
     for rid, m in metrics.groupby("run_id", sort=True):
         rows = []
-        for rec in m[["step", *METRIC_COLUMNS]].itertuples(index=False):
-            vals = {c: float(getattr(rec, c)) for c in METRIC_COLUMNS if not pd.isna(getattr(rec, c))}
-            rows.append((int(rec.step), vals))
+        for step, *values in m[["step", *columns]].itertuples(index=False, name=None):
+            rows.append((int(step), {c: float(v) for c, v in zip(columns, values) if not pd.isna(v)}))
         yield int(rid), rows
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+
 SWEEP_JSON = "sweep.json"
 RUNS_PARQUET = "runs.parquet"
 METRICS_DIR = "metrics"
+SPECTRA_DIR = "spectra"  # measures=fourier: the per-frequency embedding norms, long table
+SPECTRUM = "spectrum"  # the metrics key of the [steps, models, freqs] spectra a chunk returns
 CHECKPOINT_DIR = "checkpoints"
 FITS_PARQUET = "fits.parquet"
 CELLS_PARQUET = "cells.parquet"
@@ -16,6 +20,7 @@ FIT_OPTIONS_KEY = b"grokjax.fit_options"  # Parquet schema metadata: the options
 LOCK = ".lock"
 METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "param_norm")
 EVAL_COLUMNS = ("val_loss", "val_acc", "param_norm")
+TRAIN_COLUMNS = ("train_loss", "train_acc")
 PART_NAME = re.compile(r"g(\d+)-b(\d+)-s(\d+)\.parquet")
 
 
@@ -24,3 +29,13 @@ def metric_parts(path: Path) -> list[Path]:
     return sorted(p for p in (Path(path) / METRICS_DIR).glob("*.parquet") if PART_NAME.fullmatch(p.name))
 
 
+
+
+def is_eval_steps(start: int, k: int, eval_every: int, steps: int) -> np.ndarray:
+    """[k] bool: which of the steps start..start+k-1 are evaluation steps (and the last step)."""
+    step = np.arange(start, start + k)
+    return (step % eval_every == 0) | (step == steps - 1)
+
+
+def spectra_parts(path: Path) -> list[Path]:
+    return sorted(p for p in (Path(path) / SPECTRA_DIR).glob("*.parquet") if PART_NAME.fullmatch(p.name))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,17 +20,20 @@ from grokjax.store.layout import (
     RUNS_PARQUET,
     SWEEP_JSON,
     metric_parts,
+    spectra_parts,
 )
 
 
 @dataclass
 class Results:
-    """A results directory read back: ``runs`` (one row per model) and ``metrics`` (long table)."""
+    """A results directory read back: ``runs`` (one row per model), ``metrics`` (long table) and, with
+    ``measures=fourier``, ``spectra`` (run_id, step, freq, norm; empty otherwise)."""
 
     path: Path
     sweep: dict[str, Any]
     runs: pd.DataFrame
     metrics: pd.DataFrame
+    spectra: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run_id", "step", "freq", "norm"]))
 
     @property
     def complete(self) -> bool:
@@ -71,7 +74,12 @@ def load(path: str | os.PathLike) -> Results:
     else:
         metrics = pd.DataFrame({"run_id": pd.Series(dtype="int64"), "step": pd.Series(dtype="int64")}
                                | {c: pd.Series(dtype="float32") for c in METRIC_COLUMNS})
-    return Results(path, sweep, runs, metrics)
+    spectra_tables = list(_read_parts(spectra_parts(path), path))
+    results = Results(path, sweep, runs, metrics)
+    if spectra_tables:
+        spectra = pa.concat_tables(spectra_tables, promote_options="permissive").to_pandas()
+        results.spectra = spectra.sort_values(["run_id", "step", "freq"], kind="stable").reset_index(drop=True)
+    return results
 
 
 

@@ -34,7 +34,7 @@ import pyarrow as pa
 from grokjax.errors import UserError
 from grokjax.spec.fields import SHORT_NAMES
 from grokjax.spec.grid import Run, Sweep
-from grokjax.store.columns import describe
+from grokjax.store.columns import column_rank, describe
 from grokjax.store.files import (
     atomic_file,
     atomic_parquet,
@@ -46,13 +46,15 @@ from grokjax.store.files import (
 )
 from grokjax.store.layout import (
     CHECKPOINT_DIR,
-    EVAL_COLUMNS,
     LOCK,
-    METRIC_COLUMNS,
     METRICS_DIR,
     PART_NAME,
     RUNS_PARQUET,
+    SPECTRA_DIR,
+    SPECTRUM,
     SWEEP_JSON,
+    TRAIN_COLUMNS,
+    is_eval_steps,
 )
 
 
@@ -217,10 +219,12 @@ class ResultsDir:
 
     # -- metrics --------------------------------------------------------------------------------------
     def write_chunk(self, group: int, batch: int, start: int, run_ids: np.ndarray,
-                    metrics: dict[str, np.ndarray], log_every: int, eval_every: int, steps: int) -> int:
-        """Write one chunk ([K, N] arrays for steps start..start+K-1) as one complete part file.
-        Keeps rows at multiples of log_every and at evaluation steps; eval columns are null elsewhere.
-        Returns the number of rows written."""
+                    metrics: dict[str, np.ndarray], log_every: int, eval_every: int, steps: int,
+                    train_columns: tuple[str, ...] = TRAIN_COLUMNS) -> int:
+        """Write one chunk ([K, N] arrays for steps start..start+K-1) as one complete metrics part, and
+        its Fourier spectra (``spectrum`` [K, N, F], F > 0) as one spectra part. Keeps rows at multiples
+        of log_every and at evaluation steps; every column not in ``train_columns`` is an evaluation
+        column, null elsewhere. Returns the number of metric rows written."""
         k, n = metrics["train_loss"].shape
         step = np.arange(start, start + k)
         is_eval = (step % eval_every == 0) | (step == steps - 1)
@@ -231,23 +235,45 @@ class ResultsDir:
             "step": pa.array(np.tile(step.astype(np.int64), n)),
         }
         eval_mask = np.tile(~is_eval, n)
-        for name in METRIC_COLUMNS:
+        names = sorted((c for c in metrics if c != SPECTRUM), key=column_rank)
+        for name in names:
             values = metrics[name][keep].T.ravel()  # [N * K'] ordered by run, then step
-            cols[name] = pa.array(values, mask=eval_mask if name in EVAL_COLUMNS else None, type=pa.from_numpy_dtype(values.dtype))
-        path = self.path / METRICS_DIR / f"g{group:03d}-b{batch:03d}-s{start:09d}.parquet"
-        self._guard(lambda: atomic_parquet(path, describe(pa.table(cols), "metrics")))
+            cols[name] = pa.array(values, mask=None if name in train_columns else eval_mask,
+                                  type=pa.from_numpy_dtype(values.dtype))
+        name = f"g{group:03d}-b{batch:03d}-s{start:09d}.parquet"
+        spectrum = metrics.get(SPECTRUM)
+        if spectrum is not None and spectrum.shape[-1] > 0:
+            self._write_spectra(name, start, run_ids, spectrum, is_eval_steps(start, k, eval_every, steps))
+        self._guard(lambda: atomic_parquet(self.path / METRICS_DIR / name, describe(pa.table(cols), "metrics")))
         return len(step) * n
+
+    def _write_spectra(self, name: str, start: int, run_ids: np.ndarray, spectrum: np.ndarray,
+                       is_eval: np.ndarray) -> None:
+        """The long table (run_id, step, freq, norm) of the evaluation steps of one chunk."""
+        spec = spectrum[is_eval]  # [E, N, F]
+        e, n, f = spec.shape
+        steps = np.arange(start, start + len(is_eval))[is_eval]
+        table = pa.table({
+            "run_id": pa.array(np.repeat(run_ids.astype(np.int64), e * f)),
+            "step": pa.array(np.tile(np.repeat(steps.astype(np.int64), f), n)),
+            "freq": pa.array(np.tile(np.arange(f, dtype=np.int64), e * n)),
+            "norm": pa.array(spec.transpose(1, 0, 2).ravel()),
+        })
+        (self.path / SPECTRA_DIR).mkdir(exist_ok=True)
+        self._guard(lambda: atomic_parquet(self.path / SPECTRA_DIR / name, describe(table, "spectra")))
+
+    def _parts(self, pattern: str) -> list[Path]:
+        return [p for d in (METRICS_DIR, SPECTRA_DIR) for p in (self.path / d).glob(pattern)]
 
     def clear_parts_from(self, group: int, batch: int, step: int) -> None:
         """Remove this batch's parts at or after ``step`` (written after the checkpoint we resume from)."""
-        for part in (self.path / METRICS_DIR).glob(f"g{group:03d}-b{batch:03d}-s*.parquet"):
+        for part in self._parts(f"g{group:03d}-b{batch:03d}-s*.parquet"):
             m = PART_NAME.fullmatch(part.name)
             if m and int(m.group(3)) >= step:
                 part.unlink()
-        for tmp in (self.path / METRICS_DIR).glob(".*.tmp"):
+        for tmp in self._parts(".*.tmp"):
             tmp.unlink()
 
-    # -- checkpoints ----------------------------------------------------------------------------------
     def _checkpoint_path(self, group: int, batch: int) -> Path:
         return self.path / CHECKPOINT_DIR / f"g{group:03d}-b{batch:03d}.npz"
 
@@ -300,7 +326,7 @@ class ResultsDir:
     def first_damaged_part(self, group: int, batch: int) -> tuple[int, Path] | None:
         """(start step, file) of this batch's earliest metric part that cannot be read, if any."""
         parts = []
-        for part in (self.path / METRICS_DIR).glob(f"g{group:03d}-b{batch:03d}-s*.parquet"):
+        for part in self._parts(f"g{group:03d}-b{batch:03d}-s*.parquet"):
             m = PART_NAME.fullmatch(part.name)
             if m:
                 parts.append((int(m.group(3)), part))
@@ -311,7 +337,7 @@ class ResultsDir:
 
     def clear_group(self, group: int) -> None:
         """Remove every metric part and checkpoint of a group (before training it again from step 0)."""
-        for f in [*(self.path / METRICS_DIR).glob(f"g{group:03d}-b*-s*.parquet"), *self.group_checkpoints(group)]:
+        for f in [*self._parts(f"g{group:03d}-b*-s*.parquet"), *self.group_checkpoints(group)]:
             f.unlink()
 
     def mark_complete(self) -> None:
