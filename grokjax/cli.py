@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
                            help="where the comparison of several DIRs goes (default DIR1/comparison.FORMAT)")
             c.add_argument("--curves", action="store_true",
                            help="also draw learning curves (accuracy, loss, parameter norm) -> DIR/curves.FORMAT")
+            c.add_argument("--measures", action="store_true",
+                           help="also draw the progress measures (measures=) of a grokking and a memorizing run "
+                                "side by side -> DIR/measures.FORMAT")
+            c.add_argument("--runs", default=None, metavar="ID,ID",
+                           help="with --measures: these run_ids instead (comma-separated)")
     e = sub.add_parser("export", help="write a results directory as TensorBoard event files or offline W&B runs",
                        description="grokjax export DIR --to tensorboard|wandb OUT: one TensorBoard run directory "
                                    "(or one offline W&B run) per model, every metric per step, the run's "
@@ -173,15 +178,37 @@ def _fits_for_plot(path: Path, args: argparse.Namespace) -> Any:
     return fits
 
 
-def _plot(path: Path, fits: Any, fmt: str = "png", curves: bool = False) -> None:
+def _run_ids(text: str | None, fits: Any) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        ids = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--runs {text}: expected run_ids separated by commas, e.g. --runs 0,5") from None
+    known = set(fits["run_id"].tolist())
+    bad = [i for i in ids if i not in known]
+    if not ids or bad:
+        raise UserError(f"--runs {text}: {'no run_id' if not ids else f'run_id {bad[0]} is not in this sweep'}; "
+                        f"run_ids are 0..{max(known)} (see runs.parquet)")
+    return ids
+
+
+def _plot(path: Path, fits: Any, fmt: str = "png", curves: bool = False, measures: bool = False,
+          runs: str | None = None) -> None:
     from grokjax.analysis.plots import plot_curves, plot_phase_diagram
     from grokjax.analysis.report import report_of
     from grokjax.store.load import load
     from grokjax.store.outputs import save_figure
 
+    ids = _run_ids(runs, fits) if measures else None  # checked before anything is written
     print(f"wrote {save_figure(plot_phase_diagram(fits, report=report_of(fits)), path / f'phase_diagram.{fmt}')}")
     if curves:
         print(f"wrote {save_figure(plot_curves(load(path).metrics, fits), path / f'curves.{fmt}')}")
+    if measures:
+        from grokjax.analysis.plots import plot_measures
+
+        figure = plot_measures(load(path).metrics, fits, ids)
+        print(f"wrote {save_figure(figure, path / f'measures.{fmt}')}")
 
 
 def _labels(paths: list[Path]) -> list[str]:
@@ -292,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 _fit_many(paths, _options(args))
         elif len(paths) == 1:
-            _plot(paths[0], _fits_for_plot(paths[0], args), args.format, args.curves)
+            _plot(paths[0], _fits_for_plot(paths[0], args), args.format, args.curves, args.measures, args.runs)
         else:
             _plot_many(paths, args)
         return 0

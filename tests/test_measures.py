@@ -165,3 +165,27 @@ def test_measures_none_logs_the_base_columns_only():
     assert set(train_alone(group, runs)) == {"train_loss", "train_acc", "val_loss", "val_acc", "param_norm",
                                              "spectrum"}
     assert Program.get(engine, 1) is not None
+
+
+def test_plot_measures_draws_the_logged_measures_and_checks_runs_first(tmp_path, capsys):
+    from grokjax.analysis.plots import pick_runs, plot_measures
+    from grokjax.cli import main
+
+    out = tmp_path / "r"
+    args = [a for a in BASE if not a.startswith("dtype")] + ["measures=norms+fourier+excluded", "wd=[0.3,1]",
+                                                             "seeds=1"]
+    assert main(["sweep", *args, "--out", str(out), "--quiet", "--no-plot"]) == 0
+    assert main(["plot", str(out), "--measures", "--runs", "7"]) == 2
+    assert "run_id 7 is not in this sweep" in capsys.readouterr().err
+    assert not (out / "phase_diagram.png").exists()  # refused before anything was written
+    assert main(["plot", str(out), "--measures", "--runs", "1,0"]) == 0 and (out / "measures.png").exists()
+    r = grokjax.load(out)
+    fits = grokjax.fit(r)
+    fig = plot_measures(r.metrics, fits, [1, 0])
+    labels = {ax.get_ylabel() for ax in fig.axes}
+    assert {"accuracy", "loss", "parameter norms", "gradient and update norms", "Fourier: embedding spectrum",
+            "Fourier: key frequencies"} <= labels
+    assert [ax.get_title().split(":")[0] for ax in fig.axes[:2]] == ["run 1", "run 0"]
+    fits.loc[:, "phase"] = ["memorization", "grokking"]
+    fits.loc[:, "t_val"] = [float("nan"), 30.0]
+    assert pick_runs(fits) == [1, 0]

@@ -322,3 +322,70 @@ def plot_curves(results_metrics: pd.DataFrame, fits: pd.DataFrame) -> Figure:
     fig.suptitle(f"Learning curves\n{_title(fits)}", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+_MEASURE_PANELS = (
+    ("accuracy", (("train_acc", "train"), ("val_acc", "validation")), False),
+    ("loss", (("train_loss", "train"), ("val_loss", "validation"), ("restricted_loss", "restricted"),
+              ("excluded_loss", "excluded")), True),
+    ("parameter norms", (("param_norm", "all"), ("norm_embed", "embed"), ("norm_attn", "attention"),
+                         ("norm_mlp", "MLP"), ("norm_unembed", "unembed"), ("norm_readout", "readout")), False),
+    ("gradient and update norms", (("grad_norm", "gradient"), ("update_norm", "update")), True),
+    ("Fourier: embedding spectrum", (("fourier_gini", "Gini"),), False),
+    ("Fourier: key frequencies", (("n_key_freqs", "n key freqs"),), False),
+)
+
+
+def pick_runs(fits: pd.DataFrame) -> list[int]:
+    """A grokking run (the median t_val among the grokked) and a memorizing one (the highest wd among
+    the runs that never grok), for side-by-side measures."""
+    grokked = fits[fits["phase"].isin(("grokking", "comprehension"))].sort_values("t_val")
+    memorized = fits[fits["phase"] == "memorization"].sort_values(["wd", "run_id"])
+    out = []
+    if len(grokked):
+        out.append(int(grokked["run_id"].iloc[len(grokked) // 2]))
+    if len(memorized):
+        out.append(int(memorized["run_id"].iloc[-1]))
+    return out or [int(fits["run_id"].iloc[0])]
+
+
+def plot_measures(metrics: pd.DataFrame, fits: pd.DataFrame, run_ids: list[int] | None = None) -> Figure:
+    """The progress measures (``measures=``) against the step for a few runs side by side (default: a
+    grokking and a memorizing run): one column per run, one row per kind of measure the sweep logged,
+    with the run's t_train and t_val marked."""
+    run_ids = run_ids or pick_runs(fits)
+    layer_cols = sorted(c for c in metrics.columns if c.startswith("norm_layer_"))
+    panels = []
+    for title, cols, log in _MEASURE_PANELS:
+        cols = list(cols) + ([(c, c[5:]) for c in layer_cols] if title == "parameter norms" else [])
+        cols = [(c, label) for c, label in cols if c in metrics.columns]
+        if cols:
+            panels.append((title, cols, log))
+    fig, grid = plt.subplots(len(panels), len(run_ids), figsize=(6 * len(run_ids), 2.3 * len(panels)),
+                             squeeze=False, dpi=100, sharex="col")
+    info = fits.set_index("run_id")
+    for j, rid in enumerate(run_ids):
+        m = metrics[metrics["run_id"] == rid]
+        if rid in info.index:
+            r = info.loc[rid]
+            grid[0, j].set_title(f"run {rid}: wd={r.get('wd', float('nan')):g}, seed {r.get('seed', '')}, "
+                                 f"{r['phase']}", fontsize=9)
+        for i, (title, cols, log) in enumerate(panels):
+            ax = grid[i, j]
+            for c, label in cols:
+                rows = m[m[c].notna()]
+                ax.plot(rows["step"], rows[c], lw=1, label=label)
+            for t, style in (("t_train", ":"), ("t_val", "--")):
+                if rid in info.index and np.isfinite(info.at[rid, t]):
+                    ax.axvline(info.at[rid, t], color="gray", ls=style, lw=0.8)
+            ax.set_xscale("symlog", linthresh=10)
+            if log:
+                ax.set_yscale("log")
+            ax.set_ylabel(title, fontsize=8)
+            ax.grid(True, alpha=0.3)
+            if j == len(run_ids) - 1 and len(cols) > 1:
+                ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        grid[-1, j].set_xlabel("step (symlog; dotted: t_train, dashed: t_val)")
+    fig.suptitle(f"Progress measures\n{_title(fits)}", fontsize=9)
+    fig.tight_layout()
+    return fig
