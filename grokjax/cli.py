@@ -276,6 +276,11 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     outcome = run_sweep(sweep, args.out, resume=args.resume, quiet=args.quiet, command=["grokjax", *argv])
     print(f"{sweep.n_runs()} runs in {outcome.seconds:.1f} s (compilation included); training "
           f"{outcome.model_steps_per_s:,.0f} model-steps/s")
+    if outcome.tracker.n_stopped:
+        budget = sum(g.train.steps * len(runs) for g, runs in sweep.groups())
+        print(f"stop=resolved: {outcome.tracker.n_stopped} runs stopped early; computed "
+              f"{outcome.model_steps:,} model-steps ({100 * outcome.model_steps / budget:.0f}% of the budget's "
+              f"{budget:,}, padding included)")
     if args.no_plot:
         t = outcome.tracker
         rows = [(r.run_id, r.get("hp.wd"), r.get("hp.lr"), r.get("hp.seed"), t.t_train.get(r.run_id),

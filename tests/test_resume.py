@@ -98,7 +98,10 @@ def test_resume_on_another_device_count(tmp_path):
                       env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     assert resumed.returncode == 0, resumed.stderr
     assert "as checkpointed" in resumed.stderr and len(grokjax.load(out).sweep["devices"]) == 1
-    pd.testing.assert_frame_equal(grokjax.load(out).metrics, grokjax.load(ref).metrics, rtol=1e-10, atol=1e-12)
+    # Not exact: the 1- and 4-device programs differ in shape. Near train loss 1e-8, Adam's m/(sqrt(v)+eps)
+    # amplifies float64 rounding: update_norm drifted by 3.5e-10 (relative) after 1300 steps on a CI machine.
+    # A resume bug (state, step or key) shows as O(1) differences.
+    pd.testing.assert_frame_equal(grokjax.load(out).metrics, grokjax.load(ref).metrics, rtol=1e-7, atol=1e-10)
 
 
 def test_resume_refuses_a_different_spec(tmp_path, capsys):

@@ -11,6 +11,10 @@ Definitions (threshold 0.99 by default):
   interpolates the crossing between the previous evaluation and ``t_val``.
 - ``delay = t_val - t_train``; ``censored`` when t_val is never reached within the run's ``budget`` (the
   last step observed), so survival statistics can use the budget as a censoring time.
+- ``stop_step`` (``stop=resolved``): where a run left the program, grokked or diverged. Such a run is
+  resolved, not censored: its last ``patience`` evaluations are >= 0.99, so t_val is found (for fit
+  thresholds up to 0.99), and t_train / t_val equal those of the same run trained to its budget unless it
+  would have lost its generalization later (which the kept rule would then see).
 - Phases after Liu et al. 2022 ("Towards understanding grokking"): comprehension (train and val reach the
   threshold and delay <= gap), grokking (both, delay > gap), memorization (train only), confusion
   (neither); ``diverged`` from the first step whose train loss is non-finite or above
@@ -46,7 +50,7 @@ from grokjax.store.load import Results, load
 from grokjax.store.outputs import save_fits
 
 FIT_COLUMNS = ["t_train", "t_val", "delay", "censored", "phase", "budget", "t_val_first", "t_val_interp",
-               "t_diverged", "mid_step", "width_decades", "final_train_acc", "final_val_acc"]
+               "t_diverged", "mid_step", "width_decades", "final_train_acc", "final_val_acc", "stop_step"]
 PHASES = ("comprehension", "grokking", "memorization", "confusion", "diverged")
 GROKKED = ("comprehension", "grokking")
 
@@ -149,9 +153,11 @@ def fit_results(results: Results, opts: FitOptions = FitOptions()) -> pd.DataFra
     opts.check()
     rows = []
     by_run = dict(tuple(results.metrics.groupby("run_id", sort=True)))
+    stopped = dict(zip(results.stops["run_id"].tolist(), results.stops["stop_step"].tolist()))
     for rid in results.runs["run_id"]:
         if rid in by_run:
-            rows.append({"run_id": int(rid)} | fit_run(by_run[rid], opts))
+            rows.append({"run_id": int(rid)} | fit_run(by_run[rid], opts)
+                        | {"stop_step": float(stopped.get(int(rid), math.nan))})
     fits = pd.DataFrame(rows, columns=["run_id", *FIT_COLUMNS])
     fits = fits.merge(results.runs, on="run_id", how="left")
     fits.attrs.update(threshold=opts.threshold, slack=opts.slack, gap=opts.gap, keep=opts.keep,

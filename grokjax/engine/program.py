@@ -194,29 +194,39 @@ class Program:
                 break
             end = min(s + self.chunk_steps, steps)
             state, metrics, dead = self.train_chunk(state, splits, hps, jnp.int32(s), end - s)
-            host_state = self._host(state) if want_state(end) else None
+            host_state = self.host(state) if want_state(end) else None
             if pending is not None:
-                yield self._fetch(*pending, n_real)
+                yield self.fetch(*pending, n_real)
             pending = (s, end, metrics, dead, host_state)
         if pending is not None:
             # The last dispatched state was never donated: the final result (end or stop) always carries it.
-            yield self._fetch(*pending[:4], self._host(state), n_real)
+            yield self.fetch(*pending[:4], self.host(state), n_real)
 
     @_in_precision
-    def _fetch(self, start: int, end: int, metrics: dict[str, jax.Array], dead: jax.Array,
-               host_state: ModelState | None, n_real: int) -> ChunkResult:
+    def fetch(self, start: int, end: int, metrics: dict[str, jax.Array], dead: jax.Array,
+              host_state: ModelState | None, n_real: int) -> ChunkResult:
+        """A dispatched chunk's results on the host (waits for it), cut to its steps and real models."""
         host = jax.device_get(metrics)
         return ChunkResult(start, end, {name: np.asarray(v)[: end - start, :n_real] for name, v in host.items()},
                            np.asarray(jax.device_get(dead))[:n_real], host_state)
 
     @_in_precision
-    def _host(self, state: ModelState) -> ModelState:
+    def host(self, state: ModelState) -> ModelState:
+        """A host copy of a (not yet donated) state."""
         return jax.device_get(state)
 
     @_in_precision
     def restore(self, host_state: ModelState) -> ModelState:
         """Put a host copy of a state (from a checkpoint) back on the devices, sharded like init's."""
         return jax.device_put(host_state, self.sharded)
+
+
+def state_shapes(engine: Engine) -> list[jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of one model's state leaves (to check a checkpoint against), without compiling."""
+    with jax.enable_x64(engine.dtype == jnp.float64):
+        hps = Hparams(**{k: jax.ShapeDtypeStruct((), jnp.int32 if k in ("seed", "n_train") else engine.dtype)
+                         for k in Hparams._fields})
+        return jax.tree.leaves(jax.eval_shape(engine.init_one, hps)[0])
 
 
 def train_alone(group: GroupConfig, runs: list[Run]) -> dict[str, np.ndarray]:

@@ -23,6 +23,7 @@ class Tracker:
     t_val: dict[int, int] = field(default_factory=dict)
     val_now: dict[int, float] = field(default_factory=dict)
     diverged: dict[int, int] = field(default_factory=dict)
+    n_stopped: int = 0  # stop=resolved: runs that left the program before their budget
 
     def update(self, ids: np.ndarray, start: int, metrics: dict[str, np.ndarray], dead: np.ndarray) -> None:
         for j, rid in enumerate(ids.tolist()):
@@ -110,6 +111,13 @@ class Reporter:
         if self.progress is not None:
             self.progress.update(self.task, completed=self.done)
 
+    def drop(self, model_steps: int) -> None:
+        """Work that will not be done (stop=resolved: the rest of a stopped run's budget): the bar's total
+        and the ETA shrink to what the live runs still need."""
+        self.total -= model_steps
+        if self.progress is not None:
+            self.progress.update(self.task, total=self.total)
+
     def rate(self) -> float:
         """Training model-steps/s: measured from the end of the first chunk (which may include lazy
         one-off work), or until then over the wall time minus the compilations announced through
@@ -142,6 +150,8 @@ class Reporter:
         rate = self.rate()
         info = (f"step {step}/{steps} · {rate:,.0f} model-steps/s · "
                 f"{tracker.n_grokked}/{tracker.n_runs} at val≥{THRESHOLD}")
+        if tracker.n_stopped:
+            info += f" · {tracker.n_runs - tracker.n_stopped} live, {tracker.n_stopped} stopped"
         if self.progress is not None:
             self.progress.update(self.task, completed=self.done, description=where, info=info)
             return

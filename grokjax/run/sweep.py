@@ -8,15 +8,13 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-import jax
-
-from grokjax.engine.data import Hparams, hparams_for, pad_models
 from grokjax.engine.memory import choose_models_per_batch
-from grokjax.engine.program import Program
-from grokjax.engine.single import Engine, ModelState, engine_for
+from grokjax.engine.program import Program, state_shapes
+from grokjax.engine.single import Engine, engine_for
 from grokjax.errors import Interrupted
+from grokjax.run.batch import BatchTrainer
 from grokjax.run.progress import Reporter, Tracker
 from grokjax.spec.grid import Sweep
 from grokjax.spec.structure import GroupConfig
@@ -26,7 +24,6 @@ from grokjax.store.results import (
     ResultsDir,
     default_out,
     estimated_bytes,
-    run_ids,
 )
 
 
@@ -69,10 +66,10 @@ def _checkpointed_batch_size(rd: ResultsDir, group: int, rep: Reporter) -> int |
     return None
 
 
-def _usable_checkpoint(rd: ResultsDir, group: int, batch: int, state: ModelState, rep: Reporter
+def _usable_checkpoint(rd: ResultsDir, group: int, batch: int, state: list[Any], rep: Reporter
                        ) -> Checkpoint | None:
-    """The batch's checkpoint if it is readable and holds this program's state; otherwise None (the batch
-    then trains again from step 0), saying why."""
+    """The batch's checkpoint if it is readable and holds this group's state (``state``: one model's
+    leaves, shapes and dtypes); otherwise None (the batch then trains again from step 0), saying why."""
     try:
         ckpt = rd.load_checkpoint(group, batch)
     except DamagedFile as e:
@@ -81,9 +78,8 @@ def _usable_checkpoint(rd: ResultsDir, group: int, batch: int, state: ModelState
         return None
     if ckpt is None:
         return None
-    expected = jax.tree.leaves(state)
-    if len(ckpt.leaves) != len(expected) or any(
-            a.shape[1:] != b.shape[1:] or a.dtype != b.dtype for a, b in zip(ckpt.leaves, expected)):
+    if len(ckpt.leaves) != len(state) or any(
+            a.shape[1:] != b.shape or a.dtype != b.dtype for a, b in zip(ckpt.leaves, state)):
         rep.warn(f"{rd.path}: the checkpoint of group {group + 1} batch {batch + 1} does not hold this "
                  f"program's state (written by another grokjax version?): training it again from step 0")
         rd.discard_checkpoint(group, batch)
@@ -97,6 +93,7 @@ class SweepOutcome:
     tracker: Tracker
     model_steps_per_s: float
     seconds: float
+    model_steps: int  # computed by this process, padding included (stop=resolved: fewer than the budget's)
 
 
 def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet: bool = False,
@@ -118,10 +115,10 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
                     plans[gi] = choose_models_per_batch(e, len(runs), g.train.models_per_batch)
         with ResultsDir.open(path, sweep, resume, command or [], estimated_bytes(sweep)) as rd, \
                 _stop_on_signals() as signals:
-            _train_groups(sweep, groups, engines, plans, rd, rep, tracker, resume, signals, path)
+            model_steps = _train_groups(sweep, groups, engines, plans, rd, rep, tracker, resume, signals, path)
             rd.mark_complete()
         rate = rep.rate()
-    return SweepOutcome(path, tracker, rate, time.perf_counter() - t0)
+    return SweepOutcome(path, tracker, rate, time.perf_counter() - t0, model_steps)
 
 
 def _program(engine: Engine, n_models: int, rep: Reporter, what: str) -> Program:
@@ -132,10 +129,11 @@ def _program(engine: Engine, n_models: int, rep: Reporter, what: str) -> Program
 
 
 def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: ResultsDir, rep: Reporter,
-                  tracker: Tracker, resume: bool, signals: list[int], path: Path) -> None:
-    """Train every model batch of every group into ``rd``; raises Interrupted on SIGINT/SIGTERM, naming the
-    last checkpoint written."""
+                  tracker: Tracker, resume: bool, signals: list[int], path: Path) -> int:
+    """Train every model batch of every group into ``rd`` and return the model-steps computed; raises
+    Interrupted on SIGINT/SIGTERM, naming the last checkpoint written."""
     saved: tuple[int, int, int] | None = None
+    model_steps = 0
     rep.say(f"grokjax: {sweep.n_runs()} runs in {len(groups)} group(s) -> {path}")
     for gi, (group, runs) in enumerate(groups):
         t = group.train
@@ -151,39 +149,40 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
         rep.say(f"group {gi + 1} of {len(groups)}: {describe(group)}; {why}")
         for bi, lo in enumerate(range(0, len(runs), per_batch)):
             batch = runs[lo: lo + per_batch]
-            ids = run_ids(batch)
-            prog = _program(engine, per_batch, rep, f"group {gi + 1} of {len(groups)} ({per_batch} models)")
-            hps: Hparams = prog.put(hparams_for(batch, engine.table.n_pairs))
-            state, splits = prog.init(hps)
-            start = 0
-            ckpt = _usable_checkpoint(rd, gi, bi, state, rep) if resume else None
+            program = lambda n: _program(engine, n, rep, f"group {gi + 1} of {len(groups)} ({n} models)")  # noqa: E731
+            ckpt = _usable_checkpoint(rd, gi, bi, state_shapes(engine), rep) if resume else None
             damaged = rd.first_damaged_part(gi, bi) if resume else None
             if ckpt is not None and damaged is not None and damaged[0] < ckpt.step:
                 rep.warn(f"{damaged[1]} is damaged and its checkpoint is later: training group {gi + 1} "
                          f"batch {bi + 1} again from step 0")
                 ckpt = None
+            # A checkpoint may come from another number of devices: the trainer re-pads the models axis.
+            trainer = BatchTrainer(engine, batch, per_batch, program, ckpt)
             if ckpt is not None:
-                # Re-pad the models axis: the checkpoint may come from a different number of devices.
-                real = [leaf[: len(batch)] for leaf in ckpt.leaves]
-                host = pad_models(jax.tree.unflatten(jax.tree.structure(state), real), prog.n_models)
-                state = prog.restore(host)
-                start = ckpt.step
-                rep.skip(start * len(batch))
+                rep.skip(ckpt.step * len(batch))
+                n_gone = len(batch) - len(trainer.live)
+                rep.drop((t.steps - ckpt.step) * n_gone)
+                tracker.n_stopped += n_gone
             if resume:
-                rd.clear_parts_from(gi, bi, start)
-            every = t.checkpoint_every
-            k = prog.chunk_steps
+                rd.clear_parts_from(gi, bi, trainer.start)
+            every, k = t.checkpoint_every, min(t.chunk_steps, t.steps)
             n_batches = -(-len(runs) // per_batch)
             where = f"group {gi + 1}/{len(groups)} batch {bi + 1}/{n_batches}"
-            for res in prog.run(state, splits, hps, start, len(batch),
-                                want_state=lambda end: end // every != (end - k) // every,
-                                should_stop=lambda: bool(signals)):
-                rd.write_chunk(gi, bi, res.start, ids, res.metrics, t.log_every, t.eval_every, t.steps,
+            for c in trainer.chunks(want_state=lambda end: end // every != (end - k) // every,
+                                    should_stop=lambda: bool(signals)):
+                rd.write_chunk(gi, bi, c.start, c.ids, c.metrics, t.log_every, t.eval_every, t.steps,
                                engine.train_metric_names)
-                tracker.update(ids, res.start, res.metrics, res.diverged_step)
-                if res.state is not None:
-                    rd.save_checkpoint(gi, bi, res.end, jax.tree.leaves(res.state), per_batch)
-                    saved = (gi, bi, res.end)
-                rep.update((res.end - res.start) * len(batch), where, res.end, t.steps, tracker)
+                tracker.update(c.ids, c.start, c.metrics, c.diverged_step)
+                if len(c.stopped):
+                    rd.write_stops(gi, bi, c.start, c.stopped, c.end, c.reasons)
+                    tracker.n_stopped += len(c.stopped)
+                    rep.drop((t.steps - c.end) * len(c.stopped))
+                if c.checkpoint is not None:
+                    ck = c.checkpoint
+                    rd.save_checkpoint(gi, bi, ck.step, ck.leaves, per_batch, ck.live, ck.streak, ck.memorized)
+                    saved = (gi, bi, ck.step)
+                rep.update((c.end - c.start) * len(c.ids), where, c.end, t.steps, tracker)
+            model_steps += trainer.model_steps
             if signals:
                 raise Interrupted(signals[0], path, saved)
+    return model_steps

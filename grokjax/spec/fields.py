@@ -99,6 +99,7 @@ _SPECIAL: dict[str, tuple[str, Callable[[Any], str | None] | None, tuple[str, ..
     "train.loss": ("choice", None, tuple(LOSSES)),
     "train.measures": ("measures", None, MEASURE_NAMES),
     "train.dtype": ("choice", None, ("float32", "float64")),
+    "train.stop": ("choice", None, ("budget", "resolved")),
     "hp.wd": ("float", _at_least(0), ()),
     "hp.lr": ("float", _positive, ()),
     "hp.frac": ("float", _open_unit, ()),

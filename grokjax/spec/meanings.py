@@ -33,6 +33,8 @@ MEANINGS: dict[str, str] = {
     "chunk_steps": "steps per compiled call; the host sees data only between chunks",
     "checkpoint_every": "steps between checkpoints (for --resume)",
     "models_per_batch": "models per compiled program; 0 = as many as fit in memory",
+    "stop": "budget: every run trains all steps; resolved: a run stops once grokked or diverged",
+    "patience": "stop=resolved: evaluations in a row at validation accuracy >= 0.99 that make a run grokked",
     "wd": "weight decay (decoupled for adamw, coupled L2 for adam and sgd)",
     "lr": "peak learning rate",
     "frac": "fraction of the task table used for training",

@@ -51,7 +51,10 @@ class TrainConfig:
     ``optimizer`` (adamw|adam|sgd), ``orthograd``, ``grokfast`` (none|ema|ma) with its ``grokfast_window``,
     and ``loss`` (softmax|stablemax) are structural; their numeric settings are per-model (``hp.*``).
     ``measures`` is a ``+``-joined set of progress measures (norms, fourier, excluded; or none), kept in
-    that canonical order so equal sets make one group.
+    that canonical order so equal sets make one group. ``stop="resolved"`` drops each run from the
+    program once its fate is known (grokked: validation accuracy >= 0.99 at ``patience`` evaluations in
+    a row after train accuracy reached 0.99; or diverged) and re-packs the rest; ``"budget"`` trains
+    every run to ``steps``.
     """
 
     steps: int = 40_000
@@ -74,6 +77,8 @@ class TrainConfig:
     chunk_steps: int = 500
     checkpoint_every: int = 5000
     models_per_batch: int = 0
+    stop: str = "budget"
+    patience: int = 3
 
 
 @dataclass(frozen=True)

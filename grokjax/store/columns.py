@@ -76,6 +76,14 @@ SPECTRA: dict[str, Column] = {
                    "|sin_k W_E|^2)", "", "NaN from the run's divergence on"),
 }
 
+STOPS: dict[str, Column] = {
+    "run_id": RUNS["run_id"],
+    "stop_step": Column("stop=resolved: the step at which the run left the program (its last metric row is "
+                        "stop_step - 1)", STEP),
+    "reason": Column("grokked (validation accuracy >= 0.99 at patience evaluations in a row, after train "
+                     "accuracy reached 0.99) or diverged"),
+}
+
 FITS: dict[str, Column] = {
     "run_id": RUNS["run_id"],
     "t_train": Column("first logged step with train accuracy >= threshold", STEP, "NaN: never reached"),
@@ -96,6 +104,8 @@ FITS: dict[str, Column] = {
     "width_decades": Column("width of that logistic", "decades of steps", "NaN: as mid_step"),
     "final_train_acc": Column("last finite train accuracy", "fraction", "NaN: none finite"),
     "final_val_acc": Column("last finite validation accuracy", "fraction", "NaN: none finite"),
+    "stop_step": Column("stop=resolved: the step the run stopped at, resolved (see the stops table)", STEP,
+                        "NaN: trained to its budget"),
 } | {k: v for k, v in RUNS.items() if k != "run_id"}
 
 CELLS: dict[str, Column] = {
@@ -132,7 +142,8 @@ LAWS: dict[str, Column] = {
     "gap": Column("fit option --gap", STEP),
 }
 
-TABLES: dict[str, dict[str, Column]] = {"runs": RUNS, "metrics": METRICS, "spectra": SPECTRA, "fits": FITS,
+TABLES: dict[str, dict[str, Column]] = {"runs": RUNS, "metrics": METRICS, "spectra": SPECTRA, "stops": STOPS,
+                                        "fits": FITS,
                                         "cells": CELLS, "laws": LAWS}
 
 

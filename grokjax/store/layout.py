@@ -11,6 +11,7 @@ SWEEP_JSON = "sweep.json"
 RUNS_PARQUET = "runs.parquet"
 METRICS_DIR = "metrics"
 SPECTRA_DIR = "spectra"  # measures=fourier: the per-frequency embedding norms, long table
+STOPS_DIR = "stops"  # stop=resolved: when and why each run left the program before its budget
 SPECTRUM = "spectrum"  # the metrics key of the [steps, models, freqs] spectra a chunk returns
 CHECKPOINT_DIR = "checkpoints"
 FITS_PARQUET = "fits.parquet"
@@ -39,3 +40,7 @@ def is_eval_steps(start: int, k: int, eval_every: int, steps: int) -> np.ndarray
 
 def spectra_parts(path: Path) -> list[Path]:
     return sorted(p for p in (Path(path) / SPECTRA_DIR).glob("*.parquet") if PART_NAME.fullmatch(p.name))
+
+
+def stops_parts(path: Path) -> list[Path]:
+    return sorted(p for p in (Path(path) / STOPS_DIR).glob("*.parquet") if PART_NAME.fullmatch(p.name))

@@ -21,19 +21,23 @@ from grokjax.store.layout import (
     SWEEP_JSON,
     metric_parts,
     spectra_parts,
+    stops_parts,
 )
 
 
 @dataclass
 class Results:
     """A results directory read back: ``runs`` (one row per model), ``metrics`` (long table) and, with
-    ``measures=fourier``, ``spectra`` (run_id, step, freq, norm; empty otherwise)."""
+    ``measures=fourier``, ``spectra`` (run_id, step, freq, norm; empty otherwise); with ``stop=resolved``,
+    ``stops`` (run_id, stop_step, reason: the runs that left the program before their budget)."""
 
     path: Path
     sweep: dict[str, Any]
     runs: pd.DataFrame
     metrics: pd.DataFrame
     spectra: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run_id", "step", "freq", "norm"]))
+    stops: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        {"run_id": pd.Series(dtype="int64"), "stop_step": pd.Series(dtype="int64"), "reason": pd.Series(dtype=str)}))
 
     @property
     def complete(self) -> bool:
@@ -79,6 +83,9 @@ def load(path: str | os.PathLike) -> Results:
     if spectra_tables:
         spectra = pa.concat_tables(spectra_tables, promote_options="permissive").to_pandas()
         results.spectra = spectra.sort_values(["run_id", "step", "freq"], kind="stable").reset_index(drop=True)
+    stops_tables = list(_read_parts(stops_parts(path), path))
+    if stops_tables:
+        results.stops = pa.concat_tables(stops_tables).to_pandas().sort_values("run_id").reset_index(drop=True)
     return results
 
 

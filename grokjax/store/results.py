@@ -52,6 +52,7 @@ from grokjax.store.layout import (
     RUNS_PARQUET,
     SPECTRA_DIR,
     SPECTRUM,
+    STOPS_DIR,
     SWEEP_JSON,
     TRAIN_COLUMNS,
     is_eval_steps,
@@ -112,9 +113,16 @@ def runs_table(sweep: Sweep) -> pd.DataFrame:
 
 @dataclass
 class Checkpoint:
+    """A model batch's state after ``step`` steps. With stop=resolved, ``live`` lists the batch positions
+    of the runs still training (the leaves' first ``len(live)`` rows, in that order) and ``streak`` /
+    ``memorized`` their stopping counters; ``live`` is None when every run of the batch is in the leaves."""
+
     step: int
-    leaves: list[np.ndarray]  # leading axis: the models of the batch, padded for the devices it ran on
+    leaves: list[np.ndarray]  # leading axis: the live models of the batch, padded for the program
     models_per_batch: int
+    live: np.ndarray | None = None  # int64 [L]
+    streak: np.ndarray | None = None  # int64 [L]
+    memorized: np.ndarray | None = None  # bool [L]
 
 
 class ResultsDir:
@@ -262,8 +270,19 @@ class ResultsDir:
         (self.path / SPECTRA_DIR).mkdir(exist_ok=True)
         self._guard(lambda: atomic_parquet(self.path / SPECTRA_DIR / name, describe(table, "spectra")))
 
+    def write_stops(self, group: int, batch: int, start: int, run_ids: np.ndarray, stop_step: int,
+                    reasons: list[str]) -> None:
+        """Record runs that left the program after the chunk starting at ``start`` (stop=resolved):
+        one part per chunk, named like its metrics part so a resume removes both together."""
+        table = pa.table({"run_id": pa.array(run_ids.astype(np.int64)),
+                          "stop_step": pa.array(np.full(len(run_ids), stop_step, np.int64)),
+                          "reason": pa.array(reasons, pa.string())})
+        (self.path / STOPS_DIR).mkdir(exist_ok=True)
+        name = f"g{group:03d}-b{batch:03d}-s{start:09d}.parquet"
+        self._guard(lambda: atomic_parquet(self.path / STOPS_DIR / name, describe(table, "stops")))
+
     def _parts(self, pattern: str) -> list[Path]:
-        return [p for d in (METRICS_DIR, SPECTRA_DIR) for p in (self.path / d).glob(pattern)]
+        return [p for d in (METRICS_DIR, SPECTRA_DIR, STOPS_DIR) for p in (self.path / d).glob(pattern)]
 
     def clear_parts_from(self, group: int, batch: int, step: int) -> None:
         """Remove this batch's parts at or after ``step`` (written after the checkpoint we resume from)."""
@@ -278,16 +297,20 @@ class ResultsDir:
         return self.path / CHECKPOINT_DIR / f"g{group:03d}-b{batch:03d}.npz"
 
     def save_checkpoint(self, group: int, batch: int, step: int, leaves: list[np.ndarray],
-                        models_per_batch: int) -> None:
-        """Write the state's leaves with a SHA-256 digest of their bytes, so a damaged file is detected."""
+                        models_per_batch: int, live: np.ndarray | None = None, streak: np.ndarray | None = None,
+                        memorized: np.ndarray | None = None) -> None:
+        """Write the state's leaves (and, with stop=resolved, the live runs and their counters) with a
+        SHA-256 digest of their bytes, so a damaged file is detected."""
         path = self._checkpoint_path(group, batch)
         arrays = [np.ascontiguousarray(np.asarray(x)) for x in leaves]
+        extra = {} if live is None else {"live": np.asarray(live, np.int64), "streak": np.asarray(streak, np.int64),
+                                         "memorized": np.asarray(memorized, bool)}
 
         def write() -> None:
             with atomic_file(path) as tmp, open(tmp, "wb") as f:
                 np.savez(f, step=np.int64(step), models_per_batch=np.int64(models_per_batch),
-                         digest=np.frombuffer(_digest(arrays), np.uint8),
-                         **{f"leaf_{i:04d}": x for i, x in enumerate(arrays)})
+                         digest=np.frombuffer(_digest(arrays + list(extra.values())), np.uint8),
+                         **{f"leaf_{i:04d}": x for i, x in enumerate(arrays)}, **extra)
 
         self._guard(write)
 
@@ -301,11 +324,12 @@ class ResultsDir:
             with np.load(path) as z:
                 names = sorted(k for k in z.files if k.startswith("leaf_"))
                 leaves = [z[k] for k in names]
-                ckpt = Checkpoint(int(z["step"]), leaves, int(z["models_per_batch"]))
+                extra = [z[k] for k in ("live", "streak", "memorized") if k in z.files]
+                ckpt = Checkpoint(int(z["step"]), leaves, int(z["models_per_batch"]), *extra)
                 stored = bytes(z["digest"])
         except Exception as e:  # a truncated or garbled archive fails in many ways (zipfile, numpy, OSError)
             raise DamagedFile(path, f"{type(e).__name__}: {e}") from e
-        if stored != _digest(leaves):
+        if stored != _digest(leaves + extra):
             raise DamagedFile(path, "its contents do not match the digest written with it")
         return ckpt
 

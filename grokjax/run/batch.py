@@ -1,0 +1,161 @@
+"""One model batch of a group, trained chunk by chunk from a step to its budget.
+
+With ``stop=resolved`` a run leaves the program at the first chunk boundary where its fate is known:
+grokked (validation accuracy >= ``THRESHOLD`` at ``patience`` evaluations in a row, once a logged train
+accuracy has reached it) or diverged. The live runs are then re-packed into the program of the next
+bucket size (the smallest power of two that holds them, at most the batch size), so a batch compiles at
+most log2(batch) extra programs and its compute follows its unresolved runs.
+
+Each chunk's metrics are fetched before the next chunk is dispatched (the stop decision needs them), and
+the chunk is handed to the caller (to be written) only after the next one is running, so writing does not
+stall the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from grokjax.engine.data import hparams_for, pad_models
+from grokjax.engine.program import Program
+from grokjax.engine.single import Engine
+from grokjax.run.progress import THRESHOLD
+from grokjax.spec.grid import Run
+from grokjax.store.layout import is_eval_steps
+from grokjax.store.results import Checkpoint
+
+
+def bucket_size(n_live: int, per_batch: int) -> int:
+    """Models in the program that trains ``n_live`` runs of a batch of ``per_batch``: the smallest power of
+    two >= n_live, at most per_batch (so a shrinking batch visits only a few program sizes)."""
+    return min(per_batch, 1 << max(n_live - 1, 0).bit_length())
+
+
+@dataclass
+class Resolver:
+    """The stop=resolved counters of the live runs ([L] arrays, in live order)."""
+
+    patience: int
+    streak: np.ndarray  # int64: evaluations in a row with val_acc >= THRESHOLD, up to now
+    memorized: np.ndarray  # bool: a logged train_acc has reached THRESHOLD
+
+    @classmethod
+    def fresh(cls, patience: int, n: int) -> "Resolver":
+        return cls(patience, np.zeros(n, np.int64), np.zeros(n, bool))
+
+    def update(self, metrics: dict[str, np.ndarray], logged: np.ndarray, is_eval: np.ndarray,
+               diverged_step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Take one chunk's metrics ([K, L]; ``logged``/``is_eval`` [K] select the rows fit reads) and return
+        (resolved [L] bool, reason [L] str)."""
+        self.memorized |= (metrics["train_acc"][logged] >= THRESHOLD).any(axis=0)
+        for row in metrics["val_acc"][is_eval]:
+            self.streak = np.where(row >= THRESHOLD, self.streak + 1, 0)
+        diverged = diverged_step >= 0
+        grokked = self.memorized & (self.streak >= self.patience)
+        return grokked | diverged, np.where(diverged, "diverged", "grokked")
+
+    def keep(self, mask: np.ndarray) -> None:
+        self.streak, self.memorized = self.streak[mask], self.memorized[mask]
+
+
+@dataclass
+class BatchChunk:
+    """One chunk of a batch as the caller sees it: metrics name -> [K, n] for the runs ``ids`` (those live
+    during the chunk), their diverged steps [n], the runs that left the program after it (``stopped``,
+    with ``reasons``), and, where asked, the checkpoint of the state after it (the re-packed one)."""
+
+    start: int
+    end: int
+    ids: np.ndarray
+    metrics: dict[str, np.ndarray]
+    diverged_step: np.ndarray
+    stopped: np.ndarray
+    reasons: list[str]
+    checkpoint: Checkpoint | None
+
+
+class BatchTrainer:
+    """Trains the runs ``batch`` (one model batch of a group, ``per_batch`` models at most) in programs
+    from ``program(n_models)``, from a checkpoint or from step 0."""
+
+    def __init__(self, engine: Engine, batch: list[Run], per_batch: int, program: Callable[[int], Program],
+                 ckpt: Checkpoint | None = None):
+        self.engine, self.batch, self.per_batch, self.program = engine, batch, per_batch, program
+        t = engine.group.train
+        self.resolving = t.stop == "resolved"
+        self.ids = np.array([r.run_id for r in batch], np.int64)
+        self.live = np.arange(len(batch)) if ckpt is None or ckpt.live is None else np.asarray(ckpt.live, np.int64)
+        self.start = 0 if ckpt is None else ckpt.step
+        self.resolver: Resolver | None = None
+        if self.resolving:
+            self.resolver = (Resolver.fresh(t.patience, len(self.live)) if ckpt is None or ckpt.live is None
+                             else Resolver(t.patience, np.asarray(ckpt.streak), np.asarray(ckpt.memorized)))
+        self.model_steps = 0  # model-steps computed, padding included
+        if len(self.live) and self.start < t.steps:
+            self._pack(None if ckpt is None else ckpt.leaves)
+
+    def _pack(self, rows: list[np.ndarray] | None) -> None:
+        """Build the program for the live runs, with fresh state or the given host rows (live order)."""
+        size = bucket_size(len(self.live), self.per_batch) if self.resolving else self.per_batch
+        self.prog = self.program(size)
+        runs = [self.batch[i] for i in self.live]
+        self.hps = self.prog.put(hparams_for(runs, self.engine.table.n_pairs))
+        self.state, self.splits = self.prog.init(self.hps)  # the splits follow from each run's seed
+        if rows is not None:
+            real = [x[: len(self.live)] for x in rows]
+            host = pad_models(jax.tree.unflatten(jax.tree.structure(self.state), real), self.prog.n_models)
+            self.state = self.prog.restore(host)
+
+    def _checkpoint(self, end: int, rows: list[np.ndarray] | None = None) -> Checkpoint:
+        if rows is None:
+            rows = jax.tree.leaves(self.prog.host(self.state)) if len(self.live) else []
+        extra = (self.live, self.resolver.streak, self.resolver.memorized) if self.resolver else (None,) * 3
+        return Checkpoint(end, rows, self.per_batch, *extra)
+
+    def chunks(self, want_state: Callable[[int], bool] = lambda end: False,
+               should_stop: Callable[[], bool] = lambda: False) -> Iterator[BatchChunk]:
+        """Train to the budget (or until ``should_stop()``, checked before each dispatch, or until every run
+        has stopped), yielding each chunk. The last chunk yielded always carries a checkpoint, as does each
+        chunk whose end ``want_state`` asks for."""
+        t = self.engine.group.train
+        steps, s = t.steps, self.start
+        pending: BatchChunk | None = None
+        while s < steps and len(self.live) and not should_stop():
+            end = min(s + self.prog.chunk_steps, steps)
+            state, metrics, dead = self.prog.train_chunk(self.state, self.splits, self.hps, jnp.int32(s), end - s)
+            self.state = state
+            self.model_steps += (end - s) * self.prog.n_models
+            if pending is not None:
+                yield pending  # written while this chunk runs
+            pending = self._after_chunk(s, end, metrics, dead, want_state(end) or end == steps)
+            s = end
+        if pending is not None:
+            if pending.checkpoint is None:  # stopped by a signal: the state after the last chunk was kept
+                pending.checkpoint = self._checkpoint(pending.end)
+            yield pending
+
+    def _after_chunk(self, s: int, end: int, metrics: dict, dead: jax.Array, want: bool) -> BatchChunk:
+        """Fetch a chunk's results, drop the runs it resolved (re-packing the rest), and keep a checkpoint
+        where wanted or where every run has stopped."""
+        t = self.engine.group.train
+        res = self.prog.fetch(s, end, metrics, dead, None, len(self.live))
+        ids = self.ids[self.live]
+        stopped, reasons = ids[:0], []
+        rows = None
+        if self.resolver is not None and end < t.steps:
+            is_eval = is_eval_steps(s, end - s, t.eval_every, t.steps)
+            logged = (np.arange(s, end) % t.log_every == 0) | is_eval
+            done, why = self.resolver.update(res.metrics, logged, is_eval, res.diverged_step)
+            if done.any():
+                stopped, reasons = ids[done], why[done].tolist()
+                rows = [x[: len(self.live)][~done] for x in jax.tree.leaves(self.prog.host(self.state))]
+                self.live = self.live[~done]
+                self.resolver.keep(~done)
+                if len(self.live):
+                    self._pack(rows)
+        ckpt = self._checkpoint(end, rows) if want or not len(self.live) else None
+        return BatchChunk(s, end, ids, res.metrics, res.diverged_step, stopped, reasons, ckpt)
