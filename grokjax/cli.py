@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue the sweep in --out from its last checkpoint")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.add_argument("--no-plot", action="store_true", help="skip the fit and the phase diagram at the end")
+    s.add_argument("--shard", default=None, metavar="I/N",
+                   help="train only slice I (0-based) of N slices of the grid (run_id %% N == I) into a --out "
+                        "shared with the other shards, e.g. --shard $SLURM_ARRAY_TASK_ID/N (see docs/scaling.md)")
     for name, hlp in (("fit", "grokking times per run, per cell and the wd laws -> DIR/fits.parquet, "
                               "cells.parquet, laws.parquet; several DIRs: per-cell tables side by side"),
                       ("plot", "phase diagram -> DIR/phase_diagram.FORMAT, from the fits grokjax fit saved "
@@ -136,11 +139,23 @@ def _options_given(args: argparse.Namespace) -> bool:
     return any(getattr(args, k, None) is not None for k in ("threshold", "slack", "gap", "keep"))
 
 
+def _missing(done: list[int], n: int) -> str:
+    """The shard indices not in ``done``, at most 10 named."""
+    gone = [i for i in range(n) if i not in set(done)]
+    return ", ".join(map(str, gone[:10])) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
+
+
 def _fit_and_report(path: Path, opts: Any) -> Any:
     from grokjax.analysis.report import analyse
     from grokjax.analysis.summary import summary_table
+    from grokjax.store.load import load
 
-    report = analyse(path, opts, save=True)
+    results = load(path)
+    if results.shards is not None and len(results.shards[0]) < results.shards[1]:
+        done, n = results.shards
+        print(f"{path}: {len(done)} of {n} shards complete (missing: {_missing(done, n)}); fitting the runs "
+              f"written so far")
+    report = analyse(results, opts, save=True)
     fits = report.fits
     if fits.empty:
         raise UserError(f"{path}: no metrics written yet; nothing to fit")
@@ -269,11 +284,28 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     from grokjax.analysis.fit import FitOptions
     from grokjax.run.sweep import run_sweep
     from grokjax.spec.grid import build_sweep
+    from grokjax.spec.shard import parse_shard
     from grokjax.spec.structure import DIVERGENCE_LOSS
 
+    shard = None if args.shard is None else parse_shard(args.shard)
+    if shard is not None and args.out is None:
+        raise UserError(f"--shard {args.shard}: needs --out DIR, the directory all shards share")
     config, overrides = _split_items(args.items)
     sweep = build_sweep(config, overrides)
-    outcome = run_sweep(sweep, args.out, resume=args.resume, quiet=args.quiet, command=["grokjax", *argv])
+    outcome = run_sweep(sweep, args.out, resume=args.resume, quiet=args.quiet, command=["grokjax", *argv],
+                        shard=shard)
+    if shard is not None:
+        import grokjax
+
+        done, n = grokjax.load(outcome.path).shards or ([], shard.count)
+        print(f"shard {shard.label}: {outcome.tracker.n_runs} runs in {outcome.seconds:.1f} s; {len(done)} of {n} "
+              f"shards complete" + ("" if len(done) == n else f" (missing: {_missing(done, n)})"))
+        if len(done) < n or args.no_plot:
+            print(f"results: {outcome.path} (grokjax fit {outcome.path} once every shard is complete)")
+            return 0
+        _plot(outcome.path, _fit_and_report(outcome.path, FitOptions()).fits)
+        print(f"results: {outcome.path}")
+        return 0
     print(f"{sweep.n_runs()} runs in {outcome.seconds:.1f} s (compilation included); training "
           f"{outcome.model_steps_per_s:,.0f} model-steps/s")
     if outcome.tracker.n_stopped:

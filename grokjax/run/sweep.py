@@ -17,6 +17,7 @@ from grokjax.errors import Interrupted
 from grokjax.run.batch import BatchTrainer
 from grokjax.run.progress import Reporter, Tracker
 from grokjax.spec.grid import Sweep
+from grokjax.spec.shard import Shard
 from grokjax.spec.structure import GroupConfig
 from grokjax.store.results import (
     Checkpoint,
@@ -97,25 +98,28 @@ class SweepOutcome:
 
 
 def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet: bool = False,
-              command: list[str] | None = None) -> SweepOutcome:
-    """Train every run of the sweep into ``out`` (default results/<timestamp>-<hash>)."""
+              command: list[str] | None = None, shard: Shard | None = None) -> SweepOutcome:
+    """Train every run of the sweep (or of one ``shard`` of it) into ``out`` (default
+    results/<timestamp>-<hash>)."""
     path = Path(out) if out is not None else default_out(sweep)
-    groups = sweep.groups()
+    groups = [(g, [r for r in runs if shard is None or shard.has(r.run_id)]) for g, runs in sweep.groups()]
     total = sum(g.train.steps * len(runs) for g, runs in groups)
-    tracker = Tracker(sweep.n_runs())
+    tracker = Tracker(sum(len(runs) for _, runs in groups))
     t0 = time.perf_counter()
-    engines = [engine_for(group, runs) for group, runs in groups]
+    engines = [engine_for(group, runs) if runs else None for group, runs in groups]
+    ResultsDir.preflight(path, sweep, resume, shard)  # refused before anything compiles
     with Reporter(total, quiet) as rep:
         # A new sweep plans its model batches (compiling, and refusing what cannot fit) before anything is
         # written; a resumed one takes the batches its checkpoints were written with.
         plans = {}
         for gi, (e, (g, runs)) in enumerate(zip(engines, groups)):
-            if not resume:
+            if not resume and runs:
                 with rep.compiling(f"group {gi + 1} of {len(groups)} ({len(runs)} models)"):
                     plans[gi] = choose_models_per_batch(e, len(runs), g.train.models_per_batch)
-        with ResultsDir.open(path, sweep, resume, command or [], estimated_bytes(sweep)) as rd, \
+        with ResultsDir.open(path, sweep, resume, command or [], estimated_bytes(sweep), shard) as rd, \
                 _stop_on_signals() as signals:
-            model_steps = _train_groups(sweep, groups, engines, plans, rd, rep, tracker, resume, signals, path)
+            model_steps = _train_groups(sweep, groups, engines, plans, rd, rep, tracker, resume, signals, path,
+                                        shard)
             rd.mark_complete()
         rate = rep.rate()
     return SweepOutcome(path, tracker, rate, time.perf_counter() - t0, model_steps)
@@ -129,13 +133,17 @@ def _program(engine: Engine, n_models: int, rep: Reporter, what: str) -> Program
 
 
 def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: ResultsDir, rep: Reporter,
-                  tracker: Tracker, resume: bool, signals: list[int], path: Path) -> int:
+                  tracker: Tracker, resume: bool, signals: list[int], path: Path, shard: Shard | None = None
+                  ) -> int:
     """Train every model batch of every group into ``rd`` and return the model-steps computed; raises
     Interrupted on SIGINT/SIGTERM, naming the last checkpoint written."""
     saved: tuple[int, int, int] | None = None
     model_steps = 0
-    rep.say(f"grokjax: {sweep.n_runs()} runs in {len(groups)} group(s) -> {path}")
+    of_shard = f" (shard {shard.label} of {sweep.n_runs()} runs)" if shard else ""
+    rep.say(f"grokjax: {tracker.n_runs} runs{of_shard} in {sum(bool(r) for _, r in groups)} group(s) -> {path}")
     for gi, (group, runs) in enumerate(groups):
+        if not runs:  # this shard has no run in the group
+            continue
         t = group.train
         engine = engines[gi]
         checkpointed = _checkpointed_batch_size(rd, gi, rep) if resume else None
@@ -184,5 +192,5 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
                 rep.update((c.end - c.start) * len(c.ids), where, c.end, t.steps, tracker)
             model_steps += trainer.model_steps
             if signals:
-                raise Interrupted(signals[0], path, saved)
+                raise Interrupted(signals[0], path, saved, shard.label if shard else None)
     return model_steps

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,6 +19,7 @@ from grokjax.store.layout import (
     FITS_PARQUET,
     METRIC_COLUMNS,
     RUNS_PARQUET,
+    SHARDS_DIR,
     SWEEP_JSON,
     metric_parts,
     spectra_parts,
@@ -41,7 +43,14 @@ class Results:
 
     @property
     def complete(self) -> bool:
+        """Every run trained to its end (for a sharded sweep: every shard has finished)."""
         return bool(self.sweep.get("complete"))
+
+    @property
+    def shards(self) -> tuple[list[int], int] | None:
+        """For a sweep run with ``--shard I/N``: (the finished shards' indices, N); None otherwise."""
+        n = self.sweep.get("shards")
+        return None if not n else (self.sweep.get("complete_shards", []), int(n))
 
     @property
     def axes(self) -> list[str]:
@@ -69,6 +78,11 @@ def load(path: str | os.PathLike) -> Results:
         raise UserError(f"{path}: not a grokjax results directory (no {SWEEP_JSON}); "
                         f"give the --out directory of a sweep")
     sweep = read_json(path / SWEEP_JSON)
+    if sweep.get("shards"):
+        marks = (re.fullmatch(r"shard(\d+)of(\d+)-complete\.json", m.name) for m in (path / SHARDS_DIR).glob("*"))
+        done = sorted(int(m.group(1)) for m in marks if m and int(m.group(2)) == int(sweep["shards"]))
+        sweep["complete_shards"] = done
+        sweep["complete"] = len(set(done) & set(range(int(sweep["shards"])))) == int(sweep["shards"])
     runs = read_parquet(path / RUNS_PARQUET, "the runs table cannot be recovered from the metrics; rerun the "
                         "sweep into a new --out (its sweep.json holds the command)").to_pandas()
     tables = list(_read_parts(metric_parts(path), path))

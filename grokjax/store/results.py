@@ -34,6 +34,7 @@ import pyarrow as pa
 from grokjax.errors import UserError
 from grokjax.spec.fields import SHORT_NAMES
 from grokjax.spec.grid import Run, Sweep
+from grokjax.spec.shard import Shard
 from grokjax.store.columns import column_rank, describe
 from grokjax.store.files import (
     atomic_file,
@@ -50,6 +51,7 @@ from grokjax.store.layout import (
     METRICS_DIR,
     PART_NAME,
     RUNS_PARQUET,
+    SHARDS_DIR,
     SPECTRA_DIR,
     SPECTRUM,
     STOPS_DIR,
@@ -126,61 +128,54 @@ class Checkpoint:
 
 
 class ResultsDir:
-    """An open results directory, locked for one writer."""
+    """An open results directory, locked for one writer (with ``--shard``, one writer per shard: the
+    shard's lock, part and checkpoint names carry its prefix)."""
 
-    def __init__(self, path: Path, lock_fd: int):
+    def __init__(self, path: Path, lock_fd: int, shard: Shard | None = None):
         self.path = path
         self._lock_fd: int | None = lock_fd
         self._complete = False
+        self.shard = shard
+        self.prefix = shard.prefix if shard else ""
+        self.lock = _lock_name(shard)
 
     # -- opening ------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: Path, sweep: Sweep, resume: bool, command: list[str], needed_bytes: int = 0
-             ) -> "ResultsDir":
+    def open(cls, path: Path, sweep: Sweep, resume: bool, command: list[str], needed_bytes: int = 0,
+             shard: Shard | None = None) -> "ResultsDir":
         """Check the directory, take the lock, and (for a new sweep) write sweep.json and runs.parquet.
         Raises UserError, leaving the disk as it was, when DIR holds another sweep, is in use, cannot be
         written, or lacks ``needed_bytes`` of free space. The lock is taken before DIR's contents are
-        judged, so of two sweeps racing for one DIR the loser is told that another sweep holds it."""
+        judged, so of two sweeps racing for one DIR the loser is told that another sweep holds it.
+        Shards of one sweep share DIR: each takes its own lock, and each checks that sweep.json holds the
+        same sweep split into as many shards."""
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise UserError(f"--out {path}: exists and is not a directory; choose a new directory")
-        ours = path.is_dir() and ((path / SWEEP_JSON).exists() or (path / LOCK).exists())
-        if path.is_dir() and not ours and any(path.iterdir()):
-            raise UserError(f"--out {path}: is not empty and holds no grokjax sweep; choose a new or empty "
-                            f"directory")
-        if resume and not ours:
-            raise UserError(f"--out {path}: there is no sweep to resume here (no {SWEEP_JSON})")
+        lock = _lock_name(shard)
+        cls.preflight(path, sweep, resume, shard, judge=False)
         parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
         if parent.is_dir() and needed_bytes and shutil.disk_usage(parent).free < needed_bytes:
             free = shutil.disk_usage(parent).free
             raise UserError(f"--out {path}: {free / 2**20:.0f} MiB free, the sweep needs about "
                             f"{needed_bytes / 2**20:.0f} MiB; free space or choose another --out")
         created_dir = not path.exists()
-        created_lock = not (path / LOCK).exists()
+        created_lock = not (path / lock).exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
-            lock_fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            lock_fd = os.open(path / lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise UserError(f"--out {path}: cannot write there ({e.strerror}); choose a writable directory")
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(lock_fd)
-            raise UserError(f"--out {path}: another sweep holds this directory (it is writing there right "
-                            f"now); wait for it to finish or choose another --out")
-        rd = cls(path, lock_fd)
+            who = "another sweep holds this directory" if shard is None else \
+                f"shard {shard.label} is already running in this directory"
+            raise UserError(f"--out {path}: {who} (it is writing there right now); wait for it to finish or "
+                            f"choose another --out")
+        rd = cls(path, lock_fd, shard)
         spec_file = path / SWEEP_JSON
         try:
-            existing = read_json(spec_file) if spec_file.exists() else None
-            if existing is not None and existing.get("fingerprint") != sweep.fingerprint():
-                raise UserError(f"--out {path}: holds a different sweep ({existing.get('name')}, fingerprint "
-                                f"{existing.get('fingerprint')}); choose another --out, or resume it with "
-                                f"the same spec")
-            if existing is not None and not resume:
-                raise UserError(f"--out {path}: already holds this sweep; add --resume to continue it, "
-                                f"or choose another --out")
-            if existing is None and resume:
-                raise UserError(f"--out {path}: there is no sweep to resume here (no {SWEEP_JSON})")
+            existing = _judge_existing(path, sweep, resume, shard)
         except UserError:
             rd.close(remove_lock=created_lock)
             if created_dir:
@@ -195,7 +190,8 @@ class ResultsDir:
             if existing is None:
                 record = {"name": sweep.name, "fingerprint": sweep.fingerprint(), "command": command,
                           "created": datetime.datetime.now().isoformat(timespec="seconds"),
-                          "complete": False, "spec": sweep.to_json(), "n_runs": sweep.n_runs()}
+                          "complete": False, "spec": sweep.to_json(), "n_runs": sweep.n_runs(),
+                          "shards": shard.count if shard else None}
                 record |= provenance()
                 atomic_parquet(path / RUNS_PARQUET, describe(
                     pa.Table.from_pandas(runs_table(sweep), preserve_index=False), "runs"))
@@ -208,12 +204,29 @@ class ResultsDir:
                             f"with free space")
         return rd
 
+    @staticmethod
+    def preflight(path: Path, sweep: Sweep, resume: bool, shard: Shard | None = None, judge: bool = True
+                  ) -> None:
+        """The checks of ``open`` that need no lock and write nothing, so a sweep can be refused before it
+        compiles (``open`` repeats them under the lock)."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--out {path}: exists and is not a directory; choose a new directory")
+        ours = path.is_dir() and ((path / SWEEP_JSON).exists() or any(path.glob(LOCK + "*")))
+        if path.is_dir() and not ours and any(path.iterdir()):
+            raise UserError(f"--out {path}: is not empty and holds no grokjax sweep; choose a new or empty "
+                            f"directory")
+        if resume and not ours and shard is None:
+            raise UserError(f"--out {path}: there is no sweep to resume here (no {SWEEP_JSON})")
+        if judge and ours:
+            _judge_existing(path, sweep, resume, shard)
+
     def close(self, remove_lock: bool = False) -> None:
         """Release the lock; a completed sweep (or a refused open that made it) also removes the lock file."""
         if self._lock_fd is not None:
             if remove_lock or self._complete:
                 with contextlib.suppress(OSError):
-                    (self.path / LOCK).unlink()
+                    (self.path / self.lock).unlink()
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 os.close(self._lock_fd)
@@ -248,7 +261,7 @@ class ResultsDir:
             values = metrics[name][keep].T.ravel()  # [N * K'] ordered by run, then step
             cols[name] = pa.array(values, mask=None if name in train_columns else eval_mask,
                                   type=pa.from_numpy_dtype(values.dtype))
-        name = f"g{group:03d}-b{batch:03d}-s{start:09d}.parquet"
+        name = self._part_name(group, batch, start)
         spectrum = metrics.get(SPECTRUM)
         if spectrum is not None and spectrum.shape[-1] > 0:
             self._write_spectra(name, start, run_ids, spectrum, is_eval_steps(start, k, eval_every, steps))
@@ -278,23 +291,26 @@ class ResultsDir:
                           "stop_step": pa.array(np.full(len(run_ids), stop_step, np.int64)),
                           "reason": pa.array(reasons, pa.string())})
         (self.path / STOPS_DIR).mkdir(exist_ok=True)
-        name = f"g{group:03d}-b{batch:03d}-s{start:09d}.parquet"
+        name = self._part_name(group, batch, start)
         self._guard(lambda: atomic_parquet(self.path / STOPS_DIR / name, describe(table, "stops")))
+
+    def _part_name(self, group: int, batch: int, start: int) -> str:
+        return f"{self.prefix}g{group:03d}-b{batch:03d}-s{start:09d}.parquet"
 
     def _parts(self, pattern: str) -> list[Path]:
         return [p for d in (METRICS_DIR, SPECTRA_DIR, STOPS_DIR) for p in (self.path / d).glob(pattern)]
 
     def clear_parts_from(self, group: int, batch: int, step: int) -> None:
         """Remove this batch's parts at or after ``step`` (written after the checkpoint we resume from)."""
-        for part in self._parts(f"g{group:03d}-b{batch:03d}-s*.parquet"):
+        for part in self._parts(f"{self.prefix}g{group:03d}-b{batch:03d}-s*.parquet"):
             m = PART_NAME.fullmatch(part.name)
-            if m and int(m.group(3)) >= step:
+            if m and int(m.group("start")) >= step:
                 part.unlink()
         for tmp in self._parts(".*.tmp"):
             tmp.unlink()
 
     def _checkpoint_path(self, group: int, batch: int) -> Path:
-        return self.path / CHECKPOINT_DIR / f"g{group:03d}-b{batch:03d}.npz"
+        return self.path / CHECKPOINT_DIR / f"{self.prefix}g{group:03d}-b{batch:03d}.npz"
 
     def save_checkpoint(self, group: int, batch: int, step: int, leaves: list[np.ndarray],
                         models_per_batch: int, live: np.ndarray | None = None, streak: np.ndarray | None = None,
@@ -338,22 +354,23 @@ class ResultsDir:
             self._checkpoint_path(group, batch).unlink()
 
     def group_checkpoints(self, group: int) -> list[Path]:
-        return sorted((self.path / CHECKPOINT_DIR).glob(f"g{group:03d}-b*.npz"))
+        return sorted((self.path / CHECKPOINT_DIR).glob(f"{self.prefix}g{group:03d}-b*.npz"))
 
     def checkpoint_batches(self, group: int) -> list[int]:
         """Model-batch indices of the group that have a checkpoint file (readable or not)."""
-        return [int(p.stem.split("-b")[1]) for p in self.group_checkpoints(group)]
+        return [int(p.stem.rsplit("-b", 1)[1]) for p in self.group_checkpoints(group)]
 
     def has_parts(self, group: int) -> bool:
-        return any((self.path / METRICS_DIR).glob(f"g{group:03d}-b*-s*.parquet"))
+        return any((self.path / METRICS_DIR).glob(f"{self.prefix}g{group:03d}-b*-s*.parquet"))
+
 
     def first_damaged_part(self, group: int, batch: int) -> tuple[int, Path] | None:
         """(start step, file) of this batch's earliest metric part that cannot be read, if any."""
         parts = []
-        for part in self._parts(f"g{group:03d}-b{batch:03d}-s*.parquet"):
+        for part in self._parts(f"{self.prefix}g{group:03d}-b{batch:03d}-s*.parquet"):
             m = PART_NAME.fullmatch(part.name)
             if m:
-                parts.append((int(m.group(3)), part))
+                parts.append((int(m.group("start")), part))
         for start, part in sorted(parts):
             if not parquet_ok(part):
                 return start, part
@@ -361,10 +378,19 @@ class ResultsDir:
 
     def clear_group(self, group: int) -> None:
         """Remove every metric part and checkpoint of a group (before training it again from step 0)."""
-        for f in [*self._parts(f"g{group:03d}-b*-s*.parquet"), *self.group_checkpoints(group)]:
+        for f in [*self._parts(f"{self.prefix}g{group:03d}-b*-s*.parquet"), *self.group_checkpoints(group)]:
             f.unlink()
 
     def mark_complete(self) -> None:
+        """sweep.json says complete; a shard instead leaves its marker in shards/ (load() reads them)."""
+        if self.shard is not None:
+            self._complete = True
+            (self.path / SHARDS_DIR).mkdir(exist_ok=True)
+            marker = {"shard": self.shard.index, "of": self.shard.count,
+                      "finished": datetime.datetime.now().isoformat(timespec="seconds")} | provenance()
+            self._guard(lambda: atomic_write_bytes(self.path / SHARDS_DIR / f"{self.prefix}complete.json",
+                                                   json.dumps(marker, indent=2).encode()))
+            return
         record = read_json(self.path / SWEEP_JSON)
         self._complete = True
         record["complete"] = True
@@ -376,6 +402,45 @@ class ResultsDir:
             write()
         except OSError as e:
             raise write_error(self.path, e, "the last checkpoint is kept; free space and rerun with --resume") from e
+
+
+def _lock_name(shard: Shard | None) -> str:
+    return LOCK if shard is None else f"{LOCK}-{shard.prefix.rstrip('-')}"
+
+
+def _has_files(path: Path, prefix: str) -> bool:
+    """Whether the writer with this name prefix (a shard, or "" unsharded) has written a part or checkpoint."""
+    return any(any((path / d).glob(f"{prefix}g*")) for d in (METRICS_DIR, SPECTRA_DIR, STOPS_DIR, CHECKPOINT_DIR))
+
+
+def _judge_existing(path: Path, sweep: Sweep, resume: bool, shard: Shard | None) -> dict[str, Any] | None:
+    """sweep.json of DIR (None if absent), after refusing what cannot continue there: another sweep, another
+    shard count, or a start (no --resume) of what was already started."""
+    spec_file = path / SWEEP_JSON
+    existing = read_json(spec_file) if spec_file.exists() else None
+    if existing is not None and existing.get("fingerprint") != sweep.fingerprint():
+        raise UserError(f"--out {path}: holds a different sweep ({existing.get('name')}, fingerprint "
+                        f"{existing.get('fingerprint')}); choose another --out, or resume it with the same spec")
+    if existing is not None:
+        _check_shards(path, existing.get("shards"), shard)
+    if existing is not None and not resume and (shard is None or _has_files(path, shard.prefix)):
+        what = "this sweep" if shard is None else f"shard {shard.label} of this sweep"
+        raise UserError(f"--out {path}: already holds {what}; add --resume to continue it, or choose another --out")
+    if existing is None and resume and shard is None:
+        raise UserError(f"--out {path}: there is no sweep to resume here (no {SWEEP_JSON})")
+    return existing
+
+
+def _check_shards(path: Path, existing: int | None, shard: Shard | None) -> None:
+    """A sweep started with N shards continues only with N shards (and an unsharded one unsharded)."""
+    if existing == (shard.count if shard else None):
+        return
+    if existing is None:
+        raise UserError(f"--out {path}: holds this sweep unsharded; continue it without --shard, or choose "
+                        f"another --out")
+    given = f"--shard {shard.label}" if shard else "no --shard"
+    raise UserError(f"--out {path}: holds this sweep split into {existing} shards, {given} was given; use "
+                    f"--shard I/{existing} (0 <= I < {existing})")
 
 
 class DamagedFile(Exception):
