@@ -187,8 +187,11 @@ def answer_only_saving(args: list[str]) -> float:
     return flops(False) / flops(True)
 
 
-def torch_rate(cfg: dict, min_seconds: float) -> float | None:
-    """The reference: one model, eager PyTorch, full batch AdamW, the way public grokking repos train."""
+def torch_setup(cfg: dict):
+    """The config's model in PyTorch, written like the public grokking repos (embedding + learned
+    positions, causal attention through scaled_dot_product_attention, a ReLU MLP, unembedding of the
+    last position), and the train split: (make_model, x [n_train, 3], y [n_train], device).
+    None when torch is not installed."""
     try:
         import torch
     except ImportError:
@@ -234,7 +237,29 @@ def torch_rate(cfg: dict, min_seconds: float) -> float | None:
                 z = blk(z)
             return self.unembed(z[:, -1])
 
-    model = Model().to(dev)
+    return (lambda: Model().to(dev)), x, y, dev
+
+
+def timed_rate(step, min_seconds: float, warmup: int = 5) -> float:
+    """Calls of ``step`` per second after ``warmup`` calls (each call must finish its work)."""
+    for _ in range(warmup):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds or n < 10:
+        step()
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def torch_rate(cfg: dict, min_seconds: float) -> float | None:
+    """The reference: one model, eager PyTorch, full batch AdamW, the way public grokking repos train."""
+    setup = torch_setup(cfg)
+    if setup is None:
+        return None
+    import torch
+
+    make_model, x, y, _ = setup
+    model = make_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98))
 
     def step():
@@ -244,13 +269,7 @@ def torch_rate(cfg: dict, min_seconds: float) -> float | None:
         opt.step()
         return loss.item()  # the public repos log the loss every step
 
-    for _ in range(5):
-        step()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_seconds or n < 10:
-        step()
-        n += 1
-    return n / (time.perf_counter() - t0)
+    return timed_rate(step, min_seconds)
 
 
 def headline(min_seconds: float) -> dict:
