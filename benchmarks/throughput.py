@@ -187,11 +187,14 @@ def answer_only_saving(args: list[str]) -> float:
     return flops(False) / flops(True)
 
 
-def torch_setup(cfg: dict):
+def torch_setup(cfg: dict, sdpa: bool = True, answer_only: bool = False):
     """The config's model in PyTorch, written like the public grokking repos (embedding + learned
-    positions, causal attention through scaled_dot_product_attention, a ReLU MLP, unembedding of the
-    last position), and the train split: (make_model, x [n_train, 3], y [n_train], device).
-    None when torch is not installed."""
+    positions, causal attention, a ReLU MLP, unembedding of the last position), and the train split:
+    (make_model, x [n_train, 3], y [n_train], device); None when torch is not installed. Attention goes
+    through scaled_dot_product_attention, or (``sdpa=False``) explicit matmuls, which torch.func.vmap can
+    batch (it has no batching rule for SDPA's CPU kernel and falls back to a loop over models). With
+    ``answer_only`` the last block computes only the answer position's query, residual and MLP, as grokjax
+    does (the same FLOPs; the public repos compute every position)."""
     try:
         import torch
     except ImportError:
@@ -210,8 +213,9 @@ def torch_setup(cfg: dict):
     nn = torch.nn
 
     class Block(nn.Module):
-        def __init__(self):
+        def __init__(self, last: bool = False):
             super().__init__()
+            self.last = last and answer_only
             self.qkv = nn.Linear(d, 3 * d, bias=False)
             self.out = nn.Linear(d, d, bias=False)
             self.mlp = nn.Sequential(nn.Linear(d, d_mlp), nn.ReLU(), nn.Linear(d_mlp, d))
@@ -219,7 +223,16 @@ def torch_setup(cfg: dict):
         def forward(self, z):
             b, s, _ = z.shape
             q, k, v = self.qkv(z).view(b, s, 3, h, d // h).permute(2, 0, 3, 1, 4)
-            att = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            if self.last:  # the answer's query sees every position: no mask
+                att = ((q[:, :, -1:] @ k.transpose(-2, -1)) / math.sqrt(d // h)).softmax(-1) @ v
+                z = z[:, -1:] + self.out(att.transpose(1, 2).reshape(b, 1, d))
+                return z + self.mlp(z)
+            if sdpa:
+                att = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // h)
+                causal = torch.ones(s, s, dtype=torch.bool, device=z.device).triu(1)
+                att = scores.masked_fill(causal, float("-inf")).softmax(-1) @ v
             z = z + self.out(att.transpose(1, 2).reshape(b, s, d))
             return z + self.mlp(z)
 
@@ -228,7 +241,7 @@ def torch_setup(cfg: dict):
             super().__init__()
             self.embed = nn.Embedding(t.vocab_size, d)
             self.pos = nn.Parameter(torch.randn(3, d) / math.sqrt(d))
-            self.blocks = nn.ModuleList([Block() for _ in range(n_layers)])
+            self.blocks = nn.ModuleList([Block(i == n_layers - 1) for i in range(n_layers)])
             self.unembed = nn.Linear(d, t.n_symbols, bias=False)
 
         def forward(self, tokens):
