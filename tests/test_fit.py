@@ -55,6 +55,19 @@ def test_brief_dips_after_grokking_do_not_postpone_t_val():
     assert fit_run(rows, FitOptions(keep=1.0))["t_val"] == 1600  # the strict rule waits for the last dip
 
 
+def test_a_stopped_runs_skipped_evaluations_count_as_kept():
+    """stop=resolved: a run that dipped right after t_val and stopped three evaluations after recovering
+    has a short tail, in which one dip weighs more than in the budget run's; counting the evaluations it
+    skipped as kept gives the budget run's t_val."""
+    rows = curve(t_train=100, t_val=600)
+    rows.loc[rows.step == 700, "val_acc"] = 0.88  # a spike after grokking, then it recovers
+    full = fit_run(rows)["t_val"]
+    stopped = rows[rows.step < 1100]  # evaluations 600..1000: the dip is 1 of 5
+    skipped = len(range(1100, STEPS, EVAL)) + 1  # the evaluations to the budget (and the last step)
+    assert full == 600 and fit_run(stopped)["t_val"] == 800  # truncated: the dip postpones t_val
+    assert fit_run(stopped, skipped_evals=skipped)["t_val"] == full
+
+
 def test_censored_runs():
     r = fit_run(curve(t_train=100))
     assert r["censored"] and math.isnan(r["t_val"]) and math.isnan(r["delay"]) and r["budget"] == STEPS

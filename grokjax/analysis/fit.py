@@ -13,8 +13,9 @@ Definitions (threshold 0.99 by default):
   last step observed), so survival statistics can use the budget as a censoring time.
 - ``stop_step`` (``stop=resolved``): where a run left the program, grokked or diverged. Such a run is
   resolved, not censored: its last ``patience`` evaluations are >= 0.99, so t_val is found (for fit
-  thresholds up to 0.99), and t_train / t_val equal those of the same run trained to its budget unless it
-  would have lost its generalization later (which the kept rule would then see).
+  thresholds up to 0.99). The kept rule counts the evaluations a grokked run skipped (from stop_step to
+  its budget) as kept, the assumption it stopped under, so t_train / t_val equal those of the same run
+  trained to its budget unless it would have lost its generalization later.
 - Phases after Liu et al. 2022 ("Towards understanding grokking"): comprehension (train and val reach the
   threshold and delay <= gap), grokking (both, delay > gap), memorization (train only), confusion
   (neither); ``diverged`` from the first step whose train loss is non-finite or above
@@ -104,8 +105,12 @@ def _first(steps: np.ndarray, mask: np.ndarray) -> float:
     return float(steps[hit[0]]) if hit.size else math.nan
 
 
-def fit_run(m: pd.DataFrame, opts: FitOptions = FitOptions()) -> dict[str, float | bool | str]:
-    """Times and phase of one run from its metric rows (columns step, train_loss, train_acc, val_acc)."""
+def fit_run(m: pd.DataFrame, opts: FitOptions = FitOptions(), skipped_evals: int = 0
+            ) -> dict[str, float | bool | str]:
+    """Times and phase of one run from its metric rows (columns step, train_loss, train_acc, val_acc).
+    ``skipped_evals``: evaluations a run stopped as grokked (stop=resolved) did not have before its budget;
+    the kept rule counts them as kept, the assumption the run stopped under, so its t_val is that of the
+    same run trained to the budget whenever it would have stayed grokked."""
     m = m.sort_values("step")
     steps = m["step"].to_numpy()
     train_acc = m["train_acc"].to_numpy(dtype=float)
@@ -119,7 +124,8 @@ def fit_run(m: pd.DataFrame, opts: FitOptions = FitOptions()) -> dict[str, float
     reached = val >= opts.threshold
     # keeps[i]: at least a fraction `keep` of the evaluations from i to the end stay >= threshold - slack.
     above = (val >= opts.threshold - opts.slack).astype(float)
-    keeps = np.flip(np.cumsum(np.flip(above))) / np.arange(len(val), 0, -1) >= opts.keep - 1e-12
+    kept_after = np.flip(np.cumsum(np.flip(above))) + skipped_evals
+    keeps = kept_after / (np.arange(len(val), 0, -1) + skipped_evals) >= opts.keep - 1e-12
     t_val = _first(ev_steps, reached & keeps)
     t_val_interp = t_val
     if np.isfinite(t_val):
@@ -148,15 +154,28 @@ def fit_run(m: pd.DataFrame, opts: FitOptions = FitOptions()) -> dict[str, float
     )
 
 
+def _evals_between(stop_step: int, runs: pd.DataFrame, run_id: int) -> int:
+    """Evaluation steps in [stop_step, steps) of a run: multiples of eval_every and the last step."""
+    row = runs.loc[runs["run_id"] == run_id].iloc[0]
+    steps, every = int(row["steps"]), int(row["eval_every"])
+    if stop_step >= steps:
+        return 0
+    multiples = (steps - 1) // every - (stop_step - 1) // every  # multiples of every in [stop_step, steps)
+    return multiples + (0 if (steps - 1) % every == 0 else 1)
+
+
 def fit_results(results: Results, opts: FitOptions = FitOptions()) -> pd.DataFrame:
     """One row per run: the runs table's hyperparameters plus the fitted times and phase."""
     opts.check()
     rows = []
     by_run = dict(tuple(results.metrics.groupby("run_id", sort=True)))
+    grokked = results.stops[results.stops["reason"] == "grokked"]
     stopped = dict(zip(results.stops["run_id"].tolist(), results.stops["stop_step"].tolist()))
+    skipped = {int(r.run_id): _evals_between(int(r.stop_step), results.runs, int(r.run_id))
+               for r in grokked.itertuples()}
     for rid in results.runs["run_id"]:
         if rid in by_run:
-            rows.append({"run_id": int(rid)} | fit_run(by_run[rid], opts)
+            rows.append({"run_id": int(rid)} | fit_run(by_run[rid], opts, skipped.get(int(rid), 0))
                         | {"stop_step": float(stopped.get(int(rid), math.nan))})
     fits = pd.DataFrame(rows, columns=["run_id", *FIT_COLUMNS])
     fits = fits.merge(results.runs, on="run_id", how="left")
