@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from throughput import RESULTS_MD, device_name  # noqa: E402
+from throughput import append_rows, device_name  # noqa: E402
 
 import grokjax  # noqa: E402
 from grokjax.run.sweep import run_sweep  # noqa: E402
@@ -73,13 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         for rid, a, b in r[f"{col}_differ"]:
             print(f"  run {rid}: {col} {a} (budget) vs {b} (resolved)")
     if args.record:
-        text = RESULTS_MD.read_text()
-        if HEADER not in text:
-            text += ("\n## Early stopping (`benchmarks/early_stop.py`)\n\nThe same sweep with `stop=budget` and "
-                     "`stop=resolved` (patience 3) in one process, compilation included; model-steps counted "
-                     "by the trainer, padding included; times from `grokjax fit` defaults.\n\n"
-                     f"{HEADER}\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-        RESULTS_MD.write_text(text.rstrip("\n") + "\n" + line + "\n")
+        append_rows("## Early stopping (`benchmarks/early_stop.py`)\n\nThe same sweep with `stop=budget` and "
+                    "`stop=resolved` (patience 3) in one process, compilation included; model-steps counted "
+                    "by the trainer, padding included; times from `grokjax fit` defaults.", HEADER, [line])
     return 0
 
 

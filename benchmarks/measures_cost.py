@@ -18,7 +18,7 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from throughput import RESULTS_MD, device_name, make, time_chunks  # noqa: E402
+from throughput import append_rows, device_name, make, time_chunks  # noqa: E402
 
 DEFAULT_MODEL = ["op=add", "p=47", "frac=0.5", "lr=1e-2", "d_model=32", "n_heads=4", "d_mlp=128", "n_layers=1",
                  "steps=4000", "eval_every=50", "chunk_steps=250"]
@@ -51,13 +51,10 @@ def main(argv: list[str] | None = None) -> int:
              for r in rows]
     print("\n".join(lines))
     if args.record:
-        text = RESULTS_MD.read_text()
         header = "| date | device | jax | N | measures | s per chunk (250 steps) | model-steps/s | vs none | compile s |"
-        if header not in text:
-            text += ("\n## Cost of the progress measures (`benchmarks/measures_cost.py`)\n\nThe default sweep's "
-                     "model (add mod 47, 1 layer, d_model 32, full batch), eval every 50 steps, chunks of 250.\n\n"
-                     f"{header}\n|---|---|---|---|---|---|---|---|---|\n")
-        RESULTS_MD.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+        append_rows("## Cost of the progress measures (`benchmarks/measures_cost.py`)\n\nThe default sweep's "
+                    "model (add mod 47, 1 layer, d_model 32, full batch), eval every 50 steps, chunks of 250.",
+                    header, lines)
     return 0
 
 

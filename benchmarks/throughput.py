@@ -378,6 +378,20 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def append_rows(section: str, header: str, lines: list[str]) -> None:
+    """Append ``lines`` at the end of the RESULTS.md table whose header line is ``header`` (creating the
+    section, its text ``section`` then the table, at the end of the file when missing)."""
+    text = RESULTS_MD.read_text()
+    if header not in text:
+        sep = "|" + "---|" * header.count(" | ") + "---|"
+        text = text.rstrip("\n") + f"\n\n{section}\n\n{header}\n{sep}\n"
+    out = text.splitlines()
+    i = out.index(header) + 2  # past the separator
+    while i < len(out) and out[i].startswith("|"):
+        i += 1
+    RESULTS_MD.write_text("\n".join(out[:i] + lines + out[i:]) + "\n")
+
+
 def record(r: dict) -> None:
     """Append one row to RESULTS.md (the table is created with its header when missing)."""
     header = ("| date | device | jax | N | vmapped model-steps/s | sequential | torch | vmapped/seq | vmapped/torch "

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from throughput import (  # noqa: E402
-    RESULTS_MD,
+    append_rows,
     config_args,
     device_name,
     timed_rate,
@@ -112,13 +112,9 @@ def main(argv: list[str] | None = None) -> int:
              f"{r['grokjax']:,.0f} | {r['grokjax'] / max(r['eager'], r['func'], r['compiled']):.2f}× |" for r in rows]
     print("\n".join(lines))
     if args.record:
-        text = RESULTS_MD.read_text()
-        if HEADER not in text:
-            text += ("\n## PyTorch baselines (`benchmarks/torch_baselines.py`)\n\nThe default sweep's model "
-                     "(add mod 47, 1 layer, d_model 32, 4 heads, d_mlp 128, full batch of 1,104 pairs, "
-                     "AdamW); training model-steps/s, compilation excluded; all methods in one run.\n\n"
-                     f"{HEADER}\n|---|---|---|---|---|---|---|---|---|---|---|\n")
-        RESULTS_MD.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+        append_rows("## PyTorch baselines (`benchmarks/torch_baselines.py`)\n\nThe default sweep's model "
+                    "(add mod 47, 1 layer, d_model 32, 4 heads, d_mlp 128, full batch of 1,104 pairs, AdamW); "
+                    "training model-steps/s, compilation excluded; all methods in one run.", HEADER, lines)
     return 0
 
 
