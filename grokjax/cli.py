@@ -42,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--shard", default=None, metavar="I/N",
                    help="train only slice I (0-based) of N slices of the grid (run_id %% N == I) into a --out "
                         "shared with the other shards, e.g. --shard $SLURM_ARRAY_TASK_ID/N (see docs/scaling.md)")
+    s.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="one sweep over several processes (jax.distributed): process 0's host and a free port; "
+                        "with --num-processes and --process-id (none of the three inside srun, mpirun or a TPU "
+                        "slice: JAX detects the cluster; see docs/scaling.md)")
+    s.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="processes of a multi-process sweep (1: one process, no cluster auto-detection)")
+    s.add_argument("--process-id", type=int, default=None, metavar="I", help="this process, 0 <= I < N")
+    s.add_argument("--cluster-timeout", type=int, default=None, metavar="S",
+                   help="seconds to wait for the coordinator and for every process to join (default 120)")
     for name, hlp in (("fit", "grokking times per run, per cell and the wd laws -> DIR/fits.parquet, "
                               "cells.parquet, laws.parquet; several DIRs: per-cell tables side by side"),
                       ("plot", "phase diagram -> DIR/phase_diagram.FORMAT, from the fits grokjax fit saved "
@@ -282,6 +291,7 @@ def _plot_many(paths: list[Path], args: argparse.Namespace) -> None:
 
 def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     from grokjax.analysis.fit import FitOptions
+    from grokjax.run.cluster import parse_cluster
     from grokjax.run.sweep import run_sweep
     from grokjax.spec.grid import build_sweep
     from grokjax.spec.shard import parse_shard
@@ -290,8 +300,16 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     shard = None if args.shard is None else parse_shard(args.shard)
     if shard is not None and args.out is None:
         raise UserError(f"--shard {args.shard}: needs --out DIR, the directory all shards share")
+    cluster = parse_cluster(args.coordinator, args.num_processes, args.process_id, args.cluster_timeout)
+    if cluster is not None and shard is not None:
+        raise UserError(f"--shard {args.shard}: not supported in a multi-process sweep "
+                        f"({cluster.launcher or '--num-processes'}); use one or the other")
+    if cluster is not None and args.out is None:
+        raise UserError("a multi-process sweep needs --out DIR, a directory every process sees")
     config, overrides = _split_items(args.items)
     sweep = build_sweep(config, overrides)
+    if cluster is not None:
+        return _sweep_on_cluster(cluster, sweep, args, argv)
     outcome = run_sweep(sweep, args.out, resume=args.resume, quiet=args.quiet, command=["grokjax", *argv],
                         shard=shard)
     if shard is not None:
@@ -327,6 +345,28 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     if n_div:
         print(f"{n_div} of {sweep.n_runs()} runs diverged (train loss non-finite or above {DIVERGENCE_LOSS:g}, or "
               f"parameters non-finite): each was frozen at that step and is NaN from there on")
+    print(f"results: {outcome.path}")
+    return 0
+
+
+def _sweep_on_cluster(cluster: Any, sweep: Any, args: argparse.Namespace, argv: list[str]) -> int:
+    """One sweep over the processes of a jax.distributed cluster: process 0 reports, fits and plots."""
+    from grokjax.analysis.fit import FitOptions
+    from grokjax.run import cluster as clusters
+    from grokjax.run.sweep import run_sweep
+
+    peers = clusters.start(cluster)
+    # On an error this process exits without the shutdown barrier (which would wait for processes that may
+    # be waiting on it): JAX's coordination service then ends the others within its heartbeat timeout.
+    outcome = run_sweep(sweep, args.out, resume=args.resume, quiet=args.quiet, command=["grokjax", *argv],
+                        peers=peers)
+    clusters.stop()
+    if not peers.leader:
+        return 0
+    print(f"{sweep.n_runs()} runs over {peers.count} processes in {outcome.seconds:.1f} s (compilation included); "
+          f"training {outcome.model_steps_per_s:,.0f} model-steps/s")
+    if not args.no_plot:
+        _plot(outcome.path, _fit_and_report(outcome.path, FitOptions()).fits)
     print(f"results: {outcome.path}")
     return 0
 

@@ -12,6 +12,12 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 
+# A test session never starts jax.distributed: stray cluster variables (the tests may run inside a SLURM job
+# or an mpirun) are removed, also for the grokjax processes the tests launch.
+for _name in list(os.environ):
+    if _name.startswith(("SLURM_", "OMPI_")) or _name in ("TPU_WORKER_HOSTNAMES", "GROKJAX_DISTRIBUTED"):
+        del os.environ[_name]
+
 REPO = Path(__file__).resolve().parent.parent
 
 # A model small enough to train in seconds on 2 CPU cores.

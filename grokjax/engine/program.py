@@ -96,22 +96,50 @@ def _in_precision(method: Callable) -> Callable:
     return wrapped
 
 
+def sweep_devices() -> list[jax.Device]:
+    """Every device of every process (jax.distributed), ordered by process: process p then holds one
+    contiguous block of each program's model axis."""
+    return sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+
+
+def _to_devices(host: Any, sharding: NamedSharding) -> Any:
+    """Put a host pytree (every process holds all of it) onto the devices with ``sharding``. Over several
+    processes each one supplies only the pieces its own devices hold."""
+    if jax.process_count() == 1:
+        return jax.device_put(host, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_callback(np.shape(x), sharding,
+                                                               lambda index: np.asarray(x)[index]), host)
+
+
+def _to_host(tree: Any) -> Any:
+    """A device pytree on the host, whole in every process (over several processes: gathered)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 class Program:
     """A compiled batch of ``n_models`` models for one group: init and train_chunk, model axis sharded
-    over all local devices (padded to a multiple of the device count)."""
+    over all devices of all processes (padded to a multiple of the device count)."""
 
     @_in_precision
     def __init__(self, engine: Engine, n_models: int):
         self.engine = engine
-        self.devices = jax.local_devices()
+        self.devices = sweep_devices()
         n_dev = len(self.devices)
         self.n_models = -(-n_models // n_dev) * n_dev
         self.chunk_steps = min(engine.group.train.chunk_steps, engine.group.train.steps)
         mesh = Mesh(np.array(self.devices), ("models",))
         self.sharded = NamedSharding(mesh, PartitionSpec("models"))
         self.replicated = NamedSharding(mesh, PartitionSpec())
-        self.inputs = jax.device_put(engine.table.inputs, self.replicated)
-        self.labels = jax.device_put(engine.table.labels, self.replicated)
+        self.inputs = _to_devices(engine.table.inputs, self.replicated)
+        self.labels = _to_devices(engine.table.labels, self.replicated)
+        owned = self.sharded.addressable_devices_indices_map((self.n_models,)).values()
+        self.own_rows = np.zeros(self.n_models, bool)  # the model rows this process's devices hold
+        for (rows,) in owned:
+            self.own_rows[rows] = True
         hp_shape = self._abstract_hparams()
         self._init = jax.jit(jax.vmap(engine.init_one), out_shardings=self.sharded).lower(hp_shape).compile()
         state_shape, split_shape = jax.eval_shape(jax.vmap(engine.init_one), hp_shape)
@@ -145,12 +173,12 @@ class Program:
     @classmethod
     def cached(cls, engine: Engine, n_models: int) -> bool:
         """Whether ``get`` would return an already compiled program."""
-        return (engine, n_models, len(jax.local_devices())) in _PROGRAMS
+        return (engine, n_models, len(jax.devices())) in _PROGRAMS
 
     @classmethod
     def get(cls, engine: Engine, n_models: int) -> "Program":
         """Compiled programs are cached, so a new numeric grid of the same shape never recompiles."""
-        key = (engine, n_models, len(jax.local_devices()))
+        key = (engine, n_models, len(jax.devices()))
         if key not in _PROGRAMS:
             _PROGRAMS[key] = cls(engine, n_models)
         return _PROGRAMS[key]
@@ -160,7 +188,7 @@ class Program:
         host = pad_models(hps, self.n_models)
         dt = np.dtype(self.engine.dtype)
         host = Hparams(*(x.astype(dt) if x.dtype.kind == "f" else x for x in host))
-        return jax.device_put(host, self.sharded)
+        return _to_devices(host, self.sharded)
 
     @_in_precision
     def init(self, hps: Hparams) -> tuple[ModelState, Split]:
@@ -206,19 +234,19 @@ class Program:
     def fetch(self, start: int, end: int, metrics: dict[str, jax.Array], dead: jax.Array,
               host_state: ModelState | None, n_real: int) -> ChunkResult:
         """A dispatched chunk's results on the host (waits for it), cut to its steps and real models."""
-        host = jax.device_get(metrics)
+        host, dead = _to_host((metrics, dead))
         return ChunkResult(start, end, {name: np.asarray(v)[: end - start, :n_real] for name, v in host.items()},
-                           np.asarray(jax.device_get(dead))[:n_real], host_state)
+                           np.asarray(dead)[:n_real], host_state)
 
     @_in_precision
     def host(self, state: ModelState) -> ModelState:
         """A host copy of a (not yet donated) state."""
-        return jax.device_get(state)
+        return _to_host(state)
 
     @_in_precision
     def restore(self, host_state: ModelState) -> ModelState:
         """Put a host copy of a state (from a checkpoint) back on the devices, sharded like init's."""
-        return jax.device_put(host_state, self.sharded)
+        return _to_devices(host_state, self.sharded)
 
 
 def state_shapes(engine: Engine) -> list[jax.ShapeDtypeStruct]:

@@ -76,6 +76,7 @@ class BatchChunk:
     stopped: np.ndarray
     reasons: list[str]
     checkpoint: Checkpoint | None
+    own: np.ndarray  # [n] bool: the runs whose rows this process's devices held (it writes their metrics)
 
 
 class BatchTrainer:
@@ -144,6 +145,7 @@ class BatchTrainer:
         t = self.engine.group.train
         res = self.prog.fetch(s, end, metrics, dead, None, len(self.live))
         ids = self.ids[self.live]
+        own = self.prog.own_rows[: len(self.live)].copy()
         stopped, reasons = ids[:0], []
         rows = None
         if self.resolver is not None and end < t.steps:
@@ -158,4 +160,4 @@ class BatchTrainer:
                 if len(self.live):
                     self._pack(rows)
         ckpt = self._checkpoint(end, rows) if want or not len(self.live) else None
-        return BatchChunk(s, end, ids, res.metrics, res.diverged_step, stopped, reasons, ckpt)
+        return BatchChunk(s, end, ids, res.metrics, res.diverged_step, stopped, reasons, ckpt, own)

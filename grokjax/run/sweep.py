@@ -13,8 +13,9 @@ from typing import Any, Iterator
 from grokjax.engine.memory import choose_models_per_batch
 from grokjax.engine.program import Program, state_shapes
 from grokjax.engine.single import Engine, engine_for
-from grokjax.errors import Interrupted
+from grokjax.errors import Interrupted, UserError
 from grokjax.run.batch import BatchTrainer
+from grokjax.run.cluster import Peers
 from grokjax.run.progress import Reporter, Tracker
 from grokjax.spec.grid import Sweep
 from grokjax.spec.shard import Shard
@@ -88,6 +89,24 @@ def _usable_checkpoint(rd: ResultsDir, group: int, batch: int, state: list[Any],
     return ckpt
 
 
+def _resume_point(rd: ResultsDir, group: int, batch: int, engine: Engine, rep: Reporter, peers: Peers
+                  ) -> Checkpoint | None:
+    """The checkpoint a batch resumes from, or None (from step 0): judged by process 0 (which discards an
+    unusable checkpoint), whose verdict the other processes take before they read the same file."""
+    step = -1
+    if peers.leader:
+        ckpt = _usable_checkpoint(rd, group, batch, state_shapes(engine), rep)
+        damaged = rd.first_damaged_part(group, batch)
+        if ckpt is not None and damaged is not None and damaged[0] < ckpt.step:
+            rep.warn(f"{damaged[1]} is damaged and its checkpoint is later: training group {group + 1} "
+                     f"batch {batch + 1} again from step 0")
+            ckpt = None
+        step = -1 if ckpt is None else ckpt.step
+    if peers.agree(step) < 0:
+        return None
+    return ckpt if peers.leader else rd.load_checkpoint(group, batch)
+
+
 @dataclass
 class SweepOutcome:
     path: Path
@@ -98,9 +117,18 @@ class SweepOutcome:
 
 
 def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet: bool = False,
-              command: list[str] | None = None, shard: Shard | None = None) -> SweepOutcome:
+              command: list[str] | None = None, shard: Shard | None = None, peers: Peers | None = None
+              ) -> SweepOutcome:
     """Train every run of the sweep (or of one ``shard`` of it) into ``out`` (default
-    results/<timestamp>-<hash>)."""
+    results/<timestamp>-<hash>). With ``peers`` of several processes (``run.cluster.start``), every
+    process calls this with the same arguments and trains its share of each program; process 0 prints."""
+    peers = peers or Peers()
+    if peers.count > 1 and shard is not None:
+        raise UserError(f"--shard {shard.label}: not supported with several processes; run either one sweep "
+                        f"over all processes or independent shards")
+    if peers.count > 1 and out is None:
+        raise UserError("a multi-process sweep needs --out DIR, a directory every process sees")
+    quiet = quiet or not peers.leader
     path = Path(out) if out is not None else default_out(sweep)
     groups = [(g, [r for r in runs if shard is None or shard.has(r.run_id)]) for g, runs in sweep.groups()]
     total = sum(g.train.steps * len(runs) for g, runs in groups)
@@ -108,6 +136,7 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
     t0 = time.perf_counter()
     engines = [engine_for(group, runs) if runs else None for group, runs in groups]
     ResultsDir.preflight(path, sweep, resume, shard)  # refused before anything compiles
+    peers.sync("grokjax-preflight")  # no process judges DIR after process 0 has started writing there
     with Reporter(total, quiet) as rep:
         # A new sweep plans its model batches (compiling, and refusing what cannot fit) before anything is
         # written; a resumed one takes the batches its checkpoints were written with.
@@ -115,14 +144,27 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
         for gi, (e, (g, runs)) in enumerate(zip(engines, groups)):
             if not resume and runs:
                 with rep.compiling(f"group {gi + 1} of {len(groups)} ({len(runs)} models)"):
-                    plans[gi] = choose_models_per_batch(e, len(runs), g.train.models_per_batch)
-        with ResultsDir.open(path, sweep, resume, command or [], estimated_bytes(sweep), shard) as rd, \
-                _stop_on_signals() as signals:
+                    n, why = choose_models_per_batch(e, len(runs), g.train.models_per_batch)
+                # Free memory may differ between hosts: every process takes process 0's batch size.
+                plans[gi] = (peers.agree(n), why)
+        with _open(path, sweep, resume, command or [], shard, peers) as rd, _stop_on_signals() as signals:
             model_steps = _train_groups(sweep, groups, engines, plans, rd, rep, tracker, resume, signals, path,
-                                        shard)
-            rd.mark_complete()
+                                        shard, peers)
+            peers.sync("grokjax-trained")  # every process's parts are written
+            if peers.leader:
+                rd.mark_complete()
         rate = rep.rate()
     return SweepOutcome(path, tracker, rate, time.perf_counter() - t0, model_steps)
+
+
+def _open(path: Path, sweep: Sweep, resume: bool, command: list[str], shard: Shard | None, peers: Peers
+          ) -> ResultsDir:
+    """Process 0 opens DIR (lock, sweep.json, runs.parquet); the others follow once it has."""
+    rd = None
+    if peers.leader:
+        rd = ResultsDir.open(path, sweep, resume, command, estimated_bytes(sweep), shard, peers.count)
+    peers.sync("grokjax-opened")
+    return rd if rd is not None else ResultsDir.follow(path, sweep, (peers.index, peers.count))
 
 
 def _program(engine: Engine, n_models: int, rep: Reporter, what: str) -> Program:
@@ -133,10 +175,13 @@ def _program(engine: Engine, n_models: int, rep: Reporter, what: str) -> Program
 
 
 def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: ResultsDir, rep: Reporter,
-                  tracker: Tracker, resume: bool, signals: list[int], path: Path, shard: Shard | None = None
-                  ) -> int:
+                  tracker: Tracker, resume: bool, signals: list[int], path: Path, shard: Shard | None = None,
+                  peers: Peers = Peers()) -> int:
     """Train every model batch of every group into ``rd`` and return the model-steps computed; raises
-    Interrupted on SIGINT/SIGTERM, naming the last checkpoint written."""
+    Interrupted on SIGINT/SIGTERM, naming the last checkpoint written.
+
+    Over several processes, process 0 judges what a resume finds (and repairs it) and the others take its
+    word; it alone writes checkpoints and stops, and each process writes the metrics of its own models."""
     saved: tuple[int, int, int] | None = None
     model_steps = 0
     of_shard = f" (shard {shard.label} of {sweep.n_runs()} runs)" if shard else ""
@@ -146,24 +191,21 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
             continue
         t = group.train
         engine = engines[gi]
-        checkpointed = _checkpointed_batch_size(rd, gi, rep) if resume else None
+        checkpointed = _checkpointed_batch_size(rd, gi, rep) if resume and peers.leader else None
+        checkpointed = peers.agree(checkpointed or 0) or None if resume else None
         if checkpointed is not None:  # the checkpoints' layout fixes the batches, whatever memory is free now
             per_batch, why = checkpointed, f"{checkpointed} models per batch (as checkpointed)"
         else:
-            if resume and (rd.checkpoint_batches(gi) or rd.has_parts(gi)):
+            if resume and peers.leader and (rd.checkpoint_batches(gi) or rd.has_parts(gi)):
                 rep.warn(f"group {gi + 1}: no readable checkpoint; training the group again from step 0")
                 rd.clear_group(gi)
+            peers.sync(f"grokjax-group-{gi}")
             per_batch, why = plans.get(gi) or choose_models_per_batch(engine, len(runs), t.models_per_batch)
         rep.say(f"group {gi + 1} of {len(groups)}: {describe(group)}; {why}")
         for bi, lo in enumerate(range(0, len(runs), per_batch)):
             batch = runs[lo: lo + per_batch]
             program = lambda n: _program(engine, n, rep, f"group {gi + 1} of {len(groups)} ({n} models)")  # noqa: E731
-            ckpt = _usable_checkpoint(rd, gi, bi, state_shapes(engine), rep) if resume else None
-            damaged = rd.first_damaged_part(gi, bi) if resume else None
-            if ckpt is not None and damaged is not None and damaged[0] < ckpt.step:
-                rep.warn(f"{damaged[1]} is damaged and its checkpoint is later: training group {gi + 1} "
-                         f"batch {bi + 1} again from step 0")
-                ckpt = None
+            ckpt = _resume_point(rd, gi, bi, engine, rep, peers) if resume else None
             # A checkpoint may come from another number of devices: the trainer re-pads the models axis.
             trainer = BatchTrainer(engine, batch, per_batch, program, ckpt)
             if ckpt is not None:
@@ -171,26 +213,30 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
                 n_gone = len(batch) - len(trainer.live)
                 rep.drop((t.steps - ckpt.step) * n_gone)
                 tracker.n_stopped += n_gone
-            if resume:
+            if resume and peers.leader:
                 rd.clear_parts_from(gi, bi, trainer.start)
+            peers.sync(f"grokjax-batch-{gi}-{bi}")  # no process writes before the leader has cleared
             every, k = t.checkpoint_every, min(t.chunk_steps, t.steps)
             n_batches = -(-len(runs) // per_batch)
             where = f"group {gi + 1}/{len(groups)} batch {bi + 1}/{n_batches}"
             for c in trainer.chunks(want_state=lambda end: end // every != (end - k) // every,
-                                    should_stop=lambda: bool(signals)):
-                rd.write_chunk(gi, bi, c.start, c.ids, c.metrics, t.log_every, t.eval_every, t.steps,
-                               engine.train_metric_names)
+                                    should_stop=lambda: peers.largest(signals[0] if signals else 0) > 0):
+                if c.own.any():
+                    rd.write_chunk(gi, bi, c.start, c.ids[c.own], {k: v[:, c.own] for k, v in c.metrics.items()},
+                                   t.log_every, t.eval_every, t.steps, engine.train_metric_names)
                 tracker.update(c.ids, c.start, c.metrics, c.diverged_step)
-                if len(c.stopped):
+                if len(c.stopped) and peers.leader:
                     rd.write_stops(gi, bi, c.start, c.stopped, c.end, c.reasons)
                     tracker.n_stopped += len(c.stopped)
                     rep.drop((t.steps - c.end) * len(c.stopped))
                 if c.checkpoint is not None:
                     ck = c.checkpoint
-                    rd.save_checkpoint(gi, bi, ck.step, ck.leaves, per_batch, ck.live, ck.streak, ck.memorized)
+                    if peers.leader:
+                        rd.save_checkpoint(gi, bi, ck.step, ck.leaves, per_batch, ck.live, ck.streak,
+                                           ck.memorized)
                     saved = (gi, bi, ck.step)
                 rep.update((c.end - c.start) * len(c.ids), where, c.end, t.steps, tracker)
             model_steps += trainer.model_steps
-            if signals:
-                raise Interrupted(signals[0], path, saved, shard.label if shard else None)
+            if signum := peers.largest(signals[0] if signals else 0):
+                raise Interrupted(signum, path, saved, shard.label if shard else None)
     return model_steps

@@ -22,8 +22,9 @@ LOCK = ".lock"
 METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "param_norm")
 EVAL_COLUMNS = ("val_loss", "val_acc", "param_norm")
 TRAIN_COLUMNS = ("train_loss", "train_acc")
-# Part names: [shard prefix]g<group>-b<batch>-s<first step>.parquet (shards: see spec.shard.Shard.prefix)
-PART_NAME = re.compile(r"(?:shard\d+of\d+-)?g(?P<group>\d+)-b(?P<batch>\d+)-s(?P<start>\d+)\.parquet")
+# Part names: [shard or process prefix]g<group>-b<batch>-s<first step>.parquet (shards: see
+# spec.shard.Shard.prefix; processes of a jax.distributed sweep: store.results.process_prefix)
+PART_NAME = re.compile(r"(?:shard\d+of\d+-|proc\d+of\d+-)?g(?P<group>\d+)-b(?P<batch>\d+)-s(?P<start>\d+)\.parquet")
 SHARDS_DIR = "shards"  # --shard: one marker file per completed shard
 
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -49,7 +50,6 @@ from grokjax.store.layout import (
     CHECKPOINT_DIR,
     LOCK,
     METRICS_DIR,
-    PART_NAME,
     RUNS_PARQUET,
     SHARDS_DIR,
     SPECTRA_DIR,
@@ -131,18 +131,33 @@ class ResultsDir:
     """An open results directory, locked for one writer (with ``--shard``, one writer per shard: the
     shard's lock, part and checkpoint names carry its prefix)."""
 
-    def __init__(self, path: Path, lock_fd: int, shard: Shard | None = None):
+    def __init__(self, path: Path, lock_fd: int | None, shard: Shard | None = None,
+                 process: tuple[int, int] = (0, 1)):
         self.path = path
         self._lock_fd: int | None = lock_fd
         self._complete = False
         self.shard = shard
-        self.prefix = shard.prefix if shard else ""
+        self.prefix = shard.prefix if shard else ""  # of checkpoint and lock names
+        # Part names: over several processes (jax.distributed) each process writes its own models' parts.
+        self.part_prefix = self.prefix if process[1] == 1 else process_prefix(*process)
         self.lock = _lock_name(shard)
+
+    @classmethod
+    def follow(cls, path: Path, sweep: Sweep, process: tuple[int, int]) -> "ResultsDir":
+        """DIR as process ``process[0]`` > 0 of a multi-process sweep sees it, once process 0 has opened it
+        (taken the lock, written sweep.json): it writes only its own metric parts there."""
+        path = Path(path)
+        spec = path / SWEEP_JSON
+        existing = read_json(spec) if spec.exists() else None
+        if existing is None or existing.get("fingerprint") != sweep.fingerprint():
+            raise UserError(f"--out {path}: process 0 did not open this sweep there (is --out on a file system "
+                            f"that every process sees, and the same path?)")
+        return cls(path, None, None, process)
 
     # -- opening ------------------------------------------------------------------------------------
     @classmethod
     def open(cls, path: Path, sweep: Sweep, resume: bool, command: list[str], needed_bytes: int = 0,
-             shard: Shard | None = None) -> "ResultsDir":
+             shard: Shard | None = None, processes: int = 1) -> "ResultsDir":
         """Check the directory, take the lock, and (for a new sweep) write sweep.json and runs.parquet.
         Raises UserError, leaving the disk as it was, when DIR holds another sweep, is in use, cannot be
         written, or lacks ``needed_bytes`` of free space. The lock is taken before DIR's contents are
@@ -172,7 +187,7 @@ class ResultsDir:
                 f"shard {shard.label} is already running in this directory"
             raise UserError(f"--out {path}: {who} (it is writing there right now); wait for it to finish or "
                             f"choose another --out")
-        rd = cls(path, lock_fd, shard)
+        rd = cls(path, lock_fd, shard, (0, processes))
         spec_file = path / SWEEP_JSON
         try:
             existing = _judge_existing(path, sweep, resume, shard)
@@ -191,7 +206,7 @@ class ResultsDir:
                 record = {"name": sweep.name, "fingerprint": sweep.fingerprint(), "command": command,
                           "created": datetime.datetime.now().isoformat(timespec="seconds"),
                           "complete": False, "spec": sweep.to_json(), "n_runs": sweep.n_runs(),
-                          "shards": shard.count if shard else None}
+                          "shards": shard.count if shard else None, "processes": processes}
                 record |= provenance()
                 atomic_parquet(path / RUNS_PARQUET, describe(
                     pa.Table.from_pandas(runs_table(sweep), preserve_index=False), "runs"))
@@ -295,16 +310,24 @@ class ResultsDir:
         self._guard(lambda: atomic_parquet(self.path / STOPS_DIR / name, describe(table, "stops")))
 
     def _part_name(self, group: int, batch: int, start: int) -> str:
-        return f"{self.prefix}g{group:03d}-b{batch:03d}-s{start:09d}.parquet"
+        return f"{self.part_prefix}g{group:03d}-b{batch:03d}-s{start:09d}.parquet"
 
     def _parts(self, pattern: str) -> list[Path]:
         return [p for d in (METRICS_DIR, SPECTRA_DIR, STOPS_DIR) for p in (self.path / d).glob(pattern)]
 
+    def _batch_parts(self, group: int, batch: int | None = None) -> list[tuple[int, Path]]:
+        """(start step, file) of the parts of a group's batch (all batches if None) that this writer owns:
+        a shard's own parts, or else the parts of every process of any earlier multi-process run (so a
+        resume with another process count clears them too)."""
+        b = r"\d+" if batch is None else f"{batch:03d}"
+        own = re.escape(self.prefix) if self.shard else r"(?:proc\d+of\d+-)?"
+        name = re.compile(own + f"g{group:03d}-b{b}" + r"-s(?P<start>\d+)\.parquet")
+        return [(int(m.group("start")), p) for p in self._parts("*.parquet") if (m := name.fullmatch(p.name))]
+
     def clear_parts_from(self, group: int, batch: int, step: int) -> None:
         """Remove this batch's parts at or after ``step`` (written after the checkpoint we resume from)."""
-        for part in self._parts(f"{self.prefix}g{group:03d}-b{batch:03d}-s*.parquet"):
-            m = PART_NAME.fullmatch(part.name)
-            if m and int(m.group("start")) >= step:
+        for start, part in self._batch_parts(group, batch):
+            if start >= step:
                 part.unlink()
         for tmp in self._parts(".*.tmp"):
             tmp.unlink()
@@ -361,24 +384,18 @@ class ResultsDir:
         return [int(p.stem.rsplit("-b", 1)[1]) for p in self.group_checkpoints(group)]
 
     def has_parts(self, group: int) -> bool:
-        return any((self.path / METRICS_DIR).glob(f"{self.prefix}g{group:03d}-b*-s*.parquet"))
-
+        return any(p.parent.name == METRICS_DIR for _, p in self._batch_parts(group))
 
     def first_damaged_part(self, group: int, batch: int) -> tuple[int, Path] | None:
         """(start step, file) of this batch's earliest metric part that cannot be read, if any."""
-        parts = []
-        for part in self._parts(f"{self.prefix}g{group:03d}-b{batch:03d}-s*.parquet"):
-            m = PART_NAME.fullmatch(part.name)
-            if m:
-                parts.append((int(m.group("start")), part))
-        for start, part in sorted(parts):
+        for start, part in sorted(self._batch_parts(group, batch)):
             if not parquet_ok(part):
                 return start, part
         return None
 
     def clear_group(self, group: int) -> None:
         """Remove every metric part and checkpoint of a group (before training it again from step 0)."""
-        for f in [*self._parts(f"{self.prefix}g{group:03d}-b*-s*.parquet"), *self.group_checkpoints(group)]:
+        for f in [*(p for _, p in self._batch_parts(group)), *self.group_checkpoints(group)]:
             f.unlink()
 
     def mark_complete(self) -> None:
@@ -402,6 +419,11 @@ class ResultsDir:
             write()
         except OSError as e:
             raise write_error(self.path, e, "the last checkpoint is kept; free space and rerun with --resume") from e
+
+
+def process_prefix(index: int, count: int) -> str:
+    """The start of the part names process ``index`` of ``count`` writes (jax.distributed)."""
+    return f"proc{index:05d}of{count:05d}-"
 
 
 def _lock_name(shard: Shard | None) -> str:

@@ -1,0 +1,166 @@
+"""One sweep over several processes (jax.distributed): 2 CPU processes on localhost, talking through gloo,
+against one process with 2 local CPU devices (the same per-device program)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, TINY, run_cli, snapshot
+
+import grokjax
+from grokjax.cli import main
+from grokjax.errors import UserError
+from grokjax.run.cluster import ClusterSpec, _probe, detect_launcher, parse_cluster
+
+# stop=resolved with re-packs (two of the four runs grok and leave the program, at different chunks), so the
+# processes must agree on every decision; float64 so that "equal" can be exact.
+ARGS = ["op=add", "p=23", "d_model=32", "n_heads=2", "d_mlp=64", "frac=0.8", "lr=3e-3", "wd=[1,3]", "seeds=2",
+        "steps=1100", "eval_every=25", "chunk_steps=100", "checkpoint_every=100", "dtype=float64",
+        "stop=resolved"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict[str, str]:
+    return dict(os.environ) | {"PYTHONPATH": str(REPO),
+                               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def _launch(out, n: int = 2, extra=()) -> list[subprocess.Popen]:
+    """n fresh interpreters, one CPU device each, running one sweep."""
+    port = _free_port()
+    return [subprocess.Popen([sys.executable, "-m", "grokjax", "sweep", *ARGS, "--out", str(out), "--no-plot",
+                              "--quiet", "--coordinator", f"localhost:{port}", "--num-processes", str(n),
+                              "--process-id", str(i), "--cluster-timeout", "60", *extra],
+                             cwd=REPO, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(n)]
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[int]:
+    codes = []
+    for p in procs:
+        _, err = p.communicate(timeout=400)
+        codes.append(p.returncode)
+        assert p.returncode in (0, 128 + signal.SIGTERM), err
+    return codes
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "r"
+    proc = run_cli(["sweep", *ARGS, "--out", str(out), "--no-plot", "--quiet"], env=_env(2))
+    assert proc.returncode == 0, proc.stderr
+    return grokjax.load(out)
+
+
+def test_two_processes_equal_one_process_with_two_devices(tmp_path, one_process):
+    out = tmp_path / "r"
+    assert _finish(_launch(out)) == [0, 0]
+    r = grokjax.load(out)
+    assert r.complete and r.sweep["processes"] == 2
+    pd.testing.assert_frame_equal(r.runs, one_process.runs)
+    pd.testing.assert_frame_equal(r.metrics, one_process.metrics, check_exact=True)
+    pd.testing.assert_frame_equal(r.stops, one_process.stops)
+    assert len(r.stops) == 2  # the re-packs happened
+    writers = {p.name.split("-")[0] for p in (out / "metrics").glob("*.parquet")}
+    assert writers == {"proc00000of00002", "proc00001of00002"}  # each process wrote its own models' parts
+    assert not list(out.glob(".lock*"))
+
+
+def test_an_interrupted_multi_process_sweep_resumes(tmp_path, one_process):
+    """SIGTERM to process 1 only, after a checkpoint: both stop at the same chunk boundary (a process that went
+    on alone would wait forever for the other); then --resume over 2 processes again."""
+    out = tmp_path / "r"
+    procs = _launch(out)
+    ckpt = out / "checkpoints" / "g000-b000.npz"
+
+    def checkpoint_step() -> int:
+        try:
+            with np.load(ckpt) as z:
+                return int(z["step"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    deadline = time.time() + 300
+    while checkpoint_step() < 200:
+        assert all(p.poll() is None for p in procs) and time.time() < deadline, "ended before it was stopped"
+        time.sleep(0.01)
+    procs[1].send_signal(signal.SIGTERM)
+    assert _finish(procs) == [128 + signal.SIGTERM] * 2
+    assert not grokjax.load(out).complete
+    assert _finish(_launch(out, extra=["--resume"])) == [0, 0]
+    got = grokjax.load(out)
+    assert got.complete and not got.metrics.duplicated(["run_id", "step"]).any()
+    pd.testing.assert_frame_equal(got.metrics, one_process.metrics, check_exact=True)
+    pd.testing.assert_frame_equal(got.stops, one_process.stops)
+
+
+def test_an_unreachable_coordinator_is_a_one_line_error_in_bounded_time(tmp_path):
+    out = tmp_path / "r"
+    t0 = time.time()
+    proc = run_cli(["sweep", *TINY, "--out", str(out), "--coordinator", f"localhost:{_free_port()}",
+                    "--num-processes", "2", "--process-id", "1", "--cluster-timeout", "2"], env=_env(1), timeout=60)
+    assert time.time() - t0 < 40
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "no coordinator answered within 2 s" in err, err
+    assert not out.exists()
+
+
+def test_process_0_refuses_a_port_in_use():
+    with socket.socket() as s:
+        s.bind(("", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(UserError, match=f"cannot listen on port {port}"):
+            _probe(ClusterSpec(f"localhost:{port}", 2, 0))
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "2"], "--process-id 2: expected 0"),
+    (["--coordinator", "localhost:1234", "--num-processes", "0", "--process-id", "0"], "--num-processes 0"),
+    (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "-1"], "--process-id -1"),
+    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"], "expected HOST:PORT"),
+    (["--coordinator", "localhost:99999", "--num-processes", "2", "--process-id", "0"], "expected HOST:PORT"),
+    (["--num-processes", "2"], "--coordinator and --process-id missing"),
+    (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "0", "--shard", "0/2"],
+     "--shard 0/2: not supported in a multi-process sweep"),
+    (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "0", "--cluster-timeout", "0"],
+     "--cluster-timeout 0"),
+    (["--num-processes", "x"], "invalid int value: 'x'"),
+])
+def test_bad_cluster_flags_are_one_line_errors(tmp_path, capsys, flags, says):
+    out = tmp_path / "r"
+    assert main(["sweep", *TINY, "--out", str(out), "--quiet", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err, err
+    assert snapshot(out) == {}
+
+
+def test_stray_cluster_variables_do_not_start_jax_distributed():
+    # What an sbatch script or an interactive allocation sets: no srun step with several tasks.
+    assert detect_launcher({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_NPROCS": "4", "SLURM_PROCID": "0"}) is None
+    assert detect_launcher({"SLURM_STEP_NUM_TASKS": "1", "OMPI_COMM_WORLD_SIZE": "1",
+                            "TPU_WORKER_HOSTNAMES": "localhost"}) is None
+    assert detect_launcher({"SLURM_STEP_NUM_TASKS": "4"}).startswith("SLURM")
+    assert detect_launcher({"OMPI_COMM_WORLD_SIZE": "2"}).startswith("Open MPI")
+    assert detect_launcher({"TPU_WORKER_HOSTNAMES": "t0,t1"}).startswith("TPU")
+    assert detect_launcher({"SLURM_STEP_NUM_TASKS": "4", "GROKJAX_DISTRIBUTED": "off"}) is None
+    assert detect_launcher({"GROKJAX_DISTRIBUTED": "auto"}) is not None
+    assert parse_cluster(None, None, None, environ={"SLURM_STEP_NUM_TASKS": "4"}).auto
+    assert parse_cluster(None, 1, None, environ={"SLURM_STEP_NUM_TASKS": "4"}) is None  # one process, explicitly
+    assert parse_cluster(None, None, None, environ={}) is None
+    # and the test session itself runs without them (conftest removes any the shell had)
+    assert detect_launcher(os.environ) is None
