@@ -15,8 +15,11 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import gzip
+import json
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,13 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from throughput import device_name, make, time_chunks  # noqa: E402
 
+from grokjax.engine.program import compiler_options  # noqa: E402
+
 DEFAULT_MODEL = ["op=add", "p=47", "frac=0.5", "lr=1e-2", "d_model=32", "n_heads=4", "d_mlp=128", "n_layers=1",
                  "steps=100000", "eval_every=100000", "chunk_steps=250", "measures=none"]
 PROFILE_MD = Path(__file__).resolve().parent / "PROFILE.md"
 
 
 def per_call(fn, *args, min_seconds: float) -> float:
-    """Median seconds of one call of the jitted ``fn`` (after a warm-up call that compiles it)."""
+    """Median seconds of one call of the jitted ``fn``, compiled as the sweep compiles its programs
+    (``compiler_options``), after a warm-up call."""
+    fn = fn.lower(*args).compile(compiler_options=compiler_options(jax.devices()[0].platform) or None)
     jax.block_until_ready(fn(*args))
     times: list[float] = []
     while sum(times) < min_seconds or len(times) < 5:
@@ -44,6 +51,39 @@ def per_call(fn, *args, min_seconds: float) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+def traced_ops(prog, state, splits, hps, top: int = 16) -> dict:
+    """Where one compiled chunk's time goes, op by op: the chunk run once under ``jax.profiler.trace``
+    (XLA's CPU runtime records every executed HLO instruction), the Perfetto JSON read back here (no trace
+    viewer needed), durations summed per instruction and matched with the optimized HLO for its shape and
+    the source it came from (the op_name's last two parts). Tracing slows every op a little; shares are
+    what to read."""
+    chunk = prog._compiled(prog.chunk_steps)
+    start = jax.device_put(jnp.int32(1))
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            state, metrics, _ = chunk(state, splits, hps, start, prog.inputs, prog.labels)
+            jax.block_until_ready(metrics)
+        (path,) = Path(tmp).rglob("*.trace.json.gz")
+        events = json.loads(gzip.decompress(path.read_bytes()))["traceEvents"]
+    hlo = {}
+    for line in chunk.as_text().splitlines():
+        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+?)(?:\{[^}]*\})? ", line)
+        if m:
+            src = re.search(r'op_name="([^"]*)"', line)
+            hlo[m.group(1)] = (m.group(2), "/".join(src.group(1).split("/")[-2:]) if src else "")
+    per_op = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e["name"] in hlo:
+            per_op[e["name"]] += e["dur"] * 1e-6
+    total = sum(per_op.values())
+    kinds = collections.Counter()
+    for name, s in per_op.items():
+        kinds["dot" if name.startswith("dot") else "fusion (elementwise, reductions, copies)"
+              if "fusion" in name else "other"] += s
+    return dict(total=total, steps=prog.chunk_steps, kinds=kinds,
+                top=[(name, s, *hlo[name]) for name, s in per_op.most_common(top)])
 
 
 def op_census(hlo_text: str) -> collections.Counter:
@@ -90,6 +130,9 @@ def profile(n_models: int, seconds: float) -> dict:
                                 min_seconds=seconds / 3),
         "weight gradient x^T@dY": per_call(jax.jit(lambda a, b: jnp.einsum("mbi,mbo->mio", a, b)), act, dy,
                                            min_seconds=seconds / 3),
+        "weight gradient from a kept x^T: [in, B]@dY (layers.matmul)": per_call(
+            jax.jit(lambda a, b: jnp.einsum("mib,mbo->mio", a, b)), jnp.swapaxes(act, 1, 2), dy,
+            min_seconds=seconds / 3),
         "input gradient dY@W^T": per_call(jax.jit(lambda a, b: jnp.einsum("mbo,mio->mbi", a, b)), dy, w,
                                           min_seconds=seconds / 3),
     }
@@ -112,7 +155,8 @@ def profile(n_models: int, seconds: float) -> dict:
     without = {k: per_call(grad_without(k), state.params, xb, yb, wb, min_seconds=seconds)
                for k in state.params}
     census = op_census(prog._compiled(prog.chunk_steps).as_text())
-    return dict(n_models=n_models, chunk_steps=prog.chunk_steps, step_in_scan=step_s, **t, census=census,
+    traced = traced_ops(prog, state, splits, hps)
+    return dict(n_models=n_models, chunk_steps=prog.chunk_steps, step_in_scan=step_s, **t, census=census, traced=traced,
                 without=without, matmuls=matmuls, matmul_flops=matmul_flops, shape=(n_b, d_in, d_out))
 
 
@@ -139,6 +183,13 @@ def report(r: dict) -> str:
     lines += ["", f"| batched matmul, {r['n_models']} x [{n_b}, {d_in}] x [{d_in}, {d_out}] | ms | GFLOP/s |",
               "|---|---|---|"]
     lines += [f"| {k} | {1e3 * v:.2f} | {r['matmul_flops'] / v / 1e9:.0f} |" for k, v in r["matmuls"].items()]
+    tr = r["traced"]
+    lines += ["", f"Inside the compiled chunk (`jax.profiler` trace of one {tr['steps']}-step chunk, "
+              f"{1e3 * tr['total'] / tr['steps']:.1f} ms of op time per step while traced), by kind: "
+              + ", ".join(f"{k} {100 * v / tr['total']:.0f}%" for k, v in tr["kinds"].most_common()) + ".", "",
+              "| HLO instruction | ms per step | share | shape | from |", "|---|---|---|---|---|"]
+    lines += [f"| `{name}` | {1e3 * sec / tr['steps']:.2f} | {100 * sec / tr['total']:.1f}% | `{shape}` | `{src}` |"
+              for name, sec, shape, src in tr["top"]]
     top = ", ".join(f"{op} {k}" for op, k in r["census"].most_common(14))
     lines += ["", f"Optimized HLO of the compiled chunk, instructions by opcode (top 14): {top}."]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ import grokjax
 from grokjax.cli import main
 from grokjax.engine.program import METRIC_NAMES, train_alone
 from grokjax.engine.single import engine_for
-from grokjax.losses import LOSSES, log_stablemax
+from grokjax.losses import LOSSES, first_argmax, log_stablemax
 from grokjax.models.mlp import MLP
 from grokjax.optim.factory import make_optimizer
 from grokjax.optim.grokfast import grokfast_ema, grokfast_ma
@@ -95,6 +95,16 @@ def test_orthograd_is_orthogonal_to_w_with_the_norm_of_g():
 def _stablemax_direct(x):
     s = np.where(x >= 0, x + 1, 1 / (1 - x))
     return s / s.sum(-1, keepdims=True)
+
+
+def test_accuracy_argmax_takes_the_first_of_tied_maxima():
+    """first_argmax (the accuracy's argmax) equals np.argmax, ties (first index wins) and infinities too."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(-2, 3, size=(200, 7)).astype(np.float32)  # many ties
+    x[::7, 3] = np.inf
+    x[::5] = -np.inf
+    for dtype in (jnp.float32, jnp.float64):
+        np.testing.assert_array_equal(jax.jit(first_argmax)(jnp.asarray(x, dtype)), x.argmax(-1))
 
 
 def test_stablemax_values_and_gradient_against_the_direct_formula():

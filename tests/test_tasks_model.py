@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO
 
+from grokjax.models.layers import matmul
 from grokjax.models.transformer import Transformer
 from grokjax.spec.structure import ModelConfig, TaskConfig
 from grokjax.tasks.tables import OPS, make_table, n_pairs_of
@@ -56,3 +60,53 @@ def test_answer_only_logits_equal_full_computation(cfg):
     b = jax.jit(fast.apply)({"params": params}, tokens)
     assert a.shape == (49, 7)
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _textbook():
+    spec = importlib.util.spec_from_file_location("textbook", REPO / "benchmarks" / "textbook.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["textbook"] = module  # flax's dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("answer_only", [True, False])
+@pytest.mark.parametrize("cfg", [ModelConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, layer_norm=False, act="relu"),
+                                 ModelConfig(n_layers=2, d_model=24, n_heads=3, d_mlp=40, layer_norm=True, act="gelu",
+                                             bias=False)])
+def test_transformer_equals_the_textbook_formulation(cfg, answer_only):
+    """grokjax's block (products and sums for attention, ``layers.matmul``) has flax DenseGeneral's
+    parameters (names, shapes, initial values) and the textbook block's logits and gradients."""
+    tokens = jnp.array(make_table(TaskConfig("add", 7)).inputs)
+    ours = Transformer(cfg, 8, 7, answer_only=answer_only, dtype=jnp.float64)
+    params = ours.init(jax.random.key(3), tokens[:1])["params"]
+    with _textbook().textbook_transformer():
+        book = Transformer(cfg, 8, 7, answer_only=answer_only, dtype=jnp.float64)
+        book_params = book.init(jax.random.key(3), tokens[:1])["params"]
+        book_apply = jax.jit(book.apply)
+        book_loss = jax.jit(jax.grad(lambda p: (book.apply({"params": p}, tokens) ** 2).mean()))
+        expected = book_apply({"params": params}, tokens), book_loss(params)
+    assert jax.tree.structure(params) == jax.tree.structure(book_params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(book_params)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(jax.jit(ours.apply)({"params": params}, tokens), expected[0], rtol=1e-12, atol=1e-12)
+    grads = jax.jit(jax.grad(lambda p: (ours.apply({"params": p}, tokens) ** 2).mean()))(params)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_matmul_gradients_equal_autodiff():
+    """layers.matmul's hand-written VJP (x^T kept from the forward pass) gives autodiff's gradients of
+    x @ w, for a batch of any rank and under vmap over models."""
+    kx, kw, kc = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (4, 5, 3, 6), jnp.float64)  # [models, B, T, in]
+    w = jax.random.normal(kw, (4, 6, 7), jnp.float64)
+    c = jax.random.normal(kc, (4, 5, 3, 7), jnp.float64)
+
+    def loss(mm):
+        return jax.vmap(lambda x1, w1, c1: jnp.sum(jnp.tanh(mm(x1, w1)) * c1))
+
+    ours = jax.jit(jax.grad(lambda x, w: loss(matmul)(x, w, c).sum(), argnums=(0, 1)))(x, w)
+    plain = jax.jit(jax.grad(lambda x, w: loss(jnp.matmul)(x, w, c).sum(), argnums=(0, 1)))(x, w)
+    for a, b in zip(ours, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -96,6 +96,26 @@ def _in_precision(method: Callable) -> Callable:
     return wrapped
 
 
+# XLA's CPU backend (jaxlib 0.10) hands the dots, elementwise ops and reductions of a fusion to YNNPACK by
+# default. For these programs' small shapes that is slower than XLA's own emitters: the default sweep's
+# step ran 1.3x faster without it, and 3x faster once attention was written as products and sums
+# (benchmarks/PROFILE.md). So every program is compiled without YNNPACK fusions on the CPU.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def compiler_options(platform: str) -> dict[str, Any]:
+    """XLA options for compiling the programs on ``platform``: CPU_COMPILER_OPTIONS on the CPU when this
+    XLA knows them (another jaxlib may not: then its defaults), none elsewhere."""
+    if platform != "cpu":
+        return {}
+    try:
+        jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=CPU_COMPILER_OPTIONS)  # on the CPU backend
+    except Exception:  # an XLA without the option rejects it (INVALID_ARGUMENT)
+        return {}
+    return dict(CPU_COMPILER_OPTIONS)
+
+
 def sweep_devices() -> list[jax.Device]:
     """Every device of every process (jax.distributed), ordered by process: process p then holds one
     contiguous block of each program's model axis."""
@@ -141,7 +161,9 @@ class Program:
         for (rows,) in owned:
             self.own_rows[rows] = True
         hp_shape = self._abstract_hparams()
-        self._init = jax.jit(jax.vmap(engine.init_one), out_shardings=self.sharded).lower(hp_shape).compile()
+        self.compiler_options = compiler_options(self.devices[0].platform)
+        self._init = jax.jit(jax.vmap(engine.init_one), out_shardings=self.sharded).lower(hp_shape).compile(
+            compiler_options=self.compiler_options)
         state_shape, split_shape = jax.eval_shape(jax.vmap(engine.init_one), hp_shape)
         shard = lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.sharded)  # noqa: E731
         self.abstract = (jax.tree.map(shard, state_shape), jax.tree.map(shard, split_shape), hp_shape)
@@ -161,7 +183,8 @@ class Program:
             by_model = NamedSharding(self.sharded.mesh, PartitionSpec(None, "models"))
             self._chunks[n_steps] = jax.jit(_chunk_fn(self.engine, n_steps), donate_argnums=(0,),
                                             out_shardings=(self.sharded, by_model, self.sharded)).lower(
-                state, split, hps, jax.ShapeDtypeStruct((), jnp.int32), self.inputs, self.labels).compile()
+                state, split, hps, jax.ShapeDtypeStruct((), jnp.int32), self.inputs, self.labels).compile(
+                compiler_options=self.compiler_options)
         return self._chunks[n_steps]
 
     def _abstract_hparams(self) -> Hparams:

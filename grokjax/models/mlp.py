@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from grokjax.models.layers import activation
+from grokjax.models.layers import Dense, activation
 from grokjax.spec.structure import ModelConfig
 
 
@@ -33,21 +33,10 @@ def torch_linear_init(fan_in: int) -> nn.initializers.Initializer:
     return init
 
 
-class TorchDense(nn.Module):
-    """x @ W + b with nn.Linear's initialisation. kernel [fan_in, features]."""
-
-    features: int
-    use_bias: bool
-    dtype: jnp.dtype
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        fan_in = x.shape[-1]
-        kernel = self.param("kernel", torch_linear_init(fan_in), (fan_in, self.features), self.dtype)
-        y = x @ kernel
-        if self.use_bias:
-            y = y + self.param("bias", torch_linear_init(fan_in), (self.features,), self.dtype)
-        return y
+def torch_dense(features: int, use_bias: bool, dtype: jnp.dtype, name: str) -> Dense:
+    """x @ W + b with nn.Linear's initialisation (weights and bias U(±1/sqrt(fan_in))). kernel [fan_in,
+    features]."""
+    return Dense(features, use_bias, dtype, kernel_init=torch_linear_init, bias_like_kernel=True, name=name)
 
 
 class MLP(nn.Module):
@@ -70,8 +59,8 @@ class MLP(nn.Module):
                 h = h + self.param("in_bias", torch_linear_init(fan_in), (cfg.d_mlp,), self.dtype)
         else:
             emb = self.param("embed", nn.initializers.normal(stddev=1.0), (n, cfg.d_model), self.dtype)
-            h = TorchDense(cfg.d_mlp, cfg.bias, self.dtype, name="in")(jnp.concatenate([emb[a], emb[b]], -1))
+            h = torch_dense(cfg.d_mlp, cfg.bias, self.dtype, name="in")(jnp.concatenate([emb[a], emb[b]], -1))
         h = activation(cfg.act)(h)
         for i in range(1, cfg.n_layers):
-            h = activation(cfg.act)(TorchDense(cfg.d_mlp, cfg.bias, self.dtype, name=f"hidden_{i}")(h))
-        return TorchDense(n, cfg.bias, self.dtype, name="readout")(h)
+            h = activation(cfg.act)(torch_dense(cfg.d_mlp, cfg.bias, self.dtype, name=f"hidden_{i}")(h))
+        return torch_dense(n, cfg.bias, self.dtype, name="readout")(h)

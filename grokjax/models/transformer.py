@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from grokjax.models.layers import activation
+from grokjax.models.layers import Dense, Kernel, activation, matmul
 from grokjax.spec.structure import ModelConfig
 
 
@@ -27,7 +27,12 @@ def _embed_init(d_model: int) -> nn.initializers.Initializer:
 
 
 class Block(nn.Module):
-    """Pre-norm attention + MLP block. With ``last_only`` it returns the last position only: [B, 1, D]."""
+    """Pre-norm attention + MLP block. With ``last_only`` it returns the last position only: [B, 1, D].
+
+    Attention over the few positions (T = 3) is written as broadcast products and sums rather than
+    per-(sample, head) einsums: XLA's CPU backend runs those as thousands of tiny [1, d_head] x [d_head,
+    T] dots with transposes around them, while products and sums fuse into one loop. Same maths, same
+    parameters (``nn.DenseGeneral``'s names, shapes and initial values)."""
 
     cfg: ModelConfig
     last_only: bool
@@ -39,24 +44,26 @@ class Block(nn.Module):
         dense = dict(dtype=self.dtype, param_dtype=self.dtype)
         norm = (lambda name: nn.LayerNorm(name=name, **dense)) if cfg.layer_norm else (lambda name: (lambda h: h))
         h = norm("ln_attn")(x)
-        heads = (cfg.n_heads, cfg.d_head)
+        n_b, t_k = x.shape[0], x.shape[1]
+        n_h, d_h, d = cfg.n_heads, cfg.d_head, cfg.d_model
+        heads = lambda name: Kernel((d, n_h, d_h), 1, self.dtype, name=name)()  # noqa: E731 [D, H*Dh]
         q_in = h[:, -1:] if self.last_only else h
-        q = nn.DenseGeneral(heads, use_bias=False, name="query", **dense)(q_in)  # [B, Tq, H, Dh]
-        k = nn.DenseGeneral(heads, use_bias=False, name="key", **dense)(h)  # [B, T, H, Dh]
-        v = nn.DenseGeneral(heads, use_bias=False, name="value", **dense)(h)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(cfg.d_head)
-        t_q, t_k = q.shape[1], k.shape[1]
+        q = matmul(q_in, heads("query")).reshape(n_b, -1, n_h, d_h)  # [B, Tq, H, Dh]
+        k = matmul(h, heads("key")).reshape(n_b, t_k, n_h, d_h)  # [B, T, H, Dh]
+        v = matmul(h, heads("value")).reshape(n_b, t_k, n_h, d_h)
+        scores = (q[:, :, None] * k[:, None]).sum(-1) / math.sqrt(d_h)  # [B, Tq, T, H]
+        t_q = q.shape[1]
         # Query i sits at absolute position t_k - t_q + i and may attend to keys at positions <= its own.
         causal = jnp.arange(t_k)[None, :] <= (jnp.arange(t_q) + t_k - t_q)[:, None]
-        scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
-        attn = jax.nn.softmax(scores, axis=-1)
-        z = jnp.einsum("bhqk,bkhd->bqhd", attn, v)
-        out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=False, name="out", **dense)(z)
+        scores = jnp.where(causal[:, :, None], scores, jnp.finfo(scores.dtype).min)
+        attn = jax.nn.softmax(scores, axis=2)
+        z = (attn[..., None] * v[:, None]).sum(2)  # [B, Tq, H, Dh]
+        out = matmul(z.reshape(n_b, t_q, n_h * d_h), Kernel((n_h, d_h, d), 2, self.dtype, name="out")())
         x = (x[:, -1:] if self.last_only else x) + out
         h = norm("ln_mlp")(x)
-        h = nn.Dense(cfg.d_mlp, use_bias=cfg.bias, name="mlp_in", **dense)(h)
+        h = Dense(cfg.d_mlp, cfg.bias, self.dtype, name="mlp_in")(h)
         h = activation(cfg.act)(h)
-        return x + nn.Dense(cfg.d_model, use_bias=cfg.bias, name="mlp_out", **dense)(h)
+        return x + Dense(cfg.d_model, cfg.bias, self.dtype, name="mlp_out")(h)
 
 
 class Transformer(nn.Module):
@@ -83,4 +90,4 @@ class Transformer(nn.Module):
         x = x[:, -1]
         if cfg.layer_norm:
             x = nn.LayerNorm(name="ln_final", **dense)(x)
-        return nn.Dense(self.n_symbols, use_bias=False, name="unembed", **dense)(x)
+        return Dense(self.n_symbols, False, self.dtype, name="unembed")(x)
