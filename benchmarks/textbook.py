@@ -1,5 +1,6 @@
 """The transformer block written the textbook way, as grokjax wrote it before the CPU speed work (flax
-``nn.DenseGeneral`` projections, per-head einsums for attention, ``nn.Dense`` with autodiff's own VJP).
+``nn.DenseGeneral`` projections, per-head einsums for attention, ``nn.Dense`` with autodiff's own VJP,
+``jnp.argmax`` for the accuracy).
 
 It is the "before" of ``benchmarks/cpu_speed.py`` and the reference that tests/test_tasks_model.py
 checks grokjax's faster formulation against (same parameters, same logits and gradients in float64).
@@ -15,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import grokjax.losses as losses
 import grokjax.models.transformer as transformer
 from grokjax.models.layers import activation
 from grokjax.spec.structure import ModelConfig
@@ -58,10 +60,12 @@ def textbook_dense(features: int, use_bias: bool, dtype: jnp.dtype, name: str) -
 
 @contextlib.contextmanager
 def textbook_transformer() -> Iterator[None]:
-    """Within the block, ``Transformer`` builds (and so traces) the textbook block and unembedding."""
-    saved = transformer.Block, transformer.Dense
+    """Within the block, ``Transformer`` builds (and so traces) the textbook block and unembedding, and the
+    losses take their accuracy with ``jnp.argmax``."""
+    saved = transformer.Block, transformer.Dense, losses.first_argmax
     transformer.Block, transformer.Dense = TextbookBlock, textbook_dense
+    losses.first_argmax = lambda logits: jnp.argmax(logits, axis=-1)
     try:
         yield
     finally:
-        transformer.Block, transformer.Dense = saved
+        transformer.Block, transformer.Dense, losses.first_argmax = saved
