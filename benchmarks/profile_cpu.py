@@ -204,13 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     r = profile(args.models, args.seconds)
     text = report(r)
     print(text)
-    if args.record:
+    if args.record:  # the measured part is replaced; the written reading after it ("## ...") is kept
+        kept = PROFILE_MD.read_text() if PROFILE_MD.exists() else ""
+        kept = kept[kept.index("\n## "):] if "\n## " in kept else ""
         PROFILE_MD.write_text(
             f"# Where the time goes on the CPU\n\nMeasured {datetime.date.today()} on {device_name()}, jax "
             f"{jax.__version__}, with `python benchmarks/profile_cpu.py --record`: the default sweep's program "
             f"({args.models} models of add mod 47, 1 layer, d_model 32, 4 heads, d_mlp 128, full batch of "
-            f"1,104 pairs, AdamW, measures=none). Each part jitted alone and vmapped over the models as the "
-            f"sweep does; median of repeated calls, compilation excluded.\n\n{text}\n")
+            f"1,104 pairs, AdamW, measures=none), compiled as the sweep compiles it. Each part jitted alone and "
+            f"vmapped over the models as the sweep does; median of repeated calls, compilation excluded.\n\n"
+            f"{text}\n{kept}")
     return 0
 
 

@@ -12,7 +12,13 @@ from conftest import TINY, CompileCounter, merged
 
 from grokjax.engine.data import hparams_for
 from grokjax.engine.memory import choose_models_per_batch
-from grokjax.engine.program import METRIC_NAMES, Program, train_alone
+from grokjax.engine.program import (
+    CPU_COMPILER_OPTIONS,
+    METRIC_NAMES,
+    Program,
+    compiler_options,
+    train_alone,
+)
 from grokjax.engine.single import engine_for
 from grokjax.optim.factory import make_optimizer
 from grokjax.spec.grid import build_sweep
@@ -124,6 +130,16 @@ def test_no_host_transfer_inside_a_chunk():
     with jax.transfer_guard("disallow"):
         out = prog.train_chunk(state, splits, hps, start)
         jax.block_until_ready(out)
+
+
+def test_cpu_programs_are_compiled_without_ynnpack_fusions():
+    """The sweep's programs get CPU_COMPILER_OPTIONS on the CPU (YNNPACK fusions off: 1.1-2.5x slower
+    for these shapes, benchmarks/PROFILE.md) and no options elsewhere."""
+    assert compiler_options("cpu") == CPU_COMPILER_OPTIONS and compiler_options("gpu") == {}
+    group, runs = _group(TINY + ["wd=[0.1,1]"])
+    prog = Program.get(engine_for(group, runs), len(runs))
+    assert prog.compiler_options == CPU_COMPILER_OPTIONS
+    assert "%ynn_fusion" not in prog._compiled(prog.chunk_steps).as_text()  # as XLA's defaults make
 
 
 def test_memory_aware_batching_picks_a_batch_that_fits():
