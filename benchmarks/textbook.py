@@ -19,21 +19,15 @@ import jax.numpy as jnp
 import grokjax.losses as losses
 import grokjax.models.transformer as transformer
 from grokjax.models.layers import activation
-from grokjax.spec.structure import ModelConfig
 
 
-class TextbookBlock(nn.Module):
-    """Pre-norm attention + MLP block; with ``last_only`` it returns the last position: [B, 1, D]."""
-
-    cfg: ModelConfig
-    last_only: bool
-    dtype: jnp.dtype
+class TextbookBlock(transformer.Block):
+    """grokjax's Block (same fields) computed the textbook way."""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # x: [B, T, D]
-        cfg = self.cfg
-        dense = dict(dtype=self.dtype, param_dtype=self.dtype)
-        norm = (lambda name: nn.LayerNorm(name=name, **dense)) if cfg.layer_norm else (lambda name: (lambda h: h))
+        cfg, dense = self.cfg, dict(dtype=self.dtype, param_dtype=self.dtype)
+        norm = transformer.pre_norm(cfg.layer_norm, self.dtype)
         h = norm("ln_attn")(x)
         heads = (cfg.n_heads, cfg.d_head)
         q_in = h[:, -1:] if self.last_only else h

@@ -13,6 +13,7 @@ the same as the full computation (tests check it).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -24,6 +25,13 @@ from grokjax.spec.structure import ModelConfig
 
 def _embed_init(d_model: int) -> nn.initializers.Initializer:
     return nn.initializers.normal(stddev=1.0 / math.sqrt(d_model))
+
+
+def pre_norm(layer_norm: bool, dtype: jnp.dtype) -> Callable[[str], Callable[[jax.Array], jax.Array]]:
+    """name -> the block's pre-norm: a LayerNorm of that name, or the identity without ``layer_norm``."""
+    if layer_norm:
+        return lambda name: nn.LayerNorm(name=name, dtype=dtype, param_dtype=dtype)
+    return lambda name: (lambda h: h)
 
 
 class Block(nn.Module):
@@ -41,8 +49,7 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # x: [B, T, D]
         cfg = self.cfg
-        dense = dict(dtype=self.dtype, param_dtype=self.dtype)
-        norm = (lambda name: nn.LayerNorm(name=name, **dense)) if cfg.layer_norm else (lambda name: (lambda h: h))
+        norm = pre_norm(cfg.layer_norm, self.dtype)
         h = norm("ln_attn")(x)
         n_b, t_k = x.shape[0], x.shape[1]
         n_h, d_h, d = cfg.n_heads, cfg.d_head, cfg.d_model
