@@ -40,6 +40,8 @@ from grokjax.engine.program import CPU_COMPILER_OPTIONS, _chunk_fn  # noqa: E402
 
 DEFAULT_MODEL = ["op=add", "p=47", "frac=0.5", "lr=1e-2", "d_model=32", "n_heads=4", "d_mlp=128", "n_layers=1",
                  "steps=100000", "eval_every=100000", "measures=none"]
+TINY_MODEL = ["op=add", "p=7", "d_model=8", "n_heads=2", "d_mlp=16", "steps=100", "eval_every=100",
+              "measures=none"]
 VARIANTS = {  # name -> (textbook block?, compiler options)
     "textbook, XLA defaults": (True, {}),
     "textbook, no YNNPACK": (True, CPU_COMPILER_OPTIONS),
@@ -66,8 +68,8 @@ def step_flops(prog, textbook: bool) -> float:
     return float(cost["flops"])
 
 
-def measure(n_models: int, rounds: int, chunk_steps: int = 50) -> dict:
-    prog, state, splits, hps, _ = make(DEFAULT_MODEL + [f"chunk_steps={chunk_steps}"], n_models)
+def measure(n_models: int, rounds: int, chunk_steps: int = 50, model: list[str] = DEFAULT_MODEL) -> dict:
+    prog, state, splits, hps, _ = make(model + [f"chunk_steps={chunk_steps}"], n_models)
     st, sp, hp = prog.abstract
     chunks = {}
     for name, (textbook, options) in VARIANTS.items():
@@ -106,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="12", help="comma-separated model counts")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--record", action="store_true", help="append rows to benchmarks/RESULTS.md")
+    ap.add_argument("--tiny", action="store_true", help="a tiny model and 5-step chunks (the test's smoke run)")
     args = ap.parse_args(argv)
     rows = []
     for n in (int(x) for x in args.models.split(",")):
-        r = measure(n, args.rounds)
+        r = measure(n, args.rounds, chunk_steps=5, model=TINY_MODEL) if args.tiny else measure(n, args.rounds)
         print(f"N={n}: " + ", ".join(f"{k} {v:,.0f} ({r['ratios'][k]:.2f}x)" for k, v in r["rates"].items())
               + f"; peak {r['peak'] / 1e9:.0f} GFLOP/s; MFU {100 * r['mfu_before']:.0f}% -> {100 * r['mfu_now']:.0f}%"
               f" ({r['flops_per_model_step'] / 1e6:.0f} MFLOP per model-step)", flush=True)

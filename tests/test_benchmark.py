@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 from conftest import REPO
 
@@ -38,3 +39,19 @@ def test_cpu_rows_name_their_vector_extensions():
     assert [bench.vector_extensions(t) for t in (avx512, avx2, arm, "")] == [
         "AVX-512", "AVX2", "ASIMD", "unknown vector extensions"]
     assert bench.device_name().count(",") >= 1  # "cpu: MODEL, EXTENSIONS (N cores)" on this CPU
+
+
+def test_cpu_speed_before_after_runs_and_records(tmp_path, monkeypatch):
+    """benchmarks/cpu_speed.py compiles the textbook and the current program each way, times them and
+    appends one row per N to its own RESULTS.md table."""
+    spec = importlib.util.spec_from_file_location("cpu_speed", REPO / "benchmarks" / "cpu_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys.modules["throughput"], "RESULTS_MD", tmp_path / "RESULTS.md")
+    (tmp_path / "RESULTS.md").write_text("# Throughput results\n")
+    r = module.measure(2, rounds=1, chunk_steps=5, model=module.TINY_MODEL)
+    assert set(r["rates"]) == set(module.VARIANTS) and min(r["rates"].values()) > 0
+    assert r["ratios"]["textbook, XLA defaults"] == 1.0 and 0 < r["mfu_now"] < 1.5
+    assert module.main(["--models", "2", "--rounds", "1", "--tiny", "--record"]) == 0
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert module.HEADER in table and table.count("| cpu") == 1
