@@ -25,7 +25,8 @@ class TextbookBlock(transformer.Block):
     """grokjax's Block (same fields) computed the textbook way."""
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:  # x: [B, T, D]
+    def __call__(self, x: jax.Array | transformer.Embedded) -> jax.Array:  # x: [B, T, D]
+        x = x.dense() if isinstance(x, transformer.Embedded) else x
         cfg, dense = self.cfg, dict(dtype=self.dtype, param_dtype=self.dtype)
         norm = transformer.pre_norm(cfg.layer_norm, self.dtype)
         h = norm("ln_attn")(x)

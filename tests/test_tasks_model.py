@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import math
 import sys
 
 import jax
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO
+from jax.extend.core import ClosedJaxpr, Jaxpr
 
 from grokjax.models.layers import matmul
 from grokjax.models.transformer import Transformer
@@ -73,10 +75,12 @@ def _textbook():
 @pytest.mark.parametrize("answer_only", [True, False])
 @pytest.mark.parametrize("cfg", [ModelConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, layer_norm=False, act="relu"),
                                  ModelConfig(n_layers=2, d_model=24, n_heads=3, d_mlp=40, layer_norm=True, act="gelu",
-                                             bias=False)])
+                                             bias=False),
+                                 ModelConfig(n_layers=2, d_model=16, n_heads=4, d_mlp=24, layer_norm=False)])
 def test_transformer_equals_the_textbook_formulation(cfg, answer_only):
-    """grokjax's block (products and sums for attention, ``layers.matmul``) has flax DenseGeneral's
-    parameters (names, shapes, initial values) and the textbook block's logits and gradients."""
+    """grokjax's block (products and sums for attention, ``layers.matmul``, the first block's projections
+    as lookups in projected embedding tables) has flax DenseGeneral's parameters (names, shapes, initial
+    values) and the textbook block's logits and gradients."""
     tokens = jnp.array(make_table(TaskConfig("add", 7)).inputs)
     ours = Transformer(cfg, 8, 7, answer_only=answer_only, dtype=jnp.float64)
     params = ours.init(jax.random.key(3), tokens[:1])["params"]
@@ -93,6 +97,38 @@ def test_transformer_equals_the_textbook_formulation(cfg, answer_only):
     grads = jax.jit(jax.grad(lambda p: (ours.apply({"params": p}, tokens) ** 2).mean()))(params)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected[1])):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _dot_shapes(jaxpr: Jaxpr) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The operand shapes of every dot_general in a jaxpr, nested jaxprs (custom VJPs, pjit) included."""
+    shapes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            shapes.append(tuple(v.aval.shape for v in eqn.invars))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                if isinstance(sub, ClosedJaxpr):
+                    shapes += _dot_shapes(sub.jaxpr)
+                elif isinstance(sub, Jaxpr):
+                    shapes += _dot_shapes(sub)
+    return shapes
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_first_block_projects_the_embedding_tables(layer_norm):
+    """Without LayerNorm the first block's queries, keys and values are lookups in projected tables
+    ([V, D] x [D, F] products): no product in the forward or backward pass runs over the B*T token rows,
+    only over the B answer rows (MLP, unembedding). With LayerNorm the projections need x itself."""
+    cfg = ModelConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, layer_norm=layer_norm)
+    tokens = jnp.array(make_table(TaskConfig("add", 7)).inputs)  # [49, 3]
+    model = Transformer(cfg, 8, 7)
+    params = model.init(jax.random.key(0), tokens[:1])["params"]
+    loss = lambda p: (model.apply({"params": p}, tokens) ** 2).mean()  # noqa: E731
+    shapes = _dot_shapes(jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr)
+    n_rows = tokens.shape[0] * tokens.shape[1]
+    over_tokens = [s for s in shapes if any(n_rows in (math.prod(x[:-1]), math.prod(x[1:])) for x in s)]
+    assert shapes and any(tokens.shape[0] in x for s in shapes for x in s)
+    assert bool(over_tokens) == layer_norm, over_tokens
 
 
 def test_matmul_gradients_equal_autodiff():

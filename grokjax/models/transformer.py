@@ -8,11 +8,18 @@ Exact compute savings (``answer_only=True``): only the last position's output is
 needs attention queries, the MLP and the unembedding at that position only; keys and values still come
 from every position. For a 1-layer model that is the whole MLP at 1 position instead of 3. The logits are
 the same as the full computation (tests check it).
+
+Without LayerNorm the first block's queries, keys and values are linear maps of embed[token] + pos[t], so
+they are looked up in the projected tables (embed @ W)[token] + (pos @ W)[t] (``Embedded``): products over
+the vocabulary (47 rows in the default sweep) instead of over every token of the batch (3,315 rows), in
+the forward and the backward pass. Same maths: 77 instead of 124 MFLOP per default-sweep model-step
+(benchmarks/PROFILE.md).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import flax.linen as nn
@@ -34,10 +41,35 @@ def pre_norm(layer_norm: bool, dtype: jnp.dtype) -> Callable[[str], Callable[[ja
     return lambda name: (lambda h: h)
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """The first block's input kept factored: x[b, t] = table[tokens[b, t]] + pos[t].
+
+    A linear map of x is then a lookup in the mapped tables, (table @ W)[tokens] + (pos @ W)[t]: a
+    [V, D] x [D, F] product (V = vocabulary, a few dozen) instead of a [B*T, D] x [D, F] one over every
+    sample (B*T = 3,315 rows in the default sweep), and likewise in the backward pass, where the rows'
+    gradients are summed per token by the lookup's scatter-add. The first block uses it for its queries,
+    keys and values when nothing (no LayerNorm) stands between the embeddings and those projections."""
+
+    table: jax.Array  # [V, D]
+    pos: jax.Array  # [T, D]
+    tokens: jax.Array  # [B, T] int
+
+    def dense(self, last_only: bool = False) -> jax.Array:
+        """x itself: [B, T, D], or [B, 1, D] at the last position."""
+        tokens, pos = (self.tokens[:, -1:], self.pos[-1:]) if last_only else (self.tokens, self.pos)
+        return jnp.take(self.table, tokens, axis=0) + pos[None]
+
+    def project(self, w: jax.Array, last_only: bool = False) -> jax.Array:
+        """x @ w for w [D, F]: [B, T, F], or [B, 1, F] at the last position."""
+        return Embedded(self.table @ w, self.pos @ w, self.tokens).dense(last_only)
+
+
 class Block(nn.Module):
     """Pre-norm attention + MLP block. With ``last_only`` it returns the last position only: [B, 1, D].
 
-    Attention over the few positions (T = 3) is written as broadcast products and sums rather than
+    The input is [B, T, D] or, for the first block, ``Embedded`` (whose projections are table lookups
+    when there is no LayerNorm). Attention over the few positions (T = 3) is written as broadcast products and sums rather than
     per-(sample, head) einsums: XLA's CPU backend runs those as thousands of tiny [1, d_head] x [d_head,
     T] dots with transposes around them, while products and sums fuse into one loop. Same maths, same
     parameters (``nn.DenseGeneral``'s names, shapes and initial values)."""
@@ -47,17 +79,22 @@ class Block(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:  # x: [B, T, D]
+    def __call__(self, x: jax.Array | Embedded) -> jax.Array:  # x: [B, T, D]
         cfg = self.cfg
         norm = pre_norm(cfg.layer_norm, self.dtype)
-        h = norm("ln_attn")(x)
-        n_b, t_k = x.shape[0], x.shape[1]
+        if isinstance(x, Embedded) and not cfg.layer_norm:
+            project, x = x.project, x.dense(self.last_only)  # x: the residual stream's positions only
+        else:
+            x = x.dense() if isinstance(x, Embedded) else x
+            h = norm("ln_attn")(x)
+            project = lambda w, last_only=False: matmul(h[:, -1:] if last_only else h, w)  # noqa: E731
+        n_b = x.shape[0]
         n_h, d_h, d = cfg.n_heads, cfg.d_head, cfg.d_model
         heads = lambda name: Kernel((d, n_h, d_h), 1, self.dtype, name=name)()  # noqa: E731 [D, H*Dh]
-        q_in = h[:, -1:] if self.last_only else h
-        q = matmul(q_in, heads("query")).reshape(n_b, -1, n_h, d_h)  # [B, Tq, H, Dh]
-        k = matmul(h, heads("key")).reshape(n_b, t_k, n_h, d_h)  # [B, T, H, Dh]
-        v = matmul(h, heads("value")).reshape(n_b, t_k, n_h, d_h)
+        q = project(heads("query"), self.last_only).reshape(n_b, -1, n_h, d_h)  # [B, Tq, H, Dh]
+        k = project(heads("key")).reshape(n_b, -1, n_h, d_h)  # [B, T, H, Dh]
+        v = project(heads("value")).reshape(n_b, -1, n_h, d_h)
+        t_k = k.shape[1]
         scores = (q[:, :, None] * k[:, None]).sum(-1) / math.sqrt(d_h)  # [B, Tq, T, H]
         t_q = q.shape[1]
         # Query i sits at absolute position t_k - t_q + i and may attend to keys at positions <= its own.
@@ -87,10 +124,10 @@ class Transformer(nn.Module):
     def __call__(self, tokens: jax.Array) -> jax.Array:
         cfg = self.cfg
         dense = dict(dtype=self.dtype, param_dtype=self.dtype)
-        x = nn.Embed(self.vocab_size, cfg.d_model, embedding_init=_embed_init(cfg.d_model), name="embed",
-                     **dense)(tokens)
+        table = nn.Embed(self.vocab_size, cfg.d_model, embedding_init=_embed_init(cfg.d_model), name="embed",
+                         **dense).embedding
         pos = self.param("pos_embed", _embed_init(cfg.d_model), (self.seq_len, cfg.d_model), self.dtype)
-        x = x + pos[None, : tokens.shape[1]]
+        x: jax.Array | Embedded = Embedded(table, pos[: tokens.shape[1]], tokens)
         for i in range(cfg.n_layers):
             last = self.answer_only and i == cfg.n_layers - 1
             x = Block(cfg, last_only=last, dtype=self.dtype, name=f"block_{i}")(x)
