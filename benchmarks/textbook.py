@@ -2,7 +2,8 @@
 ``nn.DenseGeneral`` projections, per-head einsums for attention, ``nn.Dense`` with autodiff's own VJP,
 ``jnp.argmax`` for the accuracy).
 
-It is the "before" of ``benchmarks/cpu_speed.py`` and the reference that tests/test_tasks_model.py
+``without_embedding_lookups`` is grokjax's block before its first-block projections became table
+lookups. The textbook block is the "before" of ``benchmarks/cpu_speed.py`` and the reference that tests/test_tasks_model.py
 checks grokjax's faster formulation against (same parameters, same logits and gradients in float64).
 """
 
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 
 import grokjax.losses as losses
 import grokjax.models.transformer as transformer
-from grokjax.models.layers import activation
+from grokjax.models.layers import activation, matmul
 
 
 class TextbookBlock(transformer.Block):
@@ -64,3 +65,15 @@ def textbook_transformer() -> Iterator[None]:
         yield
     finally:
         transformer.Block, transformer.Dense, losses.first_argmax = saved
+
+
+@contextlib.contextmanager
+def without_embedding_lookups() -> Iterator[None]:
+    """Within the block, the first block's queries, keys and values are products over every token row
+    (``x @ W``), as grokjax computed them before they became lookups in projected embedding tables."""
+    saved = transformer.Embedded.project
+    transformer.Embedded.project = lambda self, w, last_only=False: matmul(self.dense(last_only), w)
+    try:
+        yield
+    finally:
+        transformer.Embedded.project = saved

@@ -53,5 +53,7 @@ def test_cpu_speed_before_after_runs_and_records(tmp_path, monkeypatch):
     table = (tmp_path / "RESULTS.md").read_text()
     assert module.HEADER in table and table.count("| cpu") == 1
     row = next(line for line in table.splitlines() if line.startswith("| 20")).split(" | ")
-    rates = [float(c.replace(",", "")) for c in row[5:9]]  # the four variants' model-steps/s
-    assert len(module.VARIANTS) == 4 and min(rates) > 0 and row[9].endswith("x") and row[-1].endswith("% |")
+    rates = [float(c.replace(",", "")) for c in row[5:10]]  # the five variants' model-steps/s
+    assert len(module.VARIANTS) == 5 and min(rates) > 0 and row[10].endswith("x") and row[11].endswith("x")
+    textbook, executed = (float(x) for x in row[13].split(" / "))
+    assert textbook > executed > 0 and row[-1].endswith("% |")  # the lookups execute fewer FLOPs
