@@ -11,7 +11,10 @@ Measured in ONE run on one device with one model config:
 - torch: the same model and optimizer written like the public grokking repos (one model, eager loop),
   when torch is installed (null otherwise);
 - matmul peak: a large float32 matmul; achieved FLOP/s of the training step from XLA's cost analysis;
-  MFU = achieved / peak (for the --mfu config, a mid-size model);
+  MFU = achieved / peak (for the --mfu config, a mid-size model). XLA counts the FLOPs the program
+  executes: for a transformer without LayerNorm that is fewer than the textbook model's (the first
+  block's projections are table lookups), so there the figure is a hardware-FLOP utilisation;
+  benchmarks/cpu_speed.py reports both;
 - compile time of the largest vmapped program; the evaluation share at the default eval_every.
 """
 
