@@ -26,7 +26,7 @@ from throughput import append_rows, device_name  # noqa: E402
 
 import grokjax  # noqa: E402
 from grokjax.run.sweep import run_sweep  # noqa: E402
-from grokjax.spec.grid import build_sweep  # noqa: E402
+from grokjax.grid.expand import build_sweep  # noqa: E402
 
 HEADER = ("| date | device | jax | sweep | runs | stopped | budget s | resolved s | wall ratio | model-steps ratio | "
           "t_train equal | t_val equal |")

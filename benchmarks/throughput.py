@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from grokjax.engine.data import hparams_for  # noqa: E402
 from grokjax.engine.program import Program, train_flops_per_chunk  # noqa: E402
 from grokjax.engine.single import engine_for  # noqa: E402
-from grokjax.spec.grid import build_sweep  # noqa: E402
+from grokjax.grid.expand import build_sweep  # noqa: E402
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -202,7 +202,7 @@ def torch_setup(cfg: dict, sdpa: bool = True, answer_only: bool = False):
         import torch
     except ImportError:
         return None
-    from grokjax.spec.structure import TaskConfig
+    from grokjax.config.structure import TaskConfig
     from grokjax.tasks.tables import make_table
 
     torch.manual_seed(0)

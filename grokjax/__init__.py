@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "sweep": "grokjax.api",
     "Results": "grokjax.store.load",
-    "build_sweep": "grokjax.spec.grid",
+    "build_sweep": "grokjax.grid.expand",
     "run_sweep": "grokjax.run.sweep",
     "load": "grokjax.store.load",
     "fit": "grokjax.analysis.fit",

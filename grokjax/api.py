@@ -9,20 +9,24 @@ from grokjax.store.load import Results
 
 
 def sweep(config: str | None = None, out: str | os.PathLike | None = None, *, resume: bool = False,
-          quiet: bool = False, **overrides: Any) -> Results:
-    """Train a sweep and return its results directory read back.
+          quiet: bool = False, fit: bool = True, plot: bool = True, **overrides: Any) -> Results:
+    """Train a sweep, then (like the command line) fit it, print its summary and draw its phase diagram;
+    return its results directory read back.
 
     ``config`` is a preset name or a TOML path, as on the command line; ``overrides`` are keys as Python
     values: a list, tuple, range or 1-D array sweeps an axis (``wd=np.logspace(-3, 1, 32)``), a scalar sets
     one value (``d_model=64``), ``seeds=16`` counts seeds. Validation is the command line's: a bad key or
     value raises ``grokjax.UserError`` with the same one-line message, before anything is written.
+    ``fit=False`` skips the fit (and the figure), ``plot=False`` the figure; ``quiet`` prints nothing.
     """
+    from grokjax.analysis.console import finish_sweep
+    from grokjax.grid.expand import build_sweep
     from grokjax.run.sweep import run_sweep
-    from grokjax.spec.grid import build_sweep
     from grokjax.store.load import load
 
     spec = build_sweep(config, settings=overrides)
     command = ["grokjax.sweep", *([config] if config else []), *(f"{k}={v!r}" for k, v in overrides.items())]
     outcome = run_sweep(spec, None if out is None else os.fspath(out), resume=resume, quiet=quiet,
                         command=command)
+    finish_sweep(outcome, spec, fit=fit, plot=fit and plot, say=(lambda line: None) if quiet else print)
     return load(outcome.path)

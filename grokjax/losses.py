@@ -12,6 +12,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from grokjax.config import choices
+from grokjax.config.choices import check_registry
+
 
 def log_softmax(logits: jax.Array) -> jax.Array:
     return jax.nn.log_softmax(logits, axis=-1)
@@ -53,4 +56,5 @@ LOSSES: dict[str, Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, j
     "softmax": _cross_entropy(log_softmax),
     "stablemax": _cross_entropy(log_stablemax),
 }
+check_registry("loss", LOSSES, choices.LOSSES)
 cross_entropy = LOSSES["softmax"]

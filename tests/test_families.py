@@ -14,15 +14,16 @@ from conftest import TINY, CompileCounter, merged
 
 import grokjax
 from grokjax.cli import main
-from grokjax.engine.program import METRIC_NAMES, train_alone
+from grokjax.config.schedule import METRIC_COLUMNS
+from grokjax.run.batch import train_alone
 from grokjax.engine.single import engine_for
 from grokjax.losses import LOSSES, first_argmax, log_stablemax
 from grokjax.models.mlp import MLP
 from grokjax.optim.factory import make_optimizer
 from grokjax.optim.grokfast import grokfast_ema, grokfast_ma
 from grokjax.optim.orthograd import orthogonalize, orthograd
-from grokjax.spec.grid import build_sweep
-from grokjax.spec.structure import ModelConfig, TaskConfig, TrainConfig
+from grokjax.grid.expand import build_sweep
+from grokjax.config.structure import ModelConfig, TaskConfig, TrainConfig
 from grokjax.tasks.tables import make_table
 
 
@@ -216,7 +217,7 @@ def test_member_alone_equals_member_in_grid_and_compiles_once(name):
     assert counter.count == 1, "swept numeric settings must not recompile"
     i = len(runs) - 1
     alone = train_alone(group, [runs[i]])
-    for k in METRIC_NAMES:
+    for k in METRIC_COLUMNS:
         np.testing.assert_allclose(grid[k][:, i], alone[k][:, 0], rtol=1e-10, atol=1e-12, equal_nan=True, err_msg=k)
     assert np.isfinite(grid["train_loss"]).all()
     assert len({float(grid["val_loss"][-1, j]) for j in range(len(runs))}) == len(runs)  # the settings matter
@@ -236,7 +237,7 @@ def test_grokfast_lamb_zero_trains_like_no_filter():
     (g1, r1), = _groups(base + ["grokfast=ema", "grokfast_lamb=0"])
     (g2, r2), = _groups(base + ["grokfast=ma", "grokfast_window=3", "grokfast_lamb=0"])
     none, ema, ma = train_alone(g0, r0), train_alone(g1, r1), train_alone(g2, r2)
-    for k in METRIC_NAMES:
+    for k in METRIC_COLUMNS:
         np.testing.assert_allclose(none[k], ema[k], rtol=1e-12, atol=1e-14, equal_nan=True, err_msg=k)
         np.testing.assert_allclose(none[k], ma[k], rtol=1e-12, atol=1e-14, equal_nan=True, err_msg=k)
     (g3, r3), = _groups(base + ["grokfast=ema", "grokfast_lamb=2"])

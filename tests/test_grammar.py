@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from grokjax.errors import UserError
-from grokjax.spec.grammar import parse_expression
-from grokjax.spec.grid import build_sweep
-from grokjax.spec.presets import PRESETS, find_config
+from grokjax.grid.grammar import parse_expression
+from grokjax.grid.expand import build_sweep
+from grokjax.config.presets import find_config, named_sweeps
 
 
 def test_scalar_forms():
@@ -69,17 +69,17 @@ def test_toml_config_with_overrides(tmp_path):
     assert s.values["model.d_model"] == [48] and s.values["hp.seed"] == [0, 1] and s.name == "mine"
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_named_sweep_files_match_presets(name):
-    """sweeps/NAME.toml and the built-in preset (used when the file is absent) define the same sweep."""
+@pytest.mark.parametrize("name", named_sweeps())
+def test_every_named_sweep_file_builds(name):
+    """The presets live only in sweeps/NAME.toml: each one is found by name and passes every check."""
     path = find_config(name)
     assert path is not None and path.parent.name == "sweeps"
-    from_file = build_sweep(name)
-    from grokjax.spec.grid import Sweep, apply_preset, defaults
+    assert build_sweep(name).name == name
 
-    values, axes = defaults(), []
-    apply_preset(values, axes, PRESETS[name])
-    assert from_file.fingerprint() == Sweep(values, axes).fingerprint()
+
+def test_no_config_is_the_default_sweep_file():
+    assert build_sweep(None).fingerprint() == build_sweep("default").fingerprint() == \
+        build_sweep(str(find_config("default"))).fingerprint()
 
 
 def test_presets_follow_the_papers():

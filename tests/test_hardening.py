@@ -21,13 +21,15 @@ from grokjax.analysis.fit import fit_run
 from grokjax.cli import main
 from grokjax.engine.data import hparams_for
 from grokjax.engine.memory import choose_models_per_batch
-from grokjax.engine.program import METRIC_NAMES, Program, train_alone
+from grokjax.config.schedule import METRIC_COLUMNS
+from grokjax.engine.program import Program
+from grokjax.run.batch import train_alone
 from grokjax.engine.single import engine_for
 from grokjax.errors import UserError
 from grokjax.models.transformer import Transformer
 from grokjax.run.sweep import Interrupted, run_sweep
-from grokjax.spec.grid import build_sweep
-from grokjax.spec.structure import ModelConfig
+from grokjax.grid.expand import build_sweep
+from grokjax.config.structure import ModelConfig
 
 
 def _groups(args):
@@ -69,7 +71,7 @@ def test_float64_means_float64_end_to_end():
     assert hyper["learning_rate"].dtype == jnp.float64 and float(hyper["learning_rate"][0]) == 3e-3
     assert float(hyper["weight_decay"][0]) == 0.1
     m = train_alone(group, runs)
-    assert all(m[k].dtype == np.float64 for k in METRIC_NAMES)
+    assert all(m[k].dtype == np.float64 for k in METRIC_COLUMNS)
 
 
 def test_init_scale_multiplies_every_initial_weight_exactly():
@@ -104,7 +106,7 @@ def test_grid_mixing_frac_values_equals_each_run_alone():
         g1, alone_runs = _one_group(TINY + ["dtype=float64", f"frac={runs[i].get('hp.frac')}",
                                             f"seed={runs[i].get('hp.seed')}", "batch_size=3"])
         alone = train_alone(g1, alone_runs)
-        for k in METRIC_NAMES:
+        for k in METRIC_COLUMNS:
             np.testing.assert_allclose(grid[k][:, i], alone[k][:, 0], rtol=1e-10, atol=1e-12, equal_nan=True,
                                        err_msg=k)
 

@@ -20,7 +20,7 @@ from grokjax.analysis.law import MIN_LAW_CELLS, fit_law
 from grokjax.analysis.survival import cells, kaplan_meier_median
 from grokjax.cli import main
 from grokjax.errors import UserError
-from grokjax.spec.fields import FIELDS
+from grokjax.config.fields import FIELDS
 from grokjax.store.columns import TABLES
 
 
@@ -96,7 +96,7 @@ def test_loading_and_fitting_does_not_import_jax():
 
 
 def test_python_values_are_validated_like_the_command_line():
-    from grokjax.spec.grid import build_sweep
+    from grokjax.grid.expand import build_sweep
 
     base = [x for x in TINY if not x.startswith(("wd=", "seeds="))]
     s = build_sweep(None, base, settings={"wd": np.logspace(-1, 0, 3), "seeds": 2})

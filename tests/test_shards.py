@@ -15,7 +15,7 @@ from conftest import REPO, TINY, merged, run_cli, snapshot
 import grokjax
 from grokjax.cli import main
 from grokjax.errors import UserError
-from grokjax.spec.shard import Shard, parse_shard
+from grokjax.grid.shard import Shard, parse_shard
 
 # 6 runs; float64: a shard's program holds 2 models where the unsharded one holds 6, which round
 # differently in float32.

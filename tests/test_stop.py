@@ -17,7 +17,7 @@ import grokjax
 from grokjax.cli import main
 from grokjax.run.batch import Resolver, bucket_size
 from grokjax.run.sweep import run_sweep
-from grokjax.spec.grid import build_sweep
+from grokjax.grid.expand import build_sweep
 
 # Two of the four runs grok (at steps 225 and 900), two only memorize within the budget. float64: the
 # re-packed programs have other shapes than the budget run's, which round differently in float32.

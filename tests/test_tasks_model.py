@@ -16,8 +16,9 @@ from jax.extend.core import ClosedJaxpr, Jaxpr
 
 from grokjax.models.layers import matmul
 from grokjax.models.transformer import Transformer
-from grokjax.spec.structure import ModelConfig, TaskConfig
-from grokjax.tasks.tables import OPS, make_table, n_pairs_of
+from grokjax.config.structure import ModelConfig, TaskConfig
+from grokjax.config.choices import OPS
+from grokjax.tasks.tables import make_table, n_pairs_of
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -12,16 +12,12 @@ from conftest import TINY, CompileCounter, merged
 
 from grokjax.engine.data import hparams_for
 from grokjax.engine.memory import choose_models_per_batch
-from grokjax.engine.program import (
-    CPU_COMPILER_OPTIONS,
-    METRIC_NAMES,
-    Program,
-    compiler_options,
-    train_alone,
-)
+from grokjax.config.schedule import METRIC_COLUMNS
+from grokjax.engine.program import CPU_COMPILER_OPTIONS, Program, compiler_options
+from grokjax.run.batch import BatchTrainer, train_alone
 from grokjax.engine.single import engine_for
 from grokjax.optim.factory import make_optimizer
-from grokjax.spec.grid import build_sweep
+from grokjax.grid.expand import build_sweep
 
 
 def _group(args):
@@ -30,7 +26,7 @@ def _group(args):
 
 
 def _assert_same(a, b, rtol):
-    for k in METRIC_NAMES:
+    for k in METRIC_COLUMNS:
         np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=rtol, equal_nan=True, err_msg=k)
 
 
@@ -165,12 +161,10 @@ def test_a_budget_that_chunks_do_not_divide_computes_no_extra_step():
         group, runs = build_sweep(None, [*base, f"chunk_steps={chunk}"]).groups()[0]
         engine = engine_for(group, runs)
         prog = Program.get(engine, len(runs))
-        hps = prog.put(hparams_for(runs, engine.table.n_pairs))
-        state, splits = prog.init(hps)
         before = prog.steps_computed
-        results = list(prog.run(state, splits, hps, 0, len(runs)))
+        results = list(BatchTrainer(engine, runs, len(runs), lambda n: Program.get(engine, n)).chunks())
         assert prog.steps_computed - before == 50
         assert [(r.start, r.end) for r in results] == [(s, min(s + chunk, 50)) for s in range(0, 50, chunk)]
-        finals.append(jax.tree.leaves(results[-1].state))
+        finals.append(results[-1].checkpoint.leaves)
     for a, b in zip(*finals):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)

@@ -45,8 +45,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from grokjax.config.schedule import THRESHOLD, evals_between
 from grokjax.errors import UserError
-from grokjax.spec.structure import DIVERGENCE_LOSS
+from grokjax.config.structure import DIVERGENCE_LOSS
 from grokjax.store.load import Results, load
 from grokjax.store.outputs import save_fits
 
@@ -58,7 +59,7 @@ GROKKED = ("comprehension", "grokking")
 
 @dataclass(frozen=True)
 class FitOptions:
-    threshold: float = 0.99
+    threshold: float = THRESHOLD
     slack: float = 0.01
     gap: float = 1000.0
     keep: float = 0.9
@@ -155,13 +156,9 @@ def fit_run(m: pd.DataFrame, opts: FitOptions = FitOptions(), skipped_evals: int
 
 
 def _evals_between(stop_step: int, runs: pd.DataFrame, run_id: int) -> int:
-    """Evaluation steps in [stop_step, steps) of a run: multiples of eval_every and the last step."""
+    """Evaluation steps in [stop_step, steps) of a run."""
     row = runs.loc[runs["run_id"] == run_id].iloc[0]
-    steps, every = int(row["steps"]), int(row["eval_every"])
-    if stop_step >= steps:
-        return 0
-    multiples = (steps - 1) // every - (stop_step - 1) // every  # multiples of every in [stop_step, steps)
-    return multiples + (0 if (steps - 1) % every == 0 else 1)
+    return evals_between(stop_step, int(row["steps"]), int(row["eval_every"]))
 
 
 def fit_results(results: Results, opts: FitOptions = FitOptions()) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from grokjax.analysis.law import MIN_LAW_CELLS, TARGET_NAMES, Law, fit_law  # noqa: E402
 from grokjax.analysis.survival import cells  # noqa: E402
-from grokjax.spec.structure import PER_MODEL_FIELDS  # noqa: E402
+from grokjax.config.structure import PER_MODEL_FIELDS  # noqa: E402
 
 PHASE_COLORS = {"comprehension": "#cfe8cf", "grokking": "#fbe3b5", "memorization": "#f6c9c4",
                 "confusion": "#dddddd", "diverged": "#c9c4f6"}

@@ -7,22 +7,14 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from grokjax.spec.grid import Run, n_train_of
+from grokjax.config.structure import INTEGER_HPARAMS, PER_MODEL_FIELDS
+from grokjax.grid.expand import Run, n_train_of
 
 
-class Hparams(NamedTuple):
-    """Per-model numeric hyperparameters (spec.structure.HP_DEFAULTS, plus n_train); scalars for one model,
-    [N] arrays for a batch."""
-
-    wd: jax.Array
-    lr: jax.Array
-    frac: jax.Array
-    seed: jax.Array  # int32
-    init_scale: jax.Array
-    momentum: jax.Array
-    grokfast_alpha: jax.Array
-    grokfast_lamb: jax.Array
-    n_train: jax.Array  # int32, round(frac * n_pairs), computed on the host
+# Per-model numeric hyperparameters: the fields of config.structure.PerModel, plus n_train (round(frac *
+# n_pairs), computed on the host); scalars for one model, [N] arrays for a batch. Whole numbers are int32.
+Hparams = NamedTuple("Hparams", [(name, jax.Array) for name in (*PER_MODEL_FIELDS, "n_train")])
+INTEGER_FIELDS = (*INTEGER_HPARAMS, "n_train")
 
 
 class Split(NamedTuple):
@@ -39,8 +31,9 @@ def hparams_for(runs: list[Run], n_pairs: int) -> Hparams:
     program casts them to its dtype, so a float64 group sees the exact values typed), seeds int32."""
     frac = np.array([r.get("hp.frac") for r in runs], dtype=np.float64)
     n_train = np.array([n_train_of(f, n_pairs) for f in frac], dtype=np.int32)
-    cols = {name: np.array([r.get(f"hp.{name}") for r in runs], dtype=np.int32 if name == "seed" else np.float64)
-            for name in Hparams._fields if name != "n_train"}
+    cols = {name: np.array([r.get(f"hp.{name}") for r in runs],
+                           dtype=np.int32 if name in INTEGER_FIELDS else np.float64)
+            for name in PER_MODEL_FIELDS}
     return Hparams(**cols, n_train=n_train)
 
 

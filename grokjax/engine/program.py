@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from grokjax.engine.data import Hparams, Split, hparams_for, pad_models
-from grokjax.engine.single import Engine, ModelState, engine_for, is_dead
-from grokjax.spec.grid import Run
-from grokjax.spec.structure import GroupConfig
-
-METRIC_NAMES = ("train_loss", "train_acc", "val_loss", "val_acc", "param_norm")
+from grokjax.config.schedule import is_eval_step
+from grokjax.engine.data import INTEGER_FIELDS, Hparams, Split, pad_models
+from grokjax.engine.single import Engine, ModelState, is_dead
 
 
 def _chunk_fn(engine: Engine, chunk_steps: int) -> Callable:
@@ -41,7 +38,7 @@ def _chunk_fn(engine: Engine, chunk_steps: int) -> Callable:
         skipped = {k: jnp.full(v.shape, jnp.nan, v.dtype) for k, v in shapes.items()}
 
         def body(states: ModelState, step: jax.Array):
-            do_eval = (step % eval_every == 0) | (step == steps - 1)
+            do_eval = is_eval_step(step, eval_every, steps)
             evaluated = jax.lax.cond(do_eval, lambda: evaluate(states.params, splits, inputs, labels),
                                      lambda: skipped)
             states, trained = v_step(states, splits, hps, step, inputs, labels)
@@ -59,14 +56,12 @@ def _chunk_fn(engine: Engine, chunk_steps: int) -> Callable:
 @dataclass
 class ChunkResult:
     """What the host receives at a chunk boundary. metrics: name -> [K, n_real] (the group's dtype) for the steps
-    start..start+K-1 (K cut at the budget); diverged_step: [n_real] (-1 healthy); state: the host copy of
-    the full (padded) state after the chunk, fetched only where the caller asked for it."""
+    start..start+K-1 (K cut at the budget); diverged_step: [n_real] (-1 healthy)."""
 
     start: int
     end: int
     metrics: dict[str, np.ndarray]
     diverged_step: np.ndarray
-    state: ModelState | None
 
 
 def _program_bytes(compiled: Any) -> int | None:
@@ -191,7 +186,7 @@ class Program:
         dt = self.engine.dtype
         n = self.n_models
         f = lambda d: jax.ShapeDtypeStruct((n,), d, sharding=self.sharded)  # noqa: E731
-        return Hparams(**{k: f(jnp.int32 if k in ("seed", "n_train") else dt) for k in Hparams._fields})
+        return Hparams(**{k: f(jnp.int32 if k in INTEGER_FIELDS else dt) for k in Hparams._fields})
 
     @classmethod
     def cached(cls, engine: Engine, n_models: int) -> bool:
@@ -227,39 +222,13 @@ class Program:
         self.steps_computed += n_steps
         return self._compiled(n_steps)(state, splits, hps, start, self.inputs, self.labels)
 
-    def run(self, state: ModelState, splits: Split, hps: Hparams, start: int, n_real: int,
-            want_state: Callable[[int], bool] = lambda end: False,
-            should_stop: Callable[[], bool] = lambda: False) -> Iterator[ChunkResult]:
-        """Train from step ``start`` to the budget, yielding each chunk's metrics.
-
-        The next chunk is dispatched before the previous one's metrics are fetched, so the device does
-        not wait on the host. Because the state is donated to the next chunk, a host copy is taken at the
-        boundaries where ``want_state(end)`` is true (checkpoints) and always with the last result, which
-        is the final chunk or, when ``should_stop()`` (checked before each dispatch) became true, the last
-        chunk before the stop.
-        """
-        steps = self.engine.group.train.steps
-        pending = None
-        for s in range(start, steps, self.chunk_steps):
-            if should_stop():
-                break
-            end = min(s + self.chunk_steps, steps)
-            state, metrics, dead = self.train_chunk(state, splits, hps, jnp.int32(s), end - s)
-            host_state = self.host(state) if want_state(end) else None
-            if pending is not None:
-                yield self.fetch(*pending, n_real)
-            pending = (s, end, metrics, dead, host_state)
-        if pending is not None:
-            # The last dispatched state was never donated: the final result (end or stop) always carries it.
-            yield self.fetch(*pending[:4], self.host(state), n_real)
-
     @_in_precision
-    def fetch(self, start: int, end: int, metrics: dict[str, jax.Array], dead: jax.Array,
-              host_state: ModelState | None, n_real: int) -> ChunkResult:
+    def fetch(self, start: int, end: int, metrics: dict[str, jax.Array], dead: jax.Array, n_real: int
+              ) -> ChunkResult:
         """A dispatched chunk's results on the host (waits for it), cut to its steps and real models."""
         host, dead = _to_host((metrics, dead))
         return ChunkResult(start, end, {name: np.asarray(v)[: end - start, :n_real] for name, v in host.items()},
-                           np.asarray(dead)[:n_real], host_state)
+                           np.asarray(dead)[:n_real])
 
     @_in_precision
     def host(self, state: ModelState) -> ModelState:
@@ -275,20 +244,9 @@ class Program:
 def state_shapes(engine: Engine) -> list[jax.ShapeDtypeStruct]:
     """Shapes and dtypes of one model's state leaves (to check a checkpoint against), without compiling."""
     with jax.enable_x64(engine.dtype == jnp.float64):
-        hps = Hparams(**{k: jax.ShapeDtypeStruct((), jnp.int32 if k in ("seed", "n_train") else engine.dtype)
+        hps = Hparams(**{k: jax.ShapeDtypeStruct((), jnp.int32 if k in INTEGER_FIELDS else engine.dtype)
                          for k in Hparams._fields})
         return jax.tree.leaves(jax.eval_shape(engine.init_one, hps)[0])
-
-
-def train_alone(group: GroupConfig, runs: list[Run]) -> dict[str, np.ndarray]:
-    """Train some runs in one program to the end and return stacked metrics name -> [steps, N].
-    A small helper for tests and notebooks; the sweep streams instead of holding the history."""
-    engine = engine_for(group, runs)
-    prog = Program.get(engine, len(runs))
-    hps = prog.put(hparams_for(runs, engine.table.n_pairs))
-    state, splits = prog.init(hps)
-    chunks = [c.metrics for c in prog.run(state, splits, hps, 0, len(runs))]
-    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
 def train_flops_per_chunk(prog: Program) -> float | None:

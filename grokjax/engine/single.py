@@ -31,10 +31,10 @@ from grokjax.engine.measures import (
 )
 from grokjax.losses import LOSSES
 from grokjax.models.registry import make_model
-from grokjax.optim.factory import OPTIMIZER_HPARAMS, make_optimizer
-from grokjax.spec.grid import Run, batch_size_of, n_train_of
-from grokjax.spec.measures import MEASURE_NAMES
-from grokjax.spec.structure import DIVERGENCE_LOSS, GroupConfig
+from grokjax.optim.factory import make_optimizer
+from grokjax.grid.expand import Run, batch_size_of, n_train_of
+from grokjax.config.choices import MEASURE_NAMES
+from grokjax.config.structure import DIVERGENCE_LOSS, OPTIMIZER_HPARAMS, GroupConfig
 from grokjax.tasks.tables import TaskTable, make_table
 
 

@@ -17,11 +17,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from grokjax.config import choices
+from grokjax.config.choices import check_registry
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "gelu": nn.gelu,
     "quadratic": lambda x: x * x,  # Gromov 2023: x^2, with which the MLP's solution is analytic
 }
+check_registry("activation", ACTIVATIONS, choices.ACTIVATIONS)
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from grokjax.models.layers import Dense, activation
-from grokjax.spec.structure import ModelConfig
+from grokjax.config.structure import ModelConfig
 
 
 def torch_linear_init(fan_in: int) -> nn.initializers.Initializer:

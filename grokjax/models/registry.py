@@ -6,13 +6,14 @@ from typing import Any
 
 import flax.linen as nn
 
+from grokjax.config.choices import ARCHS, MLP_INPUTS, check_registry
 from grokjax.models.layers import ACTIVATIONS
 from grokjax.models.mlp import MLP
 from grokjax.models.transformer import Transformer
-from grokjax.spec.structure import ModelConfig
+from grokjax.config.structure import ModelConfig
 
 MODELS: dict[str, type[nn.Module]] = {"transformer": Transformer, "mlp": MLP}
-MLP_INPUTS = ("onehot", "embed")
+check_registry("model", MODELS, ARCHS)
 
 __all__ = ["ACTIVATIONS", "MLP_INPUTS", "MODELS", "make_model"]
 

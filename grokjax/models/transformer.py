@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from grokjax.models.layers import Dense, Kernel, activation, matmul
-from grokjax.spec.structure import ModelConfig
+from grokjax.config.structure import ModelConfig
 
 
 def _embed_init(d_model: int) -> nn.initializers.Initializer:

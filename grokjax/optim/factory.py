@@ -17,9 +17,7 @@ import optax
 
 from grokjax.optim.orthograd import orthograd
 from grokjax.optim.registry import GRADIENT_FILTERS, OPTIMIZERS
-from grokjax.spec.structure import TrainConfig
-
-OPTIMIZER_HPARAMS = ("lr", "wd", "momentum", "grokfast_alpha", "grokfast_lamb")
+from grokjax.config.structure import OPTIMIZER_HPARAMS, TrainConfig
 
 
 def make_optimizer(t: TrainConfig, hp: dict[str, Any] | None = None) -> optax.GradientTransformation:

@@ -18,8 +18,10 @@ from typing import Any, Callable
 
 import optax
 
+from grokjax.config import choices
+from grokjax.config.choices import check_registry
 from grokjax.optim.grokfast import grokfast_ema, grokfast_ma
-from grokjax.spec.structure import TrainConfig
+from grokjax.config.structure import TrainConfig
 
 
 def adamw(learning_rate: Any, weight_decay: Any, momentum: Any, b1: Any, b2: Any, eps: Any,
@@ -43,6 +45,7 @@ def sgd_l2(learning_rate: Any, weight_decay: Any, momentum: Any, b1: Any, b2: An
 
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {"adamw": adamw, "adam": adam_l2, "sgd": sgd_l2}
+check_registry("optimizer", OPTIMIZERS, choices.OPTIMIZERS)
 
 # name -> (static settings, per-model numbers) -> a filter applied to the raw gradient, or None.
 GRADIENT_FILTERS: dict[str, Callable[[TrainConfig, dict[str, Any]], optax.GradientTransformation | None]] = {
@@ -51,3 +54,4 @@ GRADIENT_FILTERS: dict[str, Callable[[TrainConfig, dict[str, Any]], optax.Gradie
     "ma": lambda t, hp: optax.inject_hyperparams(grokfast_ma, static_args=("window",))(
         lamb=hp["grokfast_lamb"], window=t.grokfast_window),
 }
+check_registry("gradient filter", GRADIENT_FILTERS, choices.GRADIENT_FILTERS)

@@ -20,12 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from grokjax.config.schedule import THRESHOLD, chunk_end, is_eval_steps, is_logged_steps
 from grokjax.engine.data import hparams_for, pad_models
 from grokjax.engine.program import Program
-from grokjax.engine.single import Engine
-from grokjax.run.progress import THRESHOLD
-from grokjax.spec.grid import Run
-from grokjax.store.layout import is_eval_steps
+from grokjax.config.structure import GroupConfig
+from grokjax.engine.single import Engine, engine_for
+from grokjax.grid.expand import Run
 from grokjax.store.results import Checkpoint
 
 
@@ -126,7 +126,7 @@ class BatchTrainer:
         steps, s = t.steps, self.start
         pending: BatchChunk | None = None
         while s < steps and len(self.live) and not should_stop():
-            end = min(s + self.prog.chunk_steps, steps)
+            end = chunk_end(s, self.prog.chunk_steps, steps)
             state, metrics, dead = self.prog.train_chunk(self.state, self.splits, self.hps, jnp.int32(s), end - s)
             self.state = state
             self.model_steps += (end - s) * self.prog.n_models
@@ -143,14 +143,14 @@ class BatchTrainer:
         """Fetch a chunk's results, drop the runs it resolved (re-packing the rest), and keep a checkpoint
         where wanted or where every run has stopped."""
         t = self.engine.group.train
-        res = self.prog.fetch(s, end, metrics, dead, None, len(self.live))
+        res = self.prog.fetch(s, end, metrics, dead, len(self.live))
         ids = self.ids[self.live]
         own = self.prog.own_rows[: len(self.live)].copy()
         stopped, reasons = ids[:0], []
         rows = None
         if self.resolver is not None and end < t.steps:
             is_eval = is_eval_steps(s, end - s, t.eval_every, t.steps)
-            logged = (np.arange(s, end) % t.log_every == 0) | is_eval
+            logged = is_logged_steps(s, end - s, t.log_every, t.eval_every, t.steps)
             done, why = self.resolver.update(res.metrics, logged, is_eval, res.diverged_step)
             if done.any():
                 stopped, reasons = ids[done], why[done].tolist()
@@ -161,3 +161,20 @@ class BatchTrainer:
                     self._pack(rows)
         ckpt = self._checkpoint(end, rows) if want or not len(self.live) else None
         return BatchChunk(s, end, ids, res.metrics, res.diverged_step, stopped, reasons, ckpt, own)
+
+
+def train_alone(group: GroupConfig, runs: list[Run]) -> dict[str, np.ndarray]:
+    """Train some runs in one program through the sweep's own loop (``BatchTrainer``), without writing,
+    and return stacked metrics name -> [steps, N, ...] (NaN after a run left the program under
+    stop=resolved). For tests and notebooks; the sweep streams its chunks instead of holding them."""
+    engine = engine_for(group, runs)
+    trainer = BatchTrainer(engine, runs, len(runs), lambda n: Program.get(engine, n))
+    column = {r.run_id: j for j, r in enumerate(runs)}
+    out: dict[str, np.ndarray] = {}
+    for c in trainer.chunks():
+        cols = [column[i] for i in c.ids.tolist()]
+        for name, v in c.metrics.items():
+            if name not in out:
+                out[name] = np.full((group.train.steps, len(runs), *v.shape[2:]), np.nan, v.dtype)
+            out[name][c.start: c.end, cols] = v
+    return out

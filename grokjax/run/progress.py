@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-THRESHOLD = 0.99
+from grokjax.config.schedule import THRESHOLD
 
 
 @dataclass

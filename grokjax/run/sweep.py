@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from grokjax.config.schedule import crosses
 from grokjax.engine.memory import choose_models_per_batch
 from grokjax.engine.program import Program, state_shapes
 from grokjax.engine.single import Engine, engine_for
@@ -17,15 +18,15 @@ from grokjax.errors import Interrupted, UserError
 from grokjax.run.batch import BatchTrainer
 from grokjax.run.cluster import Peers
 from grokjax.run.progress import Reporter, Tracker
-from grokjax.spec.grid import Sweep
-from grokjax.spec.shard import Shard
-from grokjax.spec.structure import GroupConfig
+from grokjax.grid.expand import Sweep
+from grokjax.grid.plan import disk_bytes
+from grokjax.grid.shard import Shard
+from grokjax.config.structure import GroupConfig
 from grokjax.store.results import (
     Checkpoint,
     DamagedFile,
     ResultsDir,
     default_out,
-    estimated_bytes,
 )
 
 
@@ -162,7 +163,7 @@ def _open(path: Path, sweep: Sweep, resume: bool, command: list[str], shard: Sha
     """Process 0 opens DIR (lock, sweep.json, runs.parquet); the others follow once it has."""
     rd = None
     if peers.leader:
-        rd = ResultsDir.open(path, sweep, resume, command, estimated_bytes(sweep), shard, peers.count)
+        rd = ResultsDir.open(path, sweep, resume, command, disk_bytes(sweep), shard, peers.count)
     peers.sync("grokjax-opened")
     return rd if rd is not None else ResultsDir.follow(path, sweep, (peers.index, peers.count))
 
@@ -216,10 +217,10 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
             if resume and peers.leader:
                 rd.clear_parts_from(gi, bi, trainer.start)
             peers.sync(f"grokjax-batch-{gi}-{bi}")  # no process writes before the leader has cleared
-            every, k = t.checkpoint_every, min(t.chunk_steps, t.steps)
+            k = min(t.chunk_steps, t.steps)
             n_batches = -(-len(runs) // per_batch)
             where = f"group {gi + 1}/{len(groups)} batch {bi + 1}/{n_batches}"
-            for c in trainer.chunks(want_state=lambda end: end // every != (end - k) // every,
+            for c in trainer.chunks(want_state=lambda end: crosses(end, t.checkpoint_every, k),
                                     should_stop=lambda: peers.largest(signals[0] if signals else 0) > 0):
                 if c.own.any():
                     rd.write_chunk(gi, bi, c.start, c.ids[c.own], {k: v[:, c.own] for k, v in c.metrics.items()},

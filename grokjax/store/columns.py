@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from grokjax.spec.meanings import MEANINGS
+from grokjax.config.fields import MEANINGS
 
 
 @dataclass(frozen=True)

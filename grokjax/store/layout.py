@@ -19,11 +19,8 @@ CELLS_PARQUET = "cells.parquet"
 LAWS_PARQUET = "laws.parquet"
 FIT_OPTIONS_KEY = b"grokjax.fit_options"  # Parquet schema metadata: the options fits were computed with
 LOCK = ".lock"
-METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "param_norm")
-EVAL_COLUMNS = ("val_loss", "val_acc", "param_norm")
-TRAIN_COLUMNS = ("train_loss", "train_acc")
 # Part names: [shard or process prefix]g<group>-b<batch>-s<first step>.parquet (shards: see
-# spec.shard.Shard.prefix; processes of a jax.distributed sweep: store.results.process_prefix)
+# grid.shard.Shard.prefix; processes of a jax.distributed sweep: store.results.process_prefix)
 PART_NAME = re.compile(r"(?:shard\d+of\d+-|proc\d+of\d+-)?g(?P<group>\d+)-b(?P<batch>\d+)-s(?P<start>\d+)\.parquet")
 SHARDS_DIR = "shards"  # --shard: one marker file per completed shard
 
@@ -33,12 +30,6 @@ def metric_parts(path: Path) -> list[Path]:
     return sorted(p for p in (Path(path) / METRICS_DIR).glob("*.parquet") if PART_NAME.fullmatch(p.name))
 
 
-
-
-def is_eval_steps(start: int, k: int, eval_every: int, steps: int) -> np.ndarray:
-    """[k] bool: which of the steps start..start+k-1 are evaluation steps (and the last step)."""
-    step = np.arange(start, start + k)
-    return (step % eval_every == 0) | (step == steps - 1)
 
 
 def spectra_parts(path: Path) -> list[Path]:

@@ -12,12 +12,12 @@ from typing import Any, Iterator
 import pandas as pd
 import pyarrow as pa
 
+from grokjax.config.schedule import METRIC_COLUMNS
 from grokjax.errors import UserError
 from grokjax.store.files import read_json, read_parquet
 from grokjax.store.layout import (
     FIT_OPTIONS_KEY,
     FITS_PARQUET,
-    METRIC_COLUMNS,
     RUNS_PARQUET,
     SHARDS_DIR,
     SWEEP_JSON,

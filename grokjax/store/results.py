@@ -32,10 +32,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from grokjax.config.schedule import TRAIN_COLUMNS, is_eval_steps, is_logged_steps
 from grokjax.errors import UserError
-from grokjax.spec.fields import SHORT_NAMES
-from grokjax.spec.grid import Run, Sweep
-from grokjax.spec.shard import Shard
+from grokjax.config.fields import SHORT_NAMES
+from grokjax.grid.expand import Run, Sweep
+from grokjax.grid.shard import Shard
 from grokjax.store.columns import column_rank, describe
 from grokjax.store.files import (
     atomic_file,
@@ -56,8 +57,6 @@ from grokjax.store.layout import (
     SPECTRUM,
     STOPS_DIR,
     SWEEP_JSON,
-    TRAIN_COLUMNS,
-    is_eval_steps,
 )
 
 
@@ -262,10 +261,9 @@ class ResultsDir:
         of log_every and at evaluation steps; every column not in ``train_columns`` is an evaluation
         column, null elsewhere. Returns the number of metric rows written."""
         k, n = metrics["train_loss"].shape
-        step = np.arange(start, start + k)
-        is_eval = (step % eval_every == 0) | (step == steps - 1)
-        keep = (step % log_every == 0) | is_eval
-        step, is_eval = step[keep], is_eval[keep]
+        is_eval = is_eval_steps(start, k, eval_every, steps)
+        keep = is_logged_steps(start, k, log_every, eval_every, steps)
+        step, is_eval = np.arange(start, start + k)[keep], is_eval[keep]
         cols: dict[str, pa.Array] = {
             "run_id": pa.array(np.repeat(run_ids.astype(np.int64), len(step))),
             "step": pa.array(np.tile(step.astype(np.int64), n)),
@@ -479,12 +477,6 @@ def _digest(arrays: list[np.ndarray]) -> bytes:
         h.update(str((x.dtype.str, x.shape)).encode())
         h.update(np.ascontiguousarray(x).tobytes())
     return h.digest()
-
-
-def estimated_bytes(sweep: Sweep) -> int:
-    """A generous estimate of the disk a sweep needs: ~16 bytes per compressed metric row."""
-    rows = sum(len(runs) * -(-g.train.steps // g.train.log_every) for g, runs in sweep.groups())
-    return 16 * rows
 
 
 def run_ids(runs: list[Run]) -> np.ndarray:

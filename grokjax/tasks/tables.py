@@ -13,10 +13,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from grokjax.spec.structure import TaskConfig
+from grokjax.config.choices import OPS, check_registry
+from grokjax.config.structure import TaskConfig
 
-OPS = ("add", "sub", "mul", "div", "x2_y2", "x2_xy_y2", "x2_xy_y2_x", "x3_xy", "x3_xy2_y", "s5")
-OPS_NEEDING_PRIME = ("div",)
 
 _POLY = {
     "add": lambda x, y, p: (x + y) % p,
@@ -28,6 +27,7 @@ _POLY = {
     "x3_xy": lambda x, y, p: (x * x * x + x * y) % p,
     "x3_xy2_y": lambda x, y, p: (x * x * x + x * y * y + y) % p,
 }
+check_registry("task", [*list(_POLY)[:3], "div", *list(_POLY)[3:], "s5"], OPS)  # div and s5 are special cases
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: make_table caches one table per task

@@ -16,10 +16,10 @@ from typing import Iterable
 
 import numpy as np
 
+from grokjax.config.choices import MEASURE_NAMES, canonical_measures
+from grokjax.config.fields import ALIASES, FIELDS
+from grokjax.config.structure import Scalar
 from grokjax.errors import UserError
-from grokjax.spec.fields import ALIASES, FIELDS
-from grokjax.spec.measures import MEASURE_NAMES, canonical_measures
-from grokjax.spec.structure import Scalar
 
 FUNCTIONS = ("logspace", "linspace", "range")
 MAX_AXIS_VALUES = 100_000  # values one key may sweep: refused before anything of that size is allocated

@@ -13,29 +13,18 @@ import itertools
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from grokjax.config.choices import OPS_NEEDING_PRIME, OPS_WITH_EXCLUDED, OPS_WITH_FOURIER
+from grokjax.config.fields import FIELDS, SHORT_NAMES
+from grokjax.config.presets import find_config, named_sweeps, read_sweep_file
+from grokjax.config.structure import GroupConfig, ModelConfig, Scalar, TaskConfig, TrainConfig
 from grokjax.errors import UserError
-from grokjax.spec.fields import FIELDS, SHORT_NAMES
-from grokjax.spec.grammar import (
-    MAX_AXIS_VALUES,
-    coerce,
-    did_you_mean,
-    parse_expression,
-    resolve_key,
-)
-from grokjax.spec.measures import OPS_WITH_EXCLUDED, OPS_WITH_FOURIER
-from grokjax.spec.presets import PRESETS, find_config, load_toml, named_sweeps
-from grokjax.spec.structure import (
-    GroupConfig,
-    ModelConfig,
-    Scalar,
-    TaskConfig,
-    TrainConfig,
-)
-from grokjax.tasks.tables import OPS_NEEDING_PRIME, n_pairs_of
+from grokjax.grid.grammar import MAX_AXIS_VALUES, coerce, did_you_mean, parse_expression, resolve_key
+from grokjax.tasks.tables import n_pairs_of
 
 MAX_RUNS = 1_000_000  # runs per sweep, refused before the grid is enumerated
 MAX_PAIRS = 4_000_000  # pairs in a task table (p <= 2000), refused before the table is built
@@ -172,10 +161,16 @@ def _apply(values: dict[str, list[Scalar]], axes: list[str], key: str, parsed: l
         axes.append(path)
 
 
-def apply_preset(values: dict[str, list[Scalar]], axes: list[str], preset: dict[str, Any]) -> None:
-    for path, v in preset.items():
-        _apply(values, axes, path, list(v) if isinstance(v, list) else [v], isinstance(v, list))
-
+def apply_file(values: dict[str, list[Scalar]], axes: list[str], path: Path) -> None:
+    """Apply a sweep file's keys (``config.presets.read_sweep_file``): strings in the sweep grammar, lists
+    as axes."""
+    for key, v in read_sweep_file(path).items():
+        resolve_key(key)
+        if isinstance(v, str):
+            parsed, is_axis = parse_expression(key, v)
+        else:
+            parsed, is_axis = (list(v), True) if isinstance(v, list) else ([v], False)
+        _apply(values, axes, key, parsed, is_axis)
 
 
 def python_values(key: str, value: Any) -> tuple[list[Scalar], bool]:
@@ -207,20 +202,13 @@ def build_sweep(config: str | None = None, overrides: Iterable[str] = (),
     """Resolve ``[CONFIG] key=value ...`` (``overrides``: the command line's text) and ``settings``
     (Python values by key, see ``python_values``) into a validated Sweep. Raises UserError on bad input."""
     values, axes = defaults(), []
-    name = config or "default"
-    if config is None:
-        apply_preset(values, axes, PRESETS["default"])
-    else:
-        path = find_config(config)
-        if path is not None:
-            for key, (parsed, is_axis) in load_toml(path).items():
-                _apply(values, axes, key, parsed, is_axis)
-            name = path.stem
-        elif config in PRESETS:
-            apply_preset(values, axes, PRESETS[config])
-        else:
-            raise UserError(f"no sweep file or preset named {config!r}{did_you_mean(config, named_sweeps())}; "
-                            f"accepted: a .toml path or one of {', '.join(named_sweeps())}")
+    config = config or "default"
+    path = find_config(config)
+    if path is None:
+        raise UserError(f"no sweep file or preset named {config!r}{did_you_mean(config, named_sweeps())}; "
+                        f"accepted: a .toml path or one of {', '.join(named_sweeps())}")
+    apply_file(values, axes, path)
+    name = path.stem
     seen: set[str] = set()
     for key, value in (settings or {}).items():
         path = resolve_key(key)

@@ -1,0 +1,63 @@
+"""Named sweeps: the TOML sweep files, ``sweeps/NAME.toml`` (the presets live there and only there).
+
+A sweep file holds keys as on the command line (tables give dotted paths); ``read_sweep_file`` returns
+them flattened and unparsed: ``grid.expand`` reads string values with the sweep grammar."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from grokjax.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+def find_config(name: str) -> Path | None:
+    """A TOML path as given, or ``sweeps/NAME.toml`` in the working directory or beside the package."""
+    candidates = [Path(name)]
+    if not name.endswith(".toml"):
+        for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+            candidates.append(root / "sweeps" / f"{name}.toml")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def named_sweeps() -> list[str]:
+    names: set[str] = set()
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        names |= {p.stem for p in (root / "sweeps").glob("*.toml")}
+    return sorted(names)
+
+
+def _flatten_toml(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= _flatten_toml(v, f"{key}.")
+        else:
+            out[key] = v
+    return out
+
+
+def read_sweep_file(path: Path) -> dict[str, Any]:
+    """A sweep file's keys (dotted paths for tables) and raw values: a string (sweep grammar), a
+    non-empty list of plain values, a number or a bool. UserError naming the file otherwise."""
+    try:
+        table = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read sweep file {str(path)!r}: {e}")
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"sweep file {str(path)!r} is not valid TOML: {e}")
+    out = _flatten_toml(table)
+    for key, v in out.items():
+        if isinstance(v, list):
+            if not v or any(isinstance(x, (list, dict)) for x in v):
+                raise UserError(f"{key} in {path}: a list must hold at least one plain value")
+        elif not isinstance(v, (str, int, float, bool)):
+            raise UserError(f"{key} in {path}: unsupported value {v!r}; use a number, string, bool or list")
+    return out

@@ -1,0 +1,167 @@
+"""Every sweep key, declared once: its name, default, accepted values, meaning and where it goes.
+
+A key is a field of one of four frozen dataclasses, declared with ``key(default, meaning, ...)``:
+``TaskConfig``, ``ModelConfig`` and ``TrainConfig`` hold the structural keys (hashable, so a
+``GroupConfig`` of the three keys a compiled program), ``PerModel`` the per-model numbers (vmapped arrays,
+never a recompile). ``config.fields`` derives from these declarations the parser's checks, ``grokjax keys``,
+the data dictionary of runs.parquet and the per-model arrays (``engine.data.Hparams``); a per-model number
+declared with ``optimizer=True`` also lives in the optimizer's state (``optim.factory``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from grokjax.config import choices as C
+
+Scalar = int | float | bool | str
+Check = Callable[[Any], "str | None"]  # returns what would be accepted, or None if the value is fine
+
+
+def at_least(lo: float) -> Check:
+    return lambda v: None if v >= lo else f"a number >= {lo:g}"
+
+
+def positive(v: Any) -> str | None:
+    return None if v > 0 else "a number > 0"
+
+
+def open_unit(v: Any) -> str | None:
+    return None if 0 < v < 1 else "a fraction strictly between 0 and 1"
+
+
+def in_unit(v: Any) -> str | None:
+    return None if 0 <= v < 1 else "a number in [0, 1)"
+
+
+def key(default: Scalar, meaning: str, *, choices: tuple[str, ...] = (), check: Check | None = None,
+        kind: str | None = None, optimizer: bool = False) -> Any:
+    """Declare one sweep key as a dataclass field. ``kind`` (int, float, bool, choice, batch, measures)
+    follows from the default and ``choices`` unless given; a whole number is checked >= 1 unless ``check``
+    says otherwise. ``optimizer``: a per-model number the optimizer keeps in its state."""
+    if kind is None:
+        kind = ("choice" if choices else "bool" if isinstance(default, bool) else
+                "int" if isinstance(default, int) else "float")
+    if check is None and kind == "int":
+        check = at_least(1)
+    return dataclasses.field(default=default, metadata=dict(meaning=meaning, kind=kind, choices=choices,
+                                                            check=check, optimizer=optimizer))
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Which binary operation, and the modulus p (ignored by ``s5``)."""
+
+    op: str = key("add", "binary operation of the task table (s5: composition in the permutation group S5)",
+                  choices=C.OPS)
+    p: int = key(97, "modulus of the task (ignored by s5); ops needing inverses need a prime", check=at_least(3))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network family and shape.
+
+    ``arch="transformer"``: decoder-only, ``n_layers`` blocks of width ``d_model`` (divisible by ``n_heads``)
+    with MLPs of width ``d_mlp``. ``arch="mlp"``: the "2-hot" MLP of Liu et al. 2022 / Gromov 2023 / Prieto et
+    al. 2025 with ``n_layers`` hidden layers of width ``d_mlp``; its input is the concatenated one-hot codes
+    of a and b (``mlp_input="onehot"``) or learned embeddings of size ``d_model`` (``"embed"``).
+    """
+
+    arch: str = key("transformer", "network family: decoder-only transformer, or the 2-hot MLP", choices=C.ARCHS)
+    n_layers: int = key(1, "transformer blocks, or hidden layers of the MLP")
+    d_model: int = key(128, "residual width (transformer) or embedding size (MLP with mlp_input=embed)")
+    n_heads: int = key(4, "attention heads (transformer); must divide d_model")
+    d_mlp: int = key(512, "hidden width of the transformer's MLP, or of every MLP hidden layer")
+    layer_norm: bool = key(False, "LayerNorm before attention, MLP and unembedding (transformer)")
+    act: str = key("relu", "activation: relu, gelu, or quadratic x^2 (Gromov 2023)", choices=C.ACTIVATIONS)
+    mlp_input: str = key("onehot", "MLP input: concatenated one-hot codes of a and b, or learned embeddings",
+                         choices=C.MLP_INPUTS)
+    bias: bool = key(True, "biases in the dense layers that have them")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything about the training loop that fixes shapes or the compiled program.
+
+    ``measures`` is kept in canonical order (``config.choices.canonical_measures``) so equal sets make one
+    group. ``stop="resolved"`` drops each run from the program once its fate is known (grokked: validation
+    accuracy >= ``schedule.THRESHOLD`` at ``patience`` evaluations in a row after train accuracy reached it;
+    or diverged) and re-packs the rest; ``"budget"`` trains every run to ``steps``.
+    """
+
+    steps: int = key(40_000, "training steps per run (the budget)")
+    batch_size: int | str = key("full", "train pairs per step: full, auto (min(512, n_train/2)) or a number",
+                                kind="batch")
+    eval_every: int = key(100, "steps between evaluations on the validation split")
+    log_every: int = key(1, "steps between logged train metrics")
+    warmup_steps: int = key(10, "linear learning-rate warmup from 0", check=at_least(0))
+    beta1: float = key(0.9, "Adam first-moment decay (momentum for sgd is the key momentum)", check=in_unit)
+    beta2: float = key(0.98, "Adam second-moment decay", check=in_unit)
+    eps: float = key(1e-8, "Adam epsilon", check=positive)
+    decay_mask: str = key("all", "which parameters weight decay acts on: all, or matrices only",
+                          choices=C.DECAY_MASKS)
+    optimizer: str = key("adamw", "adamw (decoupled decay), adam or sgd (wd as coupled L2, torch semantics)",
+                         choices=C.OPTIMIZERS)
+    orthograd: bool = key(False, "project each gradient orthogonal to its weights, rescaled to its norm "
+                                 "(Prieto et al. 2025)")
+    grokfast: str = key("none", "gradient filter before the optimizer: none, ema or ma (Lee et al. 2024)",
+                        choices=C.GRADIENT_FILTERS)
+    grokfast_window: int = key(100, "window of the ma filter, in steps")
+    loss: str = key("softmax", "cross-entropy through softmax, or StableMax (Prieto et al. 2025)", choices=C.LOSSES)
+    measures: str = key("norms", "progress measures computed on the device: a +-joined set of norms, fourier, "
+                                 "excluded (or none)", kind="measures", choices=C.MEASURE_NAMES)
+    dtype: str = key("float32", "floating-point precision of parameters, training and stored metrics",
+                     choices=C.DTYPES)
+    eval_batch_size: int = key(4096, "validation pairs per evaluation call (memory, not results)")
+    chunk_steps: int = key(500, "steps per compiled call; the host sees data only between chunks")
+    checkpoint_every: int = key(5000, "steps between checkpoints (for --resume)")
+    models_per_batch: int = key(0, "models per compiled program; 0 = as many as fit in memory", check=at_least(0))
+    stop: str = key("budget", "budget: every run trains all steps; resolved: a run stops once grokked or diverged",
+                    choices=C.STOPS)
+    patience: int = key(3, "stop=resolved: evaluations in a row at validation accuracy >= 0.99 that make a run "
+                           "grokked")
+
+
+@dataclass(frozen=True)
+class PerModel:
+    """The per-model numbers of one run: [N] arrays in a compiled program (``engine.data.Hparams``)."""
+
+    wd: float = key(1.0, "weight decay (decoupled for adamw, coupled L2 for adam and sgd)", check=at_least(0),
+                    optimizer=True)
+    lr: float = key(1e-3, "peak learning rate", check=positive, optimizer=True)
+    frac: float = key(0.3, "fraction of the task table used for training", check=open_unit)
+    seed: int = key(0, "random seed of the split, the initialisation and the minibatches", check=at_least(0))
+    init_scale: float = key(1.0, "multiplies every initial weight (Omnigrok's alpha)", check=positive)
+    momentum: float = key(0.0, "SGD momentum (sgd only)", check=in_unit, optimizer=True)
+    grokfast_alpha: float = key(0.98, "EMA decay of the grokfast=ema filter", check=in_unit, optimizer=True)
+    grokfast_lamb: float = key(2.0, "amplification of the filtered gradient (grokfast ema and ma)",
+                               check=at_least(0), optimizer=True)
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """One static group: everything that needs its own compiled program."""
+
+    task: TaskConfig
+    model: ModelConfig
+    train: TrainConfig
+
+
+# Where each declaring dataclass lands in a dotted key path (``model.d_model``, ``hp.wd``).
+SECTIONS: dict[str, type] = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig, "hp": PerModel}
+
+# A run has diverged at the first step whose train loss is non-finite or above this bound, or whose
+# parameters after an update are non-finite (cross-entropy at chance is log(n_symbols) ~ 5; a loss of 1e8
+# means logit gaps of 1e8 on the training pairs). The engine freezes it there; fit calls it "diverged".
+DIVERGENCE_LOSS = 1e8
+
+PER_MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(PerModel))
+HP_DEFAULTS: dict[str, Scalar] = {f.name: f.default for f in dataclasses.fields(PerModel)}
+OPTIMIZER_HPARAMS = tuple(f.name for f in dataclasses.fields(PerModel) if f.metadata["optimizer"])
+INTEGER_HPARAMS = tuple(f.name for f in dataclasses.fields(PerModel) if f.metadata["kind"] == "int")
