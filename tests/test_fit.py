@@ -99,6 +99,23 @@ def test_kaplan_meier_median_hand_computed():
     assert kaplan_meier_median(np.array([4, 4, 4, 9, 9]), np.array([1, 1, 1, 0, 0], bool)) == 4
 
 
+def test_kaplan_meier_median_equals_scipys_ecdf_on_random_censored_samples():
+    """The hand-written median (kept for speed, see survival.py) against scipy.stats.ecdf on CensoredData."""
+    from scipy import stats
+
+    rng = np.random.default_rng(7)
+    for _ in range(500):
+        n = int(rng.integers(1, 20))
+        times = rng.integers(1, 30, n) * 50.0
+        observed = rng.random(n) < rng.random()
+        expected = math.inf
+        if observed.any():
+            sf = stats.ecdf(stats.CensoredData(uncensored=times[observed], right=times[~observed])).sf
+            hit = np.flatnonzero(sf.probabilities <= 0.5 + 1e-12)
+            expected = float(sf.quantiles[hit[0]]) if hit.size else math.inf
+        assert kaplan_meier_median(times, observed) == expected, (times, observed)
+
+
 def synthetic_fits(alpha=-1.0, seeds=8, noise=0.1, seed=0, wds=(0.1, 0.3, 1.0, 3.0, 10.0)):
     rng = np.random.default_rng(seed)
     rows = []

@@ -166,7 +166,7 @@ def test_diverging_run_is_isolated_and_reported(tmp_path, tiny):
 def test_too_little_disk_is_refused_before_training(tmp_path, capsys, monkeypatch, tiny):
     import shutil as real_shutil
 
-    import grokjax.store.results as store
+    import grokjax.store.directory as store
 
     usage = real_shutil.disk_usage(tmp_path)
     monkeypatch.setattr(store.shutil, "disk_usage", lambda p: usage._replace(free=10))
@@ -179,7 +179,7 @@ def test_too_little_disk_is_refused_before_training(tmp_path, capsys, monkeypatc
 def test_full_disk_mid_sweep_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     import errno
 
-    import grokjax.store.results as store
+    import grokjax.store.parts as store
 
     real = store.atomic_parquet
     calls = {"parts": 0}

@@ -83,6 +83,8 @@ def fit_law(fits: pd.DataFrame, target: str = "t_val", n_boot: int = 1000, seed:
         lo_x, hi_x = (float(xs.min()), float(xs.max())) if xs.size else (math.nan, math.nan)
         return Law(target, x_name, math.nan, math.nan, math.nan, math.nan, len(groups), lo_x, hi_x)
     alpha, c = _slope(xs, np.array([g[3] for g in groups]))
+    # Seeds resampled within each cell, and a resample kept only where >= 2 cells have a finite median: not
+    # scipy.stats.bootstrap, which resamples but cannot drop the resamples where the slope is undefined.
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):

@@ -26,7 +26,7 @@ from grokjax.engine.program import Program
 from grokjax.config.structure import GroupConfig
 from grokjax.engine.single import Engine, engine_for
 from grokjax.grid.expand import Run
-from grokjax.store.results import Checkpoint
+from grokjax.store.checkpoints import Checkpoint
 
 
 def bucket_size(n_live: int, per_batch: int) -> int:

@@ -1,5 +1,5 @@
 """Run a whole sweep: groups x model batches x chunks, streaming metrics and checkpoints to one results
-directory. The host touches data only at chunk boundaries; ``store.results.ResultsDir`` owns all I/O."""
+directory. The host touches data only at chunk boundaries; ``store.directory.ResultsDir`` owns all I/O."""
 
 from __future__ import annotations
 
@@ -22,12 +22,8 @@ from grokjax.grid.expand import Sweep
 from grokjax.grid.plan import disk_bytes
 from grokjax.grid.shard import Shard
 from grokjax.config.structure import GroupConfig
-from grokjax.store.results import (
-    Checkpoint,
-    DamagedFile,
-    ResultsDir,
-    default_out,
-)
+from grokjax.store.checkpoints import Checkpoint, DamagedFile
+from grokjax.store.directory import ResultsDir, default_out
 
 
 @contextlib.contextmanager

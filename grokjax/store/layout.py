@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
-
 SWEEP_JSON = "sweep.json"
 RUNS_PARQUET = "runs.parquet"
 METRICS_DIR = "metrics"
@@ -20,21 +18,15 @@ LAWS_PARQUET = "laws.parquet"
 FIT_OPTIONS_KEY = b"grokjax.fit_options"  # Parquet schema metadata: the options fits were computed with
 LOCK = ".lock"
 # Part names: [shard or process prefix]g<group>-b<batch>-s<first step>.parquet (shards: see
-# grid.shard.Shard.prefix; processes of a jax.distributed sweep: store.results.process_prefix)
+# grid.shard.Shard.prefix; processes of a jax.distributed sweep: store.directory.process_prefix)
 PART_NAME = re.compile(r"(?:shard\d+of\d+-|proc\d+of\d+-)?g(?P<group>\d+)-b(?P<batch>\d+)-s(?P<start>\d+)\.parquet")
 SHARDS_DIR = "shards"  # --shard: one marker file per completed shard
 
 
-def metric_parts(path: Path) -> list[Path]:
-    """The complete part files (temporary files are hidden and never match)."""
-    return sorted(p for p in (Path(path) / METRICS_DIR).glob("*.parquet") if PART_NAME.fullmatch(p.name))
+PART_DIRS = (METRICS_DIR, SPECTRA_DIR, STOPS_DIR)  # each chunk's parts, one per kind, named alike
 
 
-
-
-def spectra_parts(path: Path) -> list[Path]:
-    return sorted(p for p in (Path(path) / SPECTRA_DIR).glob("*.parquet") if PART_NAME.fullmatch(p.name))
-
-
-def stops_parts(path: Path) -> list[Path]:
-    return sorted(p for p in (Path(path) / STOPS_DIR).glob("*.parquet") if PART_NAME.fullmatch(p.name))
+def parts(path: Path, kind: str = METRICS_DIR) -> list[Path]:
+    """The complete part files of one kind (a folder of ``PART_DIRS``); temporary files are hidden and
+    never match."""
+    return sorted(p for p in (Path(path) / kind).glob("*.parquet") if PART_NAME.fullmatch(p.name))

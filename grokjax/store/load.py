@@ -18,12 +18,13 @@ from grokjax.store.files import read_json, read_parquet
 from grokjax.store.layout import (
     FIT_OPTIONS_KEY,
     FITS_PARQUET,
+    METRICS_DIR,
     RUNS_PARQUET,
     SHARDS_DIR,
+    SPECTRA_DIR,
+    STOPS_DIR,
     SWEEP_JSON,
-    metric_parts,
-    spectra_parts,
-    stops_parts,
+    parts,
 )
 
 
@@ -85,19 +86,19 @@ def load(path: str | os.PathLike) -> Results:
         sweep["complete"] = len(set(done) & set(range(int(sweep["shards"])))) == int(sweep["shards"])
     runs = read_parquet(path / RUNS_PARQUET, "the runs table cannot be recovered from the metrics; rerun the "
                         "sweep into a new --out (its sweep.json holds the command)").to_pandas()
-    tables = list(_read_parts(metric_parts(path), path))
+    tables = list(_read_parts(parts(path, METRICS_DIR), path))
     if tables:
         metrics = pa.concat_tables(tables, promote_options="permissive").to_pandas()
         metrics = metrics.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
     else:
         metrics = pd.DataFrame({"run_id": pd.Series(dtype="int64"), "step": pd.Series(dtype="int64")}
                                | {c: pd.Series(dtype="float32") for c in METRIC_COLUMNS})
-    spectra_tables = list(_read_parts(spectra_parts(path), path))
+    spectra_tables = list(_read_parts(parts(path, SPECTRA_DIR), path))
     results = Results(path, sweep, runs, metrics)
     if spectra_tables:
         spectra = pa.concat_tables(spectra_tables, promote_options="permissive").to_pandas()
         results.spectra = spectra.sort_values(["run_id", "step", "freq"], kind="stable").reset_index(drop=True)
-    stops_tables = list(_read_parts(stops_parts(path), path))
+    stops_tables = list(_read_parts(parts(path, STOPS_DIR), path))
     if stops_tables:
         results.stops = pa.concat_tables(stops_tables).to_pandas().sort_values("run_id").reset_index(drop=True)
     return results
@@ -113,8 +114,8 @@ def saved_fits(path: str | os.PathLike) -> tuple[pd.DataFrame | None, str]:
     target = path / FITS_PARQUET
     if not target.is_file():
         return None, f"no {FITS_PARQUET} yet"
-    parts = metric_parts(path)
-    if parts and max(p.stat().st_mtime for p in parts) > target.stat().st_mtime:
+    found = parts(path, METRICS_DIR)
+    if found and max(p.stat().st_mtime for p in found) > target.stat().st_mtime:
         return None, f"{target} is older than the metrics"
     try:
         table = read_parquet(target, "")

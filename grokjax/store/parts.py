@@ -1,0 +1,121 @@
+"""Streamed parts of a results directory: one metrics part (and its spectra and stops parts) per chunk of
+one model batch, written to a hidden temporary name and renamed, so a visible part is always complete.
+
+``PartWriter`` is the part of ``store.directory.ResultsDir`` that writes, lists and clears them; the
+results directory's layout (``store.layout``) names them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from grokjax.config.schedule import TRAIN_COLUMNS, is_eval_steps, is_logged_steps
+from grokjax.store.columns import column_rank, describe
+from grokjax.store.files import atomic_parquet, parquet_ok
+from grokjax.store.layout import METRICS_DIR, PART_DIRS, SPECTRA_DIR, SPECTRUM, STOPS_DIR
+
+
+class PartWriter:
+    """Writes and clears the parts of one writer (a sweep, a shard, or one process of a multi-process
+    sweep). Needs ``path``, ``shard``, ``prefix`` (checkpoint names), ``part_prefix`` and ``_guard``."""
+
+    path: Path
+    shard: Any
+    prefix: str
+    part_prefix: str
+
+    def _guard(self, write: Any) -> None:  # pragma: no cover - ResultsDir's
+        raise NotImplementedError
+
+    def write_chunk(self, group: int, batch: int, start: int, run_ids: np.ndarray,
+                    metrics: dict[str, np.ndarray], log_every: int, eval_every: int, steps: int,
+                    train_columns: tuple[str, ...] = TRAIN_COLUMNS) -> int:
+        """Write one chunk ([K, N] arrays for steps start..start+K-1) as one complete metrics part, and
+        its Fourier spectra (``spectrum`` [K, N, F], F > 0) as one spectra part. Keeps rows at multiples
+        of log_every and at evaluation steps; every column not in ``train_columns`` is an evaluation
+        column, null elsewhere. Returns the number of metric rows written."""
+        k, n = metrics["train_loss"].shape
+        is_eval = is_eval_steps(start, k, eval_every, steps)
+        keep = is_logged_steps(start, k, log_every, eval_every, steps)
+        step, is_eval = np.arange(start, start + k)[keep], is_eval[keep]
+        cols: dict[str, pa.Array] = {
+            "run_id": pa.array(np.repeat(run_ids.astype(np.int64), len(step))),
+            "step": pa.array(np.tile(step.astype(np.int64), n)),
+        }
+        eval_mask = np.tile(~is_eval, n)
+        names = sorted((c for c in metrics if c != SPECTRUM), key=column_rank)
+        for name in names:
+            values = metrics[name][keep].T.ravel()  # [N * K'] ordered by run, then step
+            cols[name] = pa.array(values, mask=None if name in train_columns else eval_mask,
+                                  type=pa.from_numpy_dtype(values.dtype))
+        name = self._part_name(group, batch, start)
+        spectrum = metrics.get(SPECTRUM)
+        if spectrum is not None and spectrum.shape[-1] > 0:
+            self._write_spectra(name, start, run_ids, spectrum, is_eval_steps(start, k, eval_every, steps))
+        self._guard(lambda: atomic_parquet(self.path / METRICS_DIR / name, describe(pa.table(cols), "metrics")))
+        return len(step) * n
+
+    def _write_spectra(self, name: str, start: int, run_ids: np.ndarray, spectrum: np.ndarray,
+                       is_eval: np.ndarray) -> None:
+        """The long table (run_id, step, freq, norm) of the evaluation steps of one chunk."""
+        spec = spectrum[is_eval]  # [E, N, F]
+        e, n, f = spec.shape
+        steps = np.arange(start, start + len(is_eval))[is_eval]
+        table = pa.table({
+            "run_id": pa.array(np.repeat(run_ids.astype(np.int64), e * f)),
+            "step": pa.array(np.tile(np.repeat(steps.astype(np.int64), f), n)),
+            "freq": pa.array(np.tile(np.arange(f, dtype=np.int64), e * n)),
+            "norm": pa.array(spec.transpose(1, 0, 2).ravel()),
+        })
+        (self.path / SPECTRA_DIR).mkdir(exist_ok=True)
+        self._guard(lambda: atomic_parquet(self.path / SPECTRA_DIR / name, describe(table, "spectra")))
+
+    def write_stops(self, group: int, batch: int, start: int, run_ids: np.ndarray, stop_step: int,
+                    reasons: list[str]) -> None:
+        """Record runs that left the program after the chunk starting at ``start`` (stop=resolved):
+        one part per chunk, named like its metrics part so a resume removes both together."""
+        table = pa.table({"run_id": pa.array(run_ids.astype(np.int64)),
+                          "stop_step": pa.array(np.full(len(run_ids), stop_step, np.int64)),
+                          "reason": pa.array(reasons, pa.string())})
+        (self.path / STOPS_DIR).mkdir(exist_ok=True)
+        name = self._part_name(group, batch, start)
+        self._guard(lambda: atomic_parquet(self.path / STOPS_DIR / name, describe(table, "stops")))
+
+    def _part_name(self, group: int, batch: int, start: int) -> str:
+        return f"{self.part_prefix}g{group:03d}-b{batch:03d}-s{start:09d}.parquet"
+
+    def _parts(self, pattern: str) -> list[Path]:
+        return [p for d in PART_DIRS for p in (self.path / d).glob(pattern)]
+
+    def _batch_parts(self, group: int, batch: int | None = None) -> list[tuple[int, Path]]:
+        """(start step, file) of the parts of a group's batch (all batches if None) that this writer owns:
+        a shard's own parts, or else the parts of every process of any earlier multi-process run (so a
+        resume with another process count clears them too)."""
+        b = r"\d+" if batch is None else f"{batch:03d}"
+        own = re.escape(self.prefix) if self.shard else r"(?:proc\d+of\d+-)?"
+        name = re.compile(own + f"g{group:03d}-b{b}" + r"-s(?P<start>\d+)\.parquet")
+        return [(int(m.group("start")), p) for p in self._parts("*.parquet") if (m := name.fullmatch(p.name))]
+
+    def clear_parts_from(self, group: int, batch: int, step: int) -> None:
+        """Remove this batch's parts at or after ``step`` (written after the checkpoint we resume from)."""
+        for start, part in self._batch_parts(group, batch):
+            if start >= step:
+                part.unlink()
+        for tmp in self._parts(".*.tmp"):
+            tmp.unlink()
+
+    def has_parts(self, group: int) -> bool:
+        return any(p.parent.name == METRICS_DIR for _, p in self._batch_parts(group))
+
+    def first_damaged_part(self, group: int, batch: int) -> tuple[int, Path] | None:
+        """(start step, file) of this batch's earliest metric part that cannot be read, if any."""
+        for start, part in sorted(self._batch_parts(group, batch)):
+            if not parquet_ok(part):
+                return start, part
+        return None
+
