@@ -90,6 +90,36 @@ def test_frequency_norms_match_a_direct_dft():
     np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
+def _direct_spectrum(embed: np.ndarray) -> np.ndarray:
+    """Per-frequency norms of a [p, d] embedding by a direct DFT (the constant, then each k's cos and sin)."""
+    p = embed.shape[0]
+    x = np.arange(p)
+    want = [np.linalg.norm(embed.sum(axis=0)) / math.sqrt(p)]
+    for k in range(1, (p - 1) // 2 + 1):
+        c, s = np.cos(2 * np.pi * k * x / p) @ embed, np.sin(2 * np.pi * k * x / p) @ embed
+        want.append(math.sqrt(2 / p) * math.sqrt(np.sum(c**2) + np.sum(s**2)))
+    return np.array(want)
+
+
+@pytest.mark.parametrize("args", [[], ["arch=mlp"], ["arch=mlp", "mlp_input=embed"]])
+def test_the_spectrum_is_that_of_the_number_embedding(args):
+    """Nanda et al.'s spectrum is of W_E, the input embedding of the p number tokens (the one-hot MLP: its
+    first layer's rows for a), not of the unembedding or another layer."""
+    engine, state, split, _ = _engine_and_state(BASE + ["measures=fourier"] + args)
+    params = jax.tree.map(np.asarray, state.params)
+    p = engine.table.n_symbols
+    if "arch=mlp" not in args:
+        embed = params["embed"]["embedding"][:p]
+    elif "mlp_input=embed" in args:
+        embed = params["embed"][:p]
+    else:
+        embed = params["in_kernel"][:p]
+    with jax.enable_x64(True):
+        _, spectrum = engine.measure_one(state.params, split, jnp.asarray(engine.table.inputs),
+                                         jnp.asarray(engine.table.labels))
+    np.testing.assert_allclose(np.asarray(spectrum), _direct_spectrum(embed), rtol=1e-10)
+
+
 def test_an_embedding_of_few_pure_frequencies_has_gini_near_one():
     p = 31
     x = np.arange(p)

@@ -92,6 +92,29 @@ def test_decoupled_decay_is_pytorch_adamw(mask):
     np.testing.assert_allclose(new["b"], 1 - 0.1 * 0.5 * factor if mask == "all" else 1.0)
 
 
+@pytest.mark.parametrize("args", [[], ["arch=mlp", "mlp_input=embed"], ["layer_norm=true"]])
+@pytest.mark.parametrize("mask", ["all", "matrices"])
+def test_weight_decay_reaches_every_parameter_of_the_real_model(mask, args):
+    """On the model's own parameters (embeddings, attention, MLP, LayerNorms, unembedding): with zero
+    gradients one AdamW update scales every decayed leaf by 1 - lr*wd/10 (first warmup step); decay_mask=all
+    decays every leaf, matrices exactly the leaves with 2 or more axes."""
+    group, runs = _group(TINY + ["dtype=float64", f"decay_mask={mask}", "warmup_steps=10", "lr=0.1", "wd=0.5",
+                                 *args])
+    eng = engine_for(group, runs)
+    hp = jax.tree.map(lambda x: jnp.asarray(x[0]), hparams_for(runs, eng.table.n_pairs))
+    with jax.enable_x64(True):
+        state, _ = eng.init_one(hp)
+        updates, _ = eng.optimizer().update(jax.tree.map(jnp.zeros_like, state.params), state.opt_state,
+                                            state.params)
+        new = optax.apply_updates(state.params, updates)
+    paths = jax.tree_util.tree_leaves_with_path(state.params)
+    assert any("embed" in jax.tree_util.keystr(path) for path, _ in paths)
+    for (path, old), fresh in zip(paths, jax.tree.leaves(new)):
+        decayed = mask == "all" or old.ndim >= 2
+        np.testing.assert_allclose(fresh, old * (1 - 0.1 * 0.5 / 10) if decayed else old, rtol=1e-12,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
 def test_minibatches_come_from_the_models_own_train_split():
     group, runs = _group(TINY + ["batch_size=4", "seeds=2", "frac=[0.3,0.6]"])
     eng = engine_for(group, runs)
