@@ -113,3 +113,51 @@ def test_fit_reports_missing_shards_and_a_killed_shard_resumes(tmp_path, unshard
     ref = grokjax.load(alone).metrics
     got = r.metrics[r.metrics.run_id.isin(ref.run_id.unique())].reset_index(drop=True)
     pd.testing.assert_frame_equal(got, ref, check_exact=True)  # the same program: bitwise
+
+
+def test_shards_opening_one_fresh_directory_at_the_same_instant(tmp_path):
+    """8 shards open a directory that does not exist yet at the same instant, 10 times over: every open
+    succeeds, exactly one sweep.json and runs.parquet result (readable, this sweep's), and no temporary or
+    probe file is left (once a shared temporary name let one shard's rename take another's file)."""
+    import threading
+
+    import pyarrow.parquet as pq
+
+    from grokjax.grid.expand import build_sweep
+    from grokjax.store.directory import ResultsDir
+    from grokjax.store.files import read_json
+
+    sweep = build_sweep(None, GRID)
+    n = 8
+    for round_ in range(10):
+        out = tmp_path / f"r{round_}"
+        barrier, errors, dirs = threading.Barrier(n), [], []
+
+        def open_shard(i: int) -> None:
+            barrier.wait()
+            try:
+                dirs.append(ResultsDir.open(out, sweep, False, ["test"], 0, Shard(i, n)))
+            except Exception as e:  # noqa: BLE001 - collected and reported below
+                errors.append(f"shard {i}: {e}")
+
+        threads = [threading.Thread(target=open_shard, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert read_json(out / "sweep.json")["fingerprint"] == sweep.fingerprint()
+        assert pq.read_table(out / "runs.parquet").num_rows == sweep.n_runs()
+        assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") or "probe" in p.name]
+        for d in dirs:
+            d.close(remove_lock=True)
+
+
+def test_a_refused_shard_leaves_the_other_shards_files(tmp_path, capsys):
+    """A shard refused at open (here: another shard count) removes nothing it did not write itself."""
+    out = tmp_path / "r"
+    assert main(["sweep", *GRID, "--out", str(out), "--shard", "0/3", "--quiet", "--no-plot"]) == 0
+    capsys.readouterr()
+    before = snapshot(out)
+    assert main(["sweep", *GRID, "--out", str(out), "--shard", "1/2", "--quiet", "--no-plot"]) == 2
+    assert snapshot(out) == before

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -30,7 +30,7 @@ from grokjax.grid.expand import Sweep
 from grokjax.grid.shard import Shard
 from grokjax.store.checkpoints import CheckpointStore
 from grokjax.store.columns import describe
-from grokjax.store.files import atomic_parquet, atomic_write_bytes, read_json, remove_tree, write_error
+from grokjax.store.files import atomic_parquet, atomic_write_bytes, read_json, write_error
 from grokjax.store.layout import CHECKPOINT_DIR, LOCK, METRICS_DIR, PART_DIRS, RUNS_PARQUET, SHARDS_DIR, SWEEP_JSON
 from grokjax.store.parts import PartWriter
 
@@ -148,33 +148,35 @@ class ResultsDir(PartWriter, CheckpointStore):
             raise UserError(f"--out {path}: {who} (it is writing there right now); wait for it to finish or "
                             f"choose another --out")
         rd = cls(path, lock_fd, shard, (0, processes))
-        spec_file = path / SWEEP_JSON
+        written: list[Path] = []
         try:
-            existing = _judge_existing(path, sweep, resume, shard)
-        except UserError:
+            # Shards started together into one DIR: the first to hold the directory's lock writes sweep.json
+            # and runs.parquet, the others then judge what it wrote.
+            with _directory_lock(path):
+                existing = _judge_existing(path, sweep, resume, shard)
+                probe = path / f".write-probe-{os.getpid()}"
+                probe.write_bytes(b"ok")
+                probe.unlink()
+                for folder in (METRICS_DIR, CHECKPOINT_DIR):
+                    if not (path / folder).exists():
+                        (path / folder).mkdir(exist_ok=True)
+                        written.append(path / folder)
+                if existing is None:
+                    record = {"name": sweep.name, "fingerprint": sweep.fingerprint(), "command": command,
+                              "created": datetime.datetime.now().isoformat(timespec="seconds"),
+                              "complete": False, "spec": sweep.to_json(), "n_runs": sweep.n_runs(),
+                              "shards": shard.count if shard else None, "processes": processes}
+                    record |= provenance()
+                    written.append(path / RUNS_PARQUET)
+                    atomic_parquet(path / RUNS_PARQUET, describe(
+                        pa.Table.from_pandas(runs_table(sweep), preserve_index=False), "runs"))
+                    written.append(path / SWEEP_JSON)
+                    atomic_write_bytes(path / SWEEP_JSON, json.dumps(record, indent=2).encode())
+        except (UserError, OSError) as e:
             rd.close(remove_lock=created_lock)
-            if created_dir:
-                remove_tree(path)
-            raise
-        try:
-            probe = path / ".write-probe"
-            probe.write_bytes(b"ok")
-            probe.unlink()
-            (path / METRICS_DIR).mkdir(exist_ok=True)
-            (path / CHECKPOINT_DIR).mkdir(exist_ok=True)
-            if existing is None:
-                record = {"name": sweep.name, "fingerprint": sweep.fingerprint(), "command": command,
-                          "created": datetime.datetime.now().isoformat(timespec="seconds"),
-                          "complete": False, "spec": sweep.to_json(), "n_runs": sweep.n_runs(),
-                          "shards": shard.count if shard else None, "processes": processes}
-                record |= provenance()
-                atomic_parquet(path / RUNS_PARQUET, describe(
-                    pa.Table.from_pandas(runs_table(sweep), preserve_index=False), "runs"))
-                atomic_write_bytes(spec_file, json.dumps(record, indent=2).encode())
-        except OSError as e:
-            rd.close(remove_lock=created_lock)
-            if created_dir:
-                remove_tree(path)
+            _undo(path, written, created_dir)
+            if isinstance(e, UserError):
+                raise
             raise UserError(f"--out {path}: cannot write there ({e.strerror}); choose a writable directory "
                             f"with free space")
         return rd
@@ -239,6 +241,29 @@ class ResultsDir(PartWriter, CheckpointStore):
             write()
         except OSError as e:
             raise write_error(self.path, e, "the last checkpoint is kept; free space and rerun with --resume") from e
+
+
+@contextlib.contextmanager
+def _directory_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on the directory itself (flock on its descriptor), held while a writer judges DIR
+    and writes its header files: no file is left behind, and a waiting writer blocks only that long."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _undo(path: Path, written: list[Path], created_dir: bool) -> None:
+    """After a refused or failed open: remove the files and folders this writer made, never another
+    writer's (a folder is removed only while empty; DIR only if this writer created it and it is empty)."""
+    for p in reversed(written):
+        with contextlib.suppress(OSError):
+            p.rmdir() if p.is_dir() else p.unlink()
+    if created_dir:
+        with contextlib.suppress(OSError):
+            path.rmdir()
 
 
 def process_prefix(index: int, count: int) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,8 +21,9 @@ class StorageError(Exception):
 
 
 def tmp_name(path: Path) -> Path:
-    """The hidden temporary name a file is written under before it is renamed into place."""
-    return path.with_name(f".{path.name}.tmp")
+    """The hidden temporary name a file is written under before it is renamed into place: unique to this
+    process and thread, so writers sharing a directory (shards) never write through one temporary file."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
 
 
 @contextlib.contextmanager
@@ -85,13 +87,3 @@ def parquet_ok(path: Path) -> bool:
         return True
     except (OSError, pa.ArrowException):
         return False
-
-
-def remove_tree(path: Path) -> None:
-    for p in sorted(path.rglob("*"), reverse=True):
-        with contextlib.suppress(OSError):
-            p.rmdir() if p.is_dir() else p.unlink()
-    with contextlib.suppress(OSError):
-        path.rmdir()
-
-

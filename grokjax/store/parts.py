@@ -7,6 +7,7 @@ results directory's layout (``store.layout``) names them.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,9 @@ class PartWriter:
         for start, part in self._batch_parts(group, batch):
             if start >= step:
                 part.unlink()
-        for tmp in self._parts(".*.tmp"):
-            tmp.unlink()
+        for tmp in self._parts(f".{self.prefix}*.tmp" if self.shard else ".*.tmp"):  # never another shard's
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
     def has_parts(self, group: int) -> bool:
         return any(p.parent.name == METRICS_DIR for _, p in self._batch_parts(group))
