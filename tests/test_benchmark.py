@@ -6,6 +6,8 @@ import importlib.util
 import json
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -16,6 +18,7 @@ def _load_benchmark():
     return module
 
 
+@pytest.mark.slow
 def test_throughput_quick_tiny(tmp_path, monkeypatch):
     bench = _load_benchmark()
     monkeypatch.setattr(bench, "RESULTS_MD", tmp_path / "RESULTS.md")
@@ -41,6 +44,7 @@ def test_cpu_rows_name_their_vector_extensions():
     assert bench.device_name().count(",") >= 1  # "cpu: MODEL, EXTENSIONS (N cores)" on this CPU
 
 
+@pytest.mark.slow
 def test_cpu_speed_before_after_runs_and_records(tmp_path, monkeypatch):
     """benchmarks/cpu_speed.py compiles the textbook and the current program each way, times them and
     appends one row per N to its own RESULTS.md table."""

@@ -26,6 +26,7 @@ def grid_dir(tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.slow
 def test_done_when_layout_and_rows(grid_dir):
     out, proc = grid_dir
     r = grokjax.load(out)
@@ -48,6 +49,7 @@ def test_done_when_layout_and_rows(grid_dir):
     assert "results:" in proc.stdout and "t_val_first" in proc.stdout and "t_val (kept)" in proc.stdout
 
 
+@pytest.mark.slow
 def test_grid_run_equals_the_same_run_alone(tmp_path):
     """A run trained inside a 6-model grid equals the same run alone. The claim is exact arithmetic, so it is
     checked in float64: in float32 a program of another shape rounds differently (XLA picks other kernels
@@ -65,6 +67,7 @@ def test_grid_run_equals_the_same_run_alone(tmp_path):
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_log_every_thins_train_rows_but_keeps_eval_rows(tmp_path, tiny):
     out = tmp_path / "r"
     assert main(["sweep", *tiny, "log_every=7", "--out", str(out), "--quiet", "--no-plot"]) == 0
@@ -144,6 +147,7 @@ def test_module_entry_point_and_help():
     assert proc.returncode == 0 and "logspace" in proc.stdout
 
 
+@pytest.mark.slow
 def test_load_while_a_sweep_is_writing(tmp_path):
     """Poll load() while a subprocess streams parts: every read is consistent, and reads grow."""
     out = tmp_path / "live"

@@ -209,6 +209,7 @@ MEMBERS = {
 
 
 @pytest.mark.parametrize("name", sorted(MEMBERS))
+@pytest.mark.slow
 def test_member_alone_equals_member_in_grid_and_compiles_once(name):
     counter = CompileCounter("train_chunk")
     args = TINY + ["dtype=float64", "steps=20", "wd=[0.1,1]", "seeds=2"] + MEMBERS[name]
@@ -223,6 +224,7 @@ def test_member_alone_equals_member_in_grid_and_compiles_once(name):
     assert len({float(grid["val_loss"][-1, j]) for j in range(len(runs))}) == len(runs)  # the settings matter
 
 
+@pytest.mark.slow
 def test_grokfast_lamb_zero_trains_like_no_filter():
     """ĝ = g + 0·filter(g) is g exactly (the filter alone is checked bitwise below), but the two are
     different XLA programs, which fuse the optimizer's arithmetic differently (FMA contraction): over 40
@@ -244,6 +246,7 @@ def test_grokfast_lamb_zero_trains_like_no_filter():
     assert not np.array_equal(none["val_loss"], train_alone(g3, r3)["val_loss"], equal_nan=True)
 
 
+@pytest.mark.slow
 def test_mixed_structural_grid_from_the_cli(tmp_path):
     """One results directory with two optimizers x two filters: 4 groups, per-model columns in runs.parquet,
     and one run of the mixed grid equals the same run swept alone."""

@@ -187,6 +187,7 @@ def test_two_numeric_axes_give_a_heatmap():
     assert fig.axes[0].images, "expected an image (heatmap)"
 
 
+@pytest.mark.slow
 def test_fit_on_a_real_sweep_is_consistent_with_its_metrics(tmp_path, tiny):
     from grokjax.cli import main
 
@@ -219,6 +220,7 @@ def test_structural_axes_become_facets(tmp_path):
     assert path.read_text().lstrip().startswith(("<?xml", "<svg"))
 
 
+@pytest.mark.slow
 def test_plot_cli_formats(tmp_path, tiny, capsys):
     from grokjax.cli import main
 

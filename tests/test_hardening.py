@@ -45,6 +45,7 @@ def _one_group(args):
 # Numerics that must not depend on the process or the program shape.
 
 
+@pytest.mark.slow
 def test_float32_run_is_the_same_whatever_the_64bit_flag(tmp_path):
     """A float64 group turns JAX's 64-bit mode on for the whole process; the float32 group beside it must
     still draw the same minibatches and train bitwise as it does alone (both are 1-model programs). Fresh
@@ -61,6 +62,7 @@ def test_float32_run_is_the_same_whatever_the_64bit_flag(tmp_path):
     pd.testing.assert_frame_equal(a.astype("float64"), b.astype("float64"), check_exact=True)
 
 
+@pytest.mark.slow
 def test_float64_means_float64_end_to_end():
     group, runs = _one_group(TINY + ["dtype=float64", "lr=3e-3", "wd=0.1", "init_scale=0.7"])
     eng = engine_for(group, runs)
@@ -99,6 +101,7 @@ def test_every_seed_gets_its_own_split_init_and_batches():
     assert not np.array_equal(b0, b1)
 
 
+@pytest.mark.slow
 def test_grid_mixing_frac_values_equals_each_run_alone():
     group, runs = _one_group(TINY + ["dtype=float64", "frac=[0.3,0.7]", "seeds=2", "batch_size=3"])
     grid = train_alone(group, runs)
@@ -160,6 +163,7 @@ def test_fit_threshold_is_exactly_the_one_asked_for():
 # Divergence.
 
 
+@pytest.mark.slow
 def test_divergence_step_is_the_same_in_the_engine_and_the_fit(tmp_path):
     sweep = build_sweep(None, merged(TINY, ["lr=[0.003,1000000]", "steps=40"]))
     outcome = run_sweep(sweep, tmp_path / "r", quiet=True)
@@ -173,6 +177,7 @@ def test_divergence_step_is_the_same_in_the_engine_and_the_fit(tmp_path):
     assert np.isfinite(alive["train_loss"]).all()
 
 
+@pytest.mark.slow
 def test_a_finite_but_exploding_loss_is_divergence_not_confusion(tmp_path, capsys):
     """A 2-hot MLP with init_scale 3000 starts with logits ~1e10 and a finite loss far above the bound."""
     out = tmp_path / "r"
@@ -216,6 +221,7 @@ def _truncate(path, keep=0.5):
     ("sweep_json_garbage", "sweep.json: not a readable grokjax sweep record"),
 ])
 @pytest.mark.parametrize("command", ["fit", "plot"])
+@pytest.mark.slow
 def test_damaged_directory_gives_one_line_and_touches_nothing(finished, tmp_path, capsys, damage, names, command):
     d = _copy(finished, tmp_path / "d")
     if damage == "runs_missing":
@@ -264,6 +270,7 @@ def test_fit_on_a_full_disk_keeps_the_old_fits_and_leaves_no_temporary(finished,
 
 
 @pytest.mark.parametrize("damage", ["checkpoint", "early_part", "late_part"])
+@pytest.mark.slow
 def test_resume_repairs_damage_and_equals_the_undamaged_sweep(finished, tmp_path, damage):
     """A complete sweep with a truncated checkpoint or metric part: --resume says which file is bad,
     recomputes what it must from the last good state, and ends with the same metrics (same program, so
@@ -285,6 +292,7 @@ def test_resume_repairs_damage_and_equals_the_undamaged_sweep(finished, tmp_path
 # Resource limits, refusals and what the user is told.
 
 
+@pytest.mark.slow
 def test_forced_models_per_batch_that_cannot_fit_is_refused():
     group, runs = _one_group(TINY + ["wd=[0.1,1]", "seeds=2"])
     eng = engine_for(group, runs)

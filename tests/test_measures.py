@@ -151,6 +151,7 @@ def test_restricted_and_excluded_logits_have_their_closed_forms(sign):
     np.testing.assert_allclose(removed, const + other, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_measures_in_a_grid_equal_each_run_alone():
     group, runs = build_sweep(None, [*BASE, "measures=norms+fourier+excluded", "wd=[0.3,1]", "seeds=2"]).groups()[0]
     grid = train_alone(group, runs)
@@ -162,6 +163,7 @@ def test_measures_in_a_grid_equal_each_run_alone():
             np.testing.assert_allclose(grid[k][:, i], v[:, 0], rtol=1e-9, atol=1e-12, err_msg=k)
 
 
+@pytest.mark.slow
 def test_spectra_are_streamed_and_loaded(tmp_path):
     from grokjax.cli import main
 
@@ -189,6 +191,7 @@ def test_bad_measures_are_refused(args, words):
         build_sweep(None, args)
 
 
+@pytest.mark.slow
 def test_measures_none_logs_the_base_columns_only():
     group, runs = build_sweep(None, [*BASE, "measures=none"]).groups()[0]
     engine = engine_for(group, runs)
@@ -198,6 +201,7 @@ def test_measures_none_logs_the_base_columns_only():
     assert Program.get(engine, 1) is not None
 
 
+@pytest.mark.slow
 def test_plot_measures_draws_the_logged_measures_and_checks_runs_first(tmp_path, capsys):
     from grokjax.analysis.plots import pick_runs, plot_measures
     from grokjax.cli import main

@@ -65,6 +65,7 @@ def one_process(tmp_path_factory):
     return grokjax.load(out)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_two_devices(tmp_path, one_process):
     out = tmp_path / "r"
     assert _finish(_launch(out)) == [0, 0]
@@ -79,6 +80,7 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path, one_process)
     assert not list(out.glob(".lock*"))
 
 
+@pytest.mark.slow
 def test_an_interrupted_multi_process_sweep_resumes(tmp_path, one_process):
     """SIGTERM to process 1 only, after a checkpoint: both stop at the same chunk boundary (a process that went
     on alone would wait forever for the other); then --resume over 2 processes again."""

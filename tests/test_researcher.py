@@ -124,6 +124,7 @@ def swept(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow
 def test_python_sweep_returns_results_and_frame_joins_hyperparameters(swept):
     assert isinstance(swept, grokjax.Results) and swept.complete
     assert swept.axes == ["wd", "seed"] and len(swept.runs) == 4

@@ -52,6 +52,7 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kill_after_parts", [1, 7, 19])
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, kill_after_parts):
     out = tmp_path / "r"
     proc = _start(out)
@@ -68,6 +69,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, kill_afte
     pd.testing.assert_frame_equal(m, reference, check_exact=True)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path, reference):
     out = tmp_path / "r"
     proc = _start(out)
@@ -82,6 +84,7 @@ def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path, reference):
     pd.testing.assert_frame_equal(grokjax.load(out).metrics, reference, check_exact=True)
 
 
+@pytest.mark.slow
 def test_resume_on_another_device_count(tmp_path):
     """Checkpoints written on 1 device resume on 4 (the models axis is re-padded) with the checkpointed
     batch size. float64: float32 rounding differs between the two programs and grows over 1500 steps."""
@@ -145,6 +148,7 @@ def test_foreign_and_unusable_directories(tmp_path, capsys, tiny):
     assert a_file.read_text() == "x"
 
 
+@pytest.mark.slow
 def test_diverging_run_is_isolated_and_reported(tmp_path, tiny):
     out, alone = tmp_path / "both", tmp_path / "alone"
     base = [a for a in tiny if not a.startswith("lr=")] + ["dtype=float64"]
@@ -176,6 +180,7 @@ def test_too_little_disk_is_refused_before_training(tmp_path, capsys, monkeypatc
     assert "MiB free" in err and "\n" not in err.strip() and not out.exists()
 
 
+@pytest.mark.slow
 def test_full_disk_mid_sweep_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     import errno
 
@@ -205,6 +210,7 @@ def test_full_disk_mid_sweep_keeps_the_last_checkpoint(tmp_path, capsys, monkeyp
     assert len(m) == 200 and not m.duplicated(["run_id", "step"]).any()
 
 
+@pytest.mark.slow
 def test_resume_with_minibatches_groups_and_model_batches(tmp_path):
     """Two groups (op), two model batches each (models_per_batch=1), minibatches: stopped mid-sweep and
     resumed, the metrics are bitwise those of an uninterrupted sweep (same programs, same machine)."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from conftest import merged, run_cli
 
 import grokjax
 
 
+@pytest.mark.slow
 def test_four_devices_match_one(tmp_path, tiny):
     # 6 models: padded to 8 on 4 devices. float64: 1- and 4-device programs have other shapes, which round
     # differently in float32.

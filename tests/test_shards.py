@@ -54,6 +54,7 @@ def test_bad_shards_are_one_line_errors(tmp_path, capsys, bad):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_three_concurrent_shards_equal_one_sweep(tmp_path, unsharded):
     out = tmp_path / "shared"
     procs = [_launch(out, i, 3) for i in range(3)]
@@ -86,6 +87,7 @@ def test_a_shard_of_another_sweep_or_count_is_refused(tmp_path, capsys):
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_fit_reports_missing_shards_and_a_killed_shard_resumes(tmp_path, unsharded, capsys):
     out = tmp_path / "r"
     long = merged(GRID, ["steps=1000", "chunk_steps=50", "checkpoint_every=100"])
@@ -116,7 +118,7 @@ def test_fit_reports_missing_shards_and_a_killed_shard_resumes(tmp_path, unshard
 
 
 def test_shards_opening_one_fresh_directory_at_the_same_instant(tmp_path):
-    """8 shards open a directory that does not exist yet at the same instant, 10 times over: every open
+    """8 shards open a directory that does not exist yet at the same instant, 25 times over: every open
     succeeds, exactly one sweep.json and runs.parquet result (readable, this sweep's), and no temporary or
     probe file is left (once a shared temporary name let one shard's rename take another's file)."""
     import threading
@@ -129,7 +131,7 @@ def test_shards_opening_one_fresh_directory_at_the_same_instant(tmp_path):
 
     sweep = build_sweep(None, GRID)
     n = 8
-    for round_ in range(10):
+    for round_ in range(25):
         out = tmp_path / f"r{round_}"
         barrier, errors, dirs = threading.Barrier(n), [], []
 

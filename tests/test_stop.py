@@ -62,6 +62,7 @@ def test_resolver_needs_memorization_and_patience_evaluations_in_a_row():
     assert not done[0]
 
 
+@pytest.mark.slow
 def test_resolved_runs_stop_with_the_times_of_a_budget_run(budget_and_resolved):
     budget, resolved = (budget_and_resolved[k] for k in ("budget", "resolved"))
     fb, fr = grokjax.fit(budget.path), grokjax.fit(resolved.path)
@@ -88,6 +89,7 @@ def test_resolved_runs_stop_with_the_times_of_a_budget_run(budget_and_resolved):
     assert resolved.tracker.n_stopped == 2
 
 
+@pytest.mark.slow
 def test_resume_across_a_repack_equals_an_uninterrupted_run(tmp_path, budget_and_resolved):
     """SIGKILL after the first runs left the program (between two re-packs), then --resume."""
     reference = grokjax.load(budget_and_resolved["resolved"].path)

@@ -38,6 +38,7 @@ def test_model_in_grid_equals_model_alone_float64():
         _assert_same({k: v[:, i:i + 1] for k, v in grid.items()}, alone, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_same_run_in_grid_of_one_and_six_minibatch():
     """Minibatch sampling depends on the run's own seed only, not on its neighbours."""
     args = TINY + ["dtype=float64", "batch_size=8"]
@@ -69,6 +70,7 @@ def _final_norms(args):
 
 
 @pytest.mark.parametrize("mask", ["all", "matrices"])
+@pytest.mark.slow
 def test_weight_decay_shrinks_parameters(mask):
     """Larger wd => smaller norm. With decay_mask=matrices the mask is a callable: without
     static_args=("mask",) optax would treat it as a schedule and decay would silently vanish."""
@@ -130,6 +132,7 @@ def test_minibatches_come_from_the_models_own_train_split():
             assert set(np.asarray(idx).tolist()) <= train and len(set(np.asarray(idx).tolist())) == 4
 
 
+@pytest.mark.slow
 def test_divergence_is_isolated():
     group, runs = _group(TINY + ["dtype=float64", "lr=[0.001,1000000]"])
     both = train_alone(group, runs)
@@ -161,6 +164,7 @@ def test_cpu_programs_are_compiled_without_ynnpack_fusions():
     assert "%ynn_fusion" not in prog._compiled(prog.chunk_steps).as_text()  # as XLA's defaults make
 
 
+@pytest.mark.slow
 def test_memory_aware_batching_picks_a_batch_that_fits():
     group, runs = _group(TINY + ["wd=[0.1,0.3,1,3]", "seeds=4"])
     eng = engine_for(group, runs)
@@ -174,6 +178,7 @@ def test_memory_aware_batching_picks_a_batch_that_fits():
     assert choose_models_per_batch(eng, 16, requested=3)[0] == 3
 
 
+@pytest.mark.slow
 def test_a_budget_that_chunks_do_not_divide_computes_no_extra_step():
     """steps=50 in chunks of 20: the last chunk runs 10 steps, so the final state is the 50-step state
     (float64: equal to the same run in one 50-step chunk), not a 60-step one."""

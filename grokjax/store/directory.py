@@ -189,8 +189,10 @@ class ResultsDir(PartWriter, CheckpointStore):
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path}: exists and is not a directory; choose a new directory")
-        ours = path.is_dir() and ((path / SWEEP_JSON).exists() or any(path.glob(LOCK + "*")))
-        if path.is_dir() and not ours and any(path.iterdir()):
+        # One listing, judged once: a writer that starts at this moment creates its lock before anything else.
+        names = [p.name for p in path.iterdir()] if path.is_dir() else []
+        ours = any(n == SWEEP_JSON or n.startswith(LOCK) for n in names)
+        if names and not ours:
             raise UserError(f"--out {path}: is not empty and holds no grokjax sweep; choose a new or empty "
                             f"directory")
         if resume and not ours and shard is None:
