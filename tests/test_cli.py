@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, run_cli, snapshot
 
 import grokjax
 from grokjax.cli import main
+from grokjax.grid.expand import build_sweep
 
 DONE_WHEN = ["op=add", "p=13", "d_model=32", "n_layers=1", "steps=120", "eval_every=40", "wd=[0.01,0.1,1]",
              "seeds=2"]
@@ -170,3 +173,32 @@ def test_load_while_a_sweep_is_writing(tmp_path):
     assert proc.returncode == 0, proc.stderr.read()
     assert any(0 < n < 6000 for n in seen), seen
     assert len(grokjax.load(out).metrics) == 6000
+
+
+def test_dry_run_prints_the_grid_without_importing_jax(tmp_path):
+    """--dry-run parses and checks the sweep, prints its plan and exits: no JAX, nothing written."""
+    code = ("import sys; from grokjax.cli import main; "
+            "rc = main(['sweep', 'wd=[0.1,1]', 'seeds=3', 'optimizer=[adamw,sgd]', '--dry-run', '--out', 'r']); "
+            "print(rc, sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'optax')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "0 []", out.stdout
+    assert "12 runs in 2 compiled group(s); swept: wd (2), seed (3), optimizer (2)" in lines[0]
+    assert "48,000 model-steps" in lines[1] and "15,584 parameters" in lines[2]
+    assert not (tmp_path / "r").exists() and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("args", [[], ["layer_norm=true", "n_layers=2", "bias=false"], ["arch=mlp"],
+                                  ["arch=mlp", "mlp_input=embed", "bias=false", "n_layers=3"], ["op=s5"]])
+def test_the_plans_parameter_count_is_the_models(args):
+    import jax
+
+    from grokjax.engine.single import engine_for
+    from grokjax.grid.plan import n_params
+
+    group, runs = build_sweep(None, args).groups()[0]
+    engine = engine_for(group, runs)
+    shapes = jax.eval_shape(lambda: engine.model.init(jax.random.key(0), np.zeros((1, 3), np.int32))["params"])
+    assert n_params(group) == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))

@@ -17,20 +17,23 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
+def _sweep_folders() -> list[Path]:
+    """Where named sweeps are looked for: ./sweeps, the repository's sweeps/ (an editable install), and
+    the copy a non-editable install puts in <prefix>/share/grokjax/sweeps."""
+    return [Path.cwd() / "sweeps", Path(__file__).resolve().parents[2] / "sweeps",
+            Path(sys.prefix) / "share" / "grokjax" / "sweeps"]
+
+
 def find_config(name: str) -> Path | None:
-    """A TOML path as given, or ``sweeps/NAME.toml`` in the working directory or beside the package."""
+    """A TOML path as given, or ``NAME.toml`` in the first of ``_sweep_folders`` that has it."""
     candidates = [Path(name)]
     if not name.endswith(".toml"):
-        for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-            candidates.append(root / "sweeps" / f"{name}.toml")
+        candidates += [folder / f"{name}.toml" for folder in _sweep_folders()]
     return next((c for c in candidates if c.is_file()), None)
 
 
 def named_sweeps() -> list[str]:
-    names: set[str] = set()
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        names |= {p.stem for p in (root / "sweeps").glob("*.toml")}
-    return sorted(names)
+    return sorted({p.stem for folder in _sweep_folders() for p in folder.glob("*.toml")})
 
 
 def _flatten_toml(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
