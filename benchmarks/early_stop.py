@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from throughput import append_rows, device_name  # noqa: E402
 
 import grokjax  # noqa: E402
-from grokjax.run.sweep import run_sweep  # noqa: E402
 from grokjax.grid.expand import build_sweep  # noqa: E402
+from grokjax.run.sweep import run_sweep  # noqa: E402
 
 HEADER = ("| date | device | jax | sweep | runs | stopped | budget s | resolved s | wall ratio | model-steps ratio | "
           "t_train equal | t_val equal |")

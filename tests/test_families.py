@@ -15,15 +15,15 @@ from conftest import TINY, CompileCounter, merged
 import grokjax
 from grokjax.cli import main
 from grokjax.config.schedule import METRIC_COLUMNS
-from grokjax.run.batch import train_alone
+from grokjax.config.structure import ModelConfig, TaskConfig, TrainConfig
 from grokjax.engine.single import engine_for
+from grokjax.grid.expand import build_sweep
 from grokjax.losses import LOSSES, first_argmax, log_stablemax
 from grokjax.models.mlp import MLP
 from grokjax.optim.factory import make_optimizer
 from grokjax.optim.grokfast import grokfast_ema, grokfast_ma
 from grokjax.optim.orthograd import orthogonalize, orthograd
-from grokjax.grid.expand import build_sweep
-from grokjax.config.structure import ModelConfig, TaskConfig, TrainConfig
+from grokjax.run.batch import train_alone
 from grokjax.tasks.tables import make_table
 
 

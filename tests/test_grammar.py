@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grokjax.errors import UserError
-from grokjax.grid.grammar import parse_expression
-from grokjax.grid.expand import build_sweep
 from grokjax.config.presets import find_config, named_sweeps
+from grokjax.errors import UserError
+from grokjax.grid.expand import build_sweep
+from grokjax.grid.grammar import parse_expression
 
 
 def test_scalar_forms():

@@ -19,17 +19,17 @@ from conftest import TINY, merged, run_cli, snapshot
 import grokjax
 from grokjax.analysis.fit import fit_run
 from grokjax.cli import main
+from grokjax.config.schedule import METRIC_COLUMNS
+from grokjax.config.structure import ModelConfig
 from grokjax.engine.data import hparams_for
 from grokjax.engine.memory import choose_models_per_batch
-from grokjax.config.schedule import METRIC_COLUMNS
 from grokjax.engine.program import Program
-from grokjax.run.batch import train_alone
 from grokjax.engine.single import engine_for
 from grokjax.errors import UserError
-from grokjax.models.transformer import Transformer
-from grokjax.run.sweep import Interrupted, run_sweep
 from grokjax.grid.expand import build_sweep
-from grokjax.config.structure import ModelConfig
+from grokjax.models.transformer import Transformer
+from grokjax.run.batch import train_alone
+from grokjax.run.sweep import Interrupted, run_sweep
 
 
 def _groups(args):

@@ -19,8 +19,8 @@ import grokjax
 from grokjax.analysis.law import MIN_LAW_CELLS, fit_law
 from grokjax.analysis.survival import cells, kaplan_meier_median
 from grokjax.cli import main
-from grokjax.errors import UserError
 from grokjax.config.fields import FIELDS
+from grokjax.errors import UserError
 from grokjax.store.columns import TABLES
 
 

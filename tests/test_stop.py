@@ -15,9 +15,9 @@ from conftest import REPO, run_cli
 
 import grokjax
 from grokjax.cli import main
+from grokjax.grid.expand import build_sweep
 from grokjax.run.batch import Resolver, bucket_size
 from grokjax.run.sweep import run_sweep
-from grokjax.grid.expand import build_sweep
 
 # Two of the four runs grok (at steps 225 and 900), two only memorize within the budget. float64: the
 # re-packed programs have other shapes than the budget run's, which round differently in float32.

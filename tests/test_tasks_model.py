@@ -14,10 +14,10 @@ import pytest
 from conftest import REPO
 from jax.extend.core import ClosedJaxpr, Jaxpr
 
+from grokjax.config.choices import OPS
+from grokjax.config.structure import ModelConfig, TaskConfig
 from grokjax.models.layers import matmul
 from grokjax.models.transformer import Transformer
-from grokjax.config.structure import ModelConfig, TaskConfig
-from grokjax.config.choices import OPS
 from grokjax.tasks.tables import make_table, n_pairs_of
 
 

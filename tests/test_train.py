@@ -10,14 +10,14 @@ import optax
 import pytest
 from conftest import TINY, CompileCounter, merged
 
+from grokjax.config.schedule import METRIC_COLUMNS
 from grokjax.engine.data import hparams_for
 from grokjax.engine.memory import choose_models_per_batch
-from grokjax.config.schedule import METRIC_COLUMNS
 from grokjax.engine.program import CPU_COMPILER_OPTIONS, Program, compiler_options
-from grokjax.run.batch import BatchTrainer, train_alone
 from grokjax.engine.single import engine_for
-from grokjax.optim.factory import make_optimizer
 from grokjax.grid.expand import build_sweep
+from grokjax.optim.factory import make_optimizer
+from grokjax.run.batch import BatchTrainer, train_alone
 
 
 def _group(args):

@@ -46,8 +46,8 @@ import numpy as np
 import pandas as pd
 
 from grokjax.config.schedule import THRESHOLD, evals_between
-from grokjax.errors import UserError
 from grokjax.config.structure import DIVERGENCE_LOSS
+from grokjax.errors import UserError
 from grokjax.store.load import Results, load
 from grokjax.store.outputs import save_fits
 
@@ -181,7 +181,7 @@ def fit_results(results: Results, opts: FitOptions = FitOptions()) -> pd.DataFra
     return fits
 
 
-def fit(path_or_results: str | Path | Results, threshold: float = 0.99, slack: float = 0.01,
+def fit(path_or_results: str | Path | Results, threshold: float = THRESHOLD, slack: float = 0.01,
         gap: float = 1000.0, keep: float = 0.9, save: bool = False) -> pd.DataFrame:
     """Python API of ``grokjax fit``: per-run fits as a DataFrame (written to fits.parquet if ``save``)."""
     results = path_or_results if isinstance(path_or_results, Results) else load(path_or_results)

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from grokjax.analysis.law import MIN_LAW_CELLS, TARGET_NAMES, Law, fit_law  # noqa: E402
 from grokjax.analysis.survival import cells  # noqa: E402
+from grokjax.config.schedule import THRESHOLD  # noqa: E402
 from grokjax.config.structure import PER_MODEL_FIELDS  # noqa: E402
 
 PHASE_COLORS = {"comprehension": "#cfe8cf", "grokking": "#fbe3b5", "memorization": "#f6c9c4",
@@ -124,7 +125,7 @@ def _draw_cells(ax: plt.Axes, fits: pd.DataFrame, cell: pd.DataFrame, x_name: st
 def _diagram_1d(ax: plt.Axes, fits: pd.DataFrame, x_name: str, laws: list[Law] | None,
                 zero_ax: plt.Axes | None = None) -> None:
     """The 1-D phase diagram on ``ax`` (log x); runs at x = 0 go to ``zero_ax``, their own panel."""
-    thr = float(fits.attrs.get("threshold", 0.99))
+    thr = float(fits.attrs.get("threshold", THRESHOLD))
     cell = cells(_with_axes(fits.copy(), [x_name]))
     positive = fits[fits[x_name] > 0]
     if len(positive):
@@ -239,7 +240,7 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: plt.Axes | None = None, report: A
         if zero_a is not None:
             zero_a.set_visible(False)
     keep = fits.attrs.get("keep", 0.9)
-    rule = f"t_val: first eval with val acc ≥ {fits.attrs.get('threshold', 0.99):g} kept by {keep:.0%} of later evals"
+    rule = f"t_val: first eval with val acc ≥ {fits.attrs.get('threshold', THRESHOLD):g} kept by {keep:.0%} of later evals"
     fig.suptitle(f"Grokking phase diagram\n{_title(fits)}\n{rule}", fontsize=10)
     fig.tight_layout()
     return fig

@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 
 from grokjax.analysis.fit import PHASES
+from grokjax.config.schedule import THRESHOLD
 
 
 def _cell_axes(cell_stats: pd.DataFrame) -> list[str]:
     return [a for a in cell_stats.columns if a not in _CELL_STAT_COLUMNS]
 
 
-def summary_table(cell_stats: pd.DataFrame, threshold: float = 0.99) -> str:
+def summary_table(cell_stats: pd.DataFrame, threshold: float = THRESHOLD) -> str:
     """The per-cell table: Kaplan-Meier medians of t_val (kept rule) and of the delay, with bootstrap
     95% intervals over seeds."""
     axes = _cell_axes(cell_stats)

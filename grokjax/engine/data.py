@@ -10,7 +10,6 @@ import numpy as np
 from grokjax.config.structure import INTEGER_HPARAMS, PER_MODEL_FIELDS
 from grokjax.grid.expand import Run, n_train_of
 
-
 # Per-model numeric hyperparameters: the fields of config.structure.PerModel, plus n_train (round(frac *
 # n_pairs), computed on the host); scalars for one model, [N] arrays for a batch. Whole numbers are int32.
 Hparams = NamedTuple("Hparams", [(name, jax.Array) for name in (*PER_MODEL_FIELDS, "n_train")])

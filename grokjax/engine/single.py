@@ -19,6 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from grokjax.config.choices import MEASURE_NAMES
+from grokjax.config.schedule import TRAIN_COLUMNS
+from grokjax.config.structure import DIVERGENCE_LOSS, OPTIMIZER_HPARAMS, GroupConfig
 from grokjax.engine.data import Hparams, Split
 from grokjax.engine.measures import (
     fourier_basis,
@@ -29,12 +32,10 @@ from grokjax.engine.measures import (
     sum_directions,
     tree_norm,
 )
+from grokjax.grid.expand import Run, batch_size_of, n_train_of
 from grokjax.losses import LOSSES
 from grokjax.models.registry import make_model
 from grokjax.optim.factory import make_optimizer
-from grokjax.grid.expand import Run, batch_size_of, n_train_of
-from grokjax.config.choices import MEASURE_NAMES
-from grokjax.config.structure import DIVERGENCE_LOSS, OPTIMIZER_HPARAMS, GroupConfig
 from grokjax.tasks.tables import TaskTable, make_table
 
 
@@ -188,7 +189,7 @@ class Engine:
 
     @property
     def train_metric_names(self) -> tuple[str, ...]:
-        return ("train_loss", "train_acc") + (("grad_norm", "update_norm") if "norms" in self.measures else ())
+        return TRAIN_COLUMNS + (("grad_norm", "update_norm") if "norms" in self.measures else ())
 
     @property
     def n_freqs(self) -> int:

@@ -19,8 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from grokjax.models.layers import Dense, activation
 from grokjax.config.structure import ModelConfig
+from grokjax.models.layers import Dense, activation
 
 
 def torch_linear_init(fan_in: int) -> nn.initializers.Initializer:

@@ -7,10 +7,10 @@ from typing import Any
 import flax.linen as nn
 
 from grokjax.config.choices import ARCHS, MLP_INPUTS, check_registry
+from grokjax.config.structure import ModelConfig
 from grokjax.models.layers import ACTIVATIONS
 from grokjax.models.mlp import MLP
 from grokjax.models.transformer import Transformer
-from grokjax.config.structure import ModelConfig
 
 MODELS: dict[str, type[nn.Module]] = {"transformer": Transformer, "mlp": MLP}
 check_registry("model", MODELS, ARCHS)

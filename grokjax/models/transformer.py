@@ -26,8 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from grokjax.models.layers import Dense, Kernel, activation, matmul
 from grokjax.config.structure import ModelConfig
+from grokjax.models.layers import Dense, Kernel, activation, matmul
 
 
 def _embed_init(d_model: int) -> nn.initializers.Initializer:

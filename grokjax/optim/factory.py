@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from grokjax.config.structure import OPTIMIZER_HPARAMS, TrainConfig
 from grokjax.optim.orthograd import orthograd
 from grokjax.optim.registry import GRADIENT_FILTERS, OPTIMIZERS
-from grokjax.config.structure import OPTIMIZER_HPARAMS, TrainConfig
 
 
 def make_optimizer(t: TrainConfig, hp: dict[str, Any] | None = None) -> optax.GradientTransformation:

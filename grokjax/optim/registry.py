@@ -20,8 +20,8 @@ import optax
 
 from grokjax.config import choices
 from grokjax.config.choices import check_registry
-from grokjax.optim.grokfast import grokfast_ema, grokfast_ma
 from grokjax.config.structure import TrainConfig
+from grokjax.optim.grokfast import grokfast_ema, grokfast_ma
 
 
 def adamw(learning_rate: Any, weight_decay: Any, momentum: Any, b1: Any, b2: Any, eps: Any,

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from grokjax.config.schedule import THRESHOLD, chunk_end, is_eval_steps, is_logged_steps
+from grokjax.config.structure import GroupConfig
 from grokjax.engine.data import hparams_for, pad_models
 from grokjax.engine.program import Program
-from grokjax.config.structure import GroupConfig
 from grokjax.engine.single import Engine, engine_for
 from grokjax.grid.expand import Run
 from grokjax.store.checkpoints import Checkpoint

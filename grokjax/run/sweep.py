@@ -11,17 +11,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from grokjax.config.schedule import crosses
+from grokjax.config.structure import GroupConfig
 from grokjax.engine.memory import choose_models_per_batch
 from grokjax.engine.program import Program, state_shapes
 from grokjax.engine.single import Engine, engine_for
 from grokjax.errors import Interrupted, UserError
-from grokjax.run.batch import BatchTrainer
-from grokjax.run.cluster import Peers
-from grokjax.run.progress import Reporter, Tracker
 from grokjax.grid.expand import Sweep
 from grokjax.grid.plan import disk_bytes
 from grokjax.grid.shard import Shard
-from grokjax.config.structure import GroupConfig
+from grokjax.run.batch import BatchTrainer
+from grokjax.run.cluster import Peers
+from grokjax.run.progress import Reporter, Tracker
 from grokjax.store.checkpoints import Checkpoint, DamagedFile
 from grokjax.store.directory import ResultsDir, default_out
 

@@ -16,7 +16,6 @@ import numpy as np
 from grokjax.config.choices import OPS, check_registry
 from grokjax.config.structure import TaskConfig
 
-
 _POLY = {
     "add": lambda x, y, p: (x + y) % p,
     "sub": lambda x, y, p: (x - y) % p,
