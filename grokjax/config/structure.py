@@ -24,6 +24,14 @@ def at_least(lo: float) -> Check:
     return lambda v: None if v >= lo else f"a number >= {lo:g}"
 
 
+INT32_MAX = 2**31 - 1  # the programs hold steps, seeds and counts as int32
+
+
+def whole(lo: int) -> Check:
+    """A whole number from ``lo`` to INT32_MAX."""
+    return lambda v: None if lo <= v <= INT32_MAX else f"a whole number from {lo} to {INT32_MAX:,} (int32)"
+
+
 def positive(v: Any) -> str | None:
     return None if v > 0 else "a number > 0"
 
@@ -39,13 +47,13 @@ def in_unit(v: Any) -> str | None:
 def key(default: Scalar, meaning: str, *, choices: tuple[str, ...] = (), check: Check | None = None,
         kind: str | None = None, optimizer: bool = False) -> Any:
     """Declare one sweep key as a dataclass field. ``kind`` (int, float, bool, choice, batch, measures)
-    follows from the default and ``choices`` unless given; a whole number is checked >= 1 unless ``check``
-    says otherwise. ``optimizer``: a per-model number the optimizer keeps in its state."""
+    follows from the default and ``choices`` unless given; a whole number is checked to lie in [1, INT32_MAX]
+    unless ``check`` says otherwise. ``optimizer``: a per-model number the optimizer keeps in its state."""
     if kind is None:
         kind = ("choice" if choices else "bool" if isinstance(default, bool) else
                 "int" if isinstance(default, int) else "float")
     if check is None and kind == "int":
-        check = at_least(1)
+        check = whole(1)
     return dataclasses.field(default=default, metadata=dict(meaning=meaning, kind=kind, choices=choices,
                                                             check=check, optimizer=optimizer))
 
@@ -56,7 +64,7 @@ class TaskConfig:
 
     op: str = key("add", "binary operation of the task table (s5: composition in the permutation group S5)",
                   choices=C.OPS)
-    p: int = key(97, "modulus of the task (ignored by s5); ops needing inverses need a prime", check=at_least(3))
+    p: int = key(97, "modulus of the task (ignored by s5); ops needing inverses need a prime", check=whole(3))
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ class TrainConfig:
                                 kind="batch")
     eval_every: int = key(100, "steps between evaluations on the validation split")
     log_every: int = key(1, "steps between logged train metrics")
-    warmup_steps: int = key(10, "linear learning-rate warmup from 0", check=at_least(0))
+    warmup_steps: int = key(10, "linear learning-rate warmup from 0", check=whole(0))
     beta1: float = key(0.9, "Adam first-moment decay (momentum for sgd is the key momentum)", check=in_unit)
     beta2: float = key(0.98, "Adam second-moment decay", check=in_unit)
     eps: float = key(1e-8, "Adam epsilon", check=positive)
@@ -121,7 +129,7 @@ class TrainConfig:
     eval_batch_size: int = key(4096, "validation pairs per evaluation call (memory, not results)")
     chunk_steps: int = key(500, "steps per compiled call; the host sees data only between chunks")
     checkpoint_every: int = key(5000, "steps between checkpoints (for --resume)")
-    models_per_batch: int = key(0, "models per compiled program; 0 = as many as fit in memory", check=at_least(0))
+    models_per_batch: int = key(0, "models per compiled program; 0 = as many as fit in memory", check=whole(0))
     stop: str = key("budget", "budget: every run trains all steps; resolved: a run stops once grokked or diverged",
                     choices=C.STOPS)
     patience: int = key(3, "stop=resolved: evaluations in a row at validation accuracy >= 0.99 that make a run "
@@ -136,7 +144,7 @@ class PerModel:
                     optimizer=True)
     lr: float = key(1e-3, "peak learning rate", check=positive, optimizer=True)
     frac: float = key(0.3, "fraction of the task table used for training", check=open_unit)
-    seed: int = key(0, "random seed of the split, the initialisation and the minibatches", check=at_least(0))
+    seed: int = key(0, "random seed of the split, the initialisation and the minibatches", check=whole(0))
     init_scale: float = key(1.0, "multiplies every initial weight (Omnigrok's alpha)", check=positive)
     momentum: float = key(0.0, "SGD momentum (sgd only)", check=in_unit, optimizer=True)
     grokfast_alpha: float = key(0.98, "EMA decay of the grokfast=ema filter", check=in_unit, optimizer=True)
