@@ -180,6 +180,22 @@ def test_zero_weight_decay_gets_its_own_panel_and_few_cells_no_law():
     assert not any("wd^" in t for t in labels)
 
 
+@pytest.mark.parametrize("own_figure", [True, False])
+def test_a_sweep_with_every_wd_zero_draws_only_the_zero_panel(tmp_path, own_figure):
+    """prieto2025 trains at wd = 0 only: no log-scaled wd axis is drawn (it crashed), the wd = 0 panel
+    holds the runs and the legend."""
+    import matplotlib.pyplot as plt
+
+    fits = synthetic_fits(seeds=2, wds=(0.3,))
+    fits["wd"] = 0.0
+    ax = None if own_figure else plt.subplots()[1]
+    fig = plot_phase_diagram(fits, ax=ax)
+    save_figure(fig, tmp_path / "zero.png")
+    shown = [a for a in fig.axes if a.get_visible()]
+    assert len(shown) == 1 and [t.get_text() for t in shown[0].get_xticklabels()] == ["wd=0"]
+    assert shown[0].get_legend() is not None and shown[0].get_xscale() == "linear"
+
+
 def test_two_numeric_axes_give_a_heatmap():
     fits = pd.concat([synthetic_fits(seeds=2).assign(lr=lr) for lr in (1e-3, 3e-3)], ignore_index=True)
     fits.attrs["axes"] = ["wd", "lr", "seed"]

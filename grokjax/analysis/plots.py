@@ -123,8 +123,10 @@ def _draw_cells(ax: plt.Axes, fits: pd.DataFrame, cell: pd.DataFrame, x_name: st
 
 
 def _diagram_1d(ax: plt.Axes, fits: pd.DataFrame, x_name: str, laws: list[Law] | None,
-                zero_ax: plt.Axes | None = None) -> None:
-    """The 1-D phase diagram on ``ax`` (log x); runs at x = 0 go to ``zero_ax``, their own panel."""
+                zero_ax: plt.Axes | None = None) -> plt.Axes:
+    """The 1-D phase diagram on ``ax`` (log x); runs at x = 0 go to ``zero_ax``, their own panel. Without
+    runs at x > 0 only the x = 0 panel is drawn (``ax`` itself when there is no ``zero_ax``) and ``ax`` is
+    hidden. Returns the panel that carries the legend."""
     thr = float(fits.attrs.get("threshold", THRESHOLD))
     cell = cells(_with_axes(fits.copy(), [x_name]))
     positive = fits[fits[x_name] > 0]
@@ -134,6 +136,11 @@ def _diagram_1d(ax: plt.Axes, fits: pd.DataFrame, x_name: str, laws: list[Law] |
         edges = _band_edges(sorted(pos))
         ax.set_xlim(edges[0], edges[-1])
     zero = fits[fits[x_name] == 0]
+    if not len(positive):  # every run at x = 0: no log axis to draw
+        if zero_ax is None:
+            zero_ax = ax
+        else:
+            ax.set_visible(False)
     if zero_ax is not None and len(zero):
         _draw_cells(zero_ax, zero, cell, x_name, {0.0: 0.0}, False, thr)
         zero_ax.set_xticks([0.0], [f"{x_name}=0"])
@@ -156,6 +163,11 @@ def _diagram_1d(ax: plt.Axes, fits: pd.DataFrame, x_name: str, laws: list[Law] |
                           f"[{law.alpha_low:.2f}, {law.alpha_high:.2f}], {law.n_cells} cells")
         else:
             notes.append(f"{TARGET_NAMES[law.target]}: no law ({law.n_cells} grokked cell(s) < {MIN_LAW_CELLS})")
+    if not len(positive):
+        zero_ax.set_ylim(y_lo, y_hi)
+        for note in notes:
+            zero_ax.plot([], [], " ", label=note)
+        return zero_ax
     for note in notes:  # said in the legend, where it cannot hide data
         ax.plot([], [], " ", label=note)
     ax.set_ylim(y_lo, y_hi)
@@ -166,6 +178,7 @@ def _diagram_1d(ax: plt.Axes, fits: pd.DataFrame, x_name: str, laws: list[Law] |
     if zero_ax is None or not len(zero):
         ax.set_ylabel("step (t_train, t_val, delay = t_val − t_train)")
     ax.grid(True, which="major", alpha=0.3)
+    return ax
 
 
 def _with_axes(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
@@ -226,7 +239,7 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: plt.Axes | None = None, report: A
             if with_law:
                 laws = (report.laws[:2] if report is not None and len(facets) == 1
                         else [fit_law(sub, "t_val"), fit_law(sub, "delay")])
-            _diagram_1d(a, sub, numeric[0], laws, zero_a)
+            a = _diagram_1d(a, sub, numeric[0], laws, zero_a)
             handles, labels = a.get_legend_handles_labels()
             majority = cells(_with_axes(sub.copy(), [numeric[0]]))["phase"]  # the bands drawn
             phases = sorted(set(majority), key=list(PHASE_COLORS).index)
