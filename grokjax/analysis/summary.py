@@ -20,12 +20,12 @@ def summary_table(cell_stats: pd.DataFrame, threshold: float = THRESHOLD) -> str
     """The per-cell table: Kaplan-Meier medians of t_val (kept rule) and of the delay, with bootstrap
     95% intervals over seeds."""
     axes = _cell_axes(cell_stats)
-    header = ("  ".join(f"{a:>8}" for a in axes) + "  seeds  grokked  median t_val [95% CI]      "
+    header = ("  ".join(f"{a:>8}" for a in axes) + "  seeds  grokked (kept)  median t_val [95% CI]      "
               "median delay [95% CI]    t_train  phase")
     lines = [header]
     for _, r in cell_stats.iterrows():
         vals = "  ".join(f"{_fmt(r[a]):>8}" for a in axes)
-        lines.append(f"{vals}  {r['n_seeds']:>5}  {r['frac_grokked']:>7.0%}  "
+        lines.append(f"{vals}  {r['n_seeds']:>5}  {r['frac_grokked']:>14.0%}  "
                      f"{_interval(r['median_t_val'], r['ci_low'], r['ci_high'])}  "
                      f"{_interval(r['median_delay'], r['delay_ci_low'], r['delay_ci_high'])}  "
                      f"{_steps(r['median_t_train']):>7}  {r['phase']}")

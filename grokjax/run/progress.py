@@ -149,7 +149,7 @@ class Reporter:
             return
         rate = self.rate()
         info = (f"step {step}/{steps} · {rate:,.0f} model-steps/s · "
-                f"{tracker.n_grokked}/{tracker.n_runs} at val≥{THRESHOLD}")
+                f"{tracker.n_grokked}/{tracker.n_runs} at val≥{THRESHOLD} now")
         if tracker.n_stopped:
             info += f" · {tracker.n_runs - tracker.n_stopped} live, {tracker.n_stopped} stopped"
         if self.progress is not None:
