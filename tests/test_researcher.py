@@ -188,6 +188,16 @@ def test_two_sweeps_are_compared_side_by_side(swept, tmp_path, capsys):
     assert sum(bool(re.match(r"\s+(0\.3|1)\s", ln)) for ln in table) == 2
     assert main(["plot", str(swept.path), str(other), "--output", str(tmp_path / "cmp.png")]) == 0
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
+    # --output without a suffix takes --format; a directory gets comparison.FORMAT inside it
+    assert main(["plot", str(swept.path), str(other), "--output", str(tmp_path / "bare"), "--format", "svg"]) == 0
+    assert (tmp_path / "bare.svg").is_file()
+    (tmp_path / "figs").mkdir()
+    assert main(["plot", str(swept.path), str(other), "--output", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "comparison.png").is_file()
+    capsys.readouterr()
+    assert main(["plot", str(swept.path), str(other), "--output", str(tmp_path / "cmp.txt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a figure format" in err and "\n" not in err and not (tmp_path / "cmp.txt").exists()
 
 
 def test_piped_progress_keeps_printing_while_a_chunk_runs(capsys):

@@ -164,9 +164,25 @@ def plot_many(paths: list[Path], opts: FitOptions | None = None, fmt: str = "png
     """``grokjax plot A B ...``: the sweeps overlaid in one figure (default A/comparison.FORMAT)."""
     from grokjax.analysis.plots import plot_comparison
 
+    out = _figure_path(Path(output) if output is not None else paths[0], "comparison", fmt)
     reports = [(label, report_of(fits_for_plot(p, opts, say))) for label, p in zip(labels(paths), paths)]
-    out = output or paths[0] / f"comparison.{fmt}"
-    say(f"wrote {save_figure(plot_comparison(reports), Path(out))}")
+    say(f"wrote {save_figure(plot_comparison(reports), out)}")
+
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+
+def _figure_path(output: Path, name: str, fmt: str) -> Path:
+    """Where ``--output`` puts a figure: inside a directory as NAME.FORMAT, a file without a suffix gets
+    .FORMAT; any other suffix must be a figure format."""
+    if output.is_dir():
+        return output / f"{name}.{fmt}"
+    if not output.suffix:
+        return output.with_name(f"{output.name}.{fmt}")
+    if output.suffix[1:].lower() not in FIGURE_FORMATS:
+        raise UserError(f"--output {output}: {output.suffix!r} is not a figure format; use "
+                        f"{', '.join('.' + f for f in FIGURE_FORMATS)}, no suffix (then --format), or a directory")
+    return output
 
 
 def finish_sweep(outcome: Any, sweep: Any, fit: bool = True, plot: bool = True, say: Say = print) -> None:
