@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -217,7 +218,8 @@ def test_tensorboard_export_reads_back(swept, tmp_path, capsys):
 
     out = tmp_path / "tb"
     assert main(["export", str(swept.path), "--to", "tensorboard", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [f"run_{i:05d}" for i in range(4)]
+    assert sorted(p.name for p in out.iterdir()) == ["export.json"] + [f"run_{i:05d}" for i in range(4)]
+    assert json.loads((out / "export.json").read_text())["runs"] == 4
     fits = pd.read_parquet(swept.path / "fits.parquet").set_index("run_id")
     for rid in range(4):
         ea = EventAccumulator(str(out / f"run_{rid:05d}"))
@@ -235,6 +237,19 @@ def test_tensorboard_export_reads_back(swept, tmp_path, capsys):
         assert start.hparams["op"].string_value == "add"
     assert main(["export", str(swept.path), "--to", "tensorboard", str(out)]) == 2  # never into a used directory
     assert "not an empty directory" in capsys.readouterr().err
+    killed = tmp_path / "killed"  # an export killed midway leaves its in-progress marker, never export.json
+    killed.mkdir()
+    (killed / "export-in-progress.json").write_text("{}")
+    assert main(["export", str(swept.path), "--to", "tensorboard", str(killed)]) == 2
+    assert "did not finish" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("project", ["a/b c", "", "x" * 129, "-lead"])
+def test_a_bad_wandb_project_is_one_line_and_writes_nothing(swept, tmp_path, capsys, project):
+    out = tmp_path / "wb"
+    assert main(["export", str(swept.path), "--to", "wandb", str(out), "--project", project]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--project" in err and "\n" not in err and not out.exists()
 
 
 def _wandb_records(path):

@@ -4,14 +4,17 @@ directory per model, scalars per step, hyperparameters through the HParams plugi
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
 from grokjax.errors import UserError
+from grokjax.store.files import atomic_write_bytes, write_error
 from grokjax.store.load import Results, load, saved_fits
 
 TARGETS = ("tensorboard", "wandb")
@@ -101,12 +104,23 @@ def _to_wandb(results: Results, out: Path, project: str, say: Callable[[str], No
     return n
 
 
+IN_PROGRESS = "export-in-progress.json"  # in OUT while an export writes; replaced by DONE at its end
+DONE = "export.json"
+_PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
 def export(path: str | os.PathLike, to: str, out: str | os.PathLike, project: str = "grokjax",
            say: Callable[[str], None] = lambda s: None) -> int:
     """Write every run of the results directory ``path`` to ``out`` (a new or empty directory) as
-    TensorBoard event files or offline W&B runs. Returns the number of runs exported."""
+    TensorBoard event files or offline W&B runs. Returns the number of runs exported.
+
+    ``out/export-in-progress.json`` marks an export being written; a finished one leaves ``out/export.json``
+    (source, target, runs) instead, so a killed export never looks finished."""
     if to not in TARGETS:
         raise UserError(f"--to {to}: expected one of {', '.join(TARGETS)}")
+    if to == "wandb" and not _PROJECT.fullmatch(project):
+        raise UserError(f"--project {project!r}: a W&B project name is 1 to 128 letters, digits, '_', '-' or '.', "
+                        f"starting with a letter or digit")
     module, extra = _EXTRA[to]
     try:
         __import__(module)
@@ -116,12 +130,25 @@ def export(path: str | os.PathLike, to: str, out: str | os.PathLike, project: st
     if results.metrics.empty:
         raise UserError(f"{path}: no metrics written yet; nothing to export")
     out = Path(out)
+    if (out / IN_PROGRESS).exists():
+        raise UserError(f"{out}: holds an export that did not finish ({IN_PROGRESS}); remove {out} and export again")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: exists and is not an empty directory; export into a new directory")
+    record = {"source": str(Path(path).resolve()), "to": to, "project": project if to == "wandb" else None}
     try:
         out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / IN_PROGRESS, json.dumps(record).encode())
     except OSError as e:
-        raise UserError(f"{out}: cannot create it ({e.strerror}); choose a writable directory") from None
-    if to == "tensorboard":
-        return _to_tensorboard(results, out, say)
-    return _to_wandb(results, out, project, say)
+        raise UserError(f"{out}: cannot write there ({e.strerror}); choose a writable directory") from None
+    try:
+        n = _to_tensorboard(results, out, say) if to == "tensorboard" else _to_wandb(results, out, project, say)
+    except OSError as e:
+        raise write_error(out, e, f"the runs written so far are in {out}; remove it and export again") from e
+    if to == "wandb":  # wandb falls back to a temporary directory where it cannot write: check it wrote here
+        written = len(list((out / "wandb").glob("offline-run-*")))
+        if written != n:
+            raise UserError(f"{out}: W&B wrote {written} of {n} runs there (it falls back to a temporary "
+                            f"directory where it cannot write); choose a writable directory")
+    atomic_write_bytes(out / DONE, json.dumps(record | {"runs": n}).encode())
+    (out / IN_PROGRESS).unlink()
+    return n
