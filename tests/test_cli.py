@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, run_cli, snapshot
+from conftest import REPO, TINY, merged, run_cli, snapshot
 
 import grokjax
 from grokjax.cli import main
@@ -205,3 +206,18 @@ def test_the_plans_parameter_count_is_the_models(args):
     engine = engine_for(group, runs)
     shapes = jax.eval_shape(lambda: engine.model.init(jax.random.key(0), np.zeros((1, 3), np.int32))["params"])
     assert n_params(group) == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+
+def test_the_summary_after_a_resume_reads_the_stored_metrics(tmp_path, capsys):
+    """--resume of a finished sweep trains nothing; its per-run times are still those of the whole runs
+    (they came from this process's live counters, which saw nothing, and printed '-')."""
+    out = tmp_path / "r"
+    args = ["sweep", *merged(TINY, ["wd=[0.3,1]", "lr=1e-2", "steps=200"]), "--out", str(out), "--no-plot"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main([*args, "--resume"]) == 0
+    again = capsys.readouterr().out
+    rows = lambda text: [ln for ln in text.splitlines() if re.match(r"\s+\d+\s+[\d.]+\s", ln)]  # noqa: E731
+    assert rows(first) and rows(again) == rows(first)
+    assert any(ln.split()[4] != "-" for ln in rows(again))  # a t_train was reached
+    assert "this process computed 0 model-steps" in again and "the sweep holds 400" in again

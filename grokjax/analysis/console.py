@@ -187,28 +187,30 @@ def _figure_path(output: Path, name: str, fmt: str) -> Path:
 
 def finish_sweep(outcome: Any, sweep: Any, fit: bool = True, plot: bool = True, say: Say = print) -> None:
     """What ``grokjax sweep`` prints after training (``outcome``: ``run.sweep.SweepOutcome``): speed, early
-    stops, per-cell table and laws (``fit``), per-run times, the phase diagram (``plot``), divergences."""
+    stops, per-cell table and laws (``fit``: also saved), per-run times, the phase diagram (``plot``),
+    divergences. The times come from the stored metrics (the fit's code path), so a resumed sweep reports
+    the whole of every run, not only what this process trained."""
     n_runs = sweep.n_runs()
+    held = sum(g.train.steps * len(runs) for g, runs in sweep.groups())
+    results = load(outcome.path)
+    stopped = dict(zip(results.stops["run_id"].tolist(), results.stops["stop_step"].tolist()))
+    steps_of = dict(zip(results.runs["run_id"].tolist(), results.runs["steps"].tolist()))
+    trained = held - sum(steps_of[rid] - stop for rid, stop in stopped.items())
     say(f"{n_runs} runs in {outcome.seconds:.1f} s (compilation included); training "
-        f"{outcome.model_steps_per_s:,.0f} model-steps/s")
-    tracker = outcome.tracker
-    if tracker.n_stopped:
-        budget = sum(g.train.steps * len(runs) for g, runs in sweep.groups())
-        say(f"stop=resolved: {tracker.n_stopped} runs stopped early; computed {outcome.model_steps:,} model-steps "
-            f"({100 * outcome.model_steps / budget:.0f}% of the budget's {budget:,}, padding included)")
-    if fit:
-        fits = fit_and_report(outcome.path, FitOptions(), say).fits
-        print_run_summary([(r.run_id, r.wd, r.lr, r.seed, r.t_train, r.t_val_first) for r in fits.itertuples()],
-                          say=say)
-        if plot:
-            plot_dir(outcome.path, fits, say=say)
-    else:
-        rows = [(r.run_id, r.get("hp.wd"), r.get("hp.lr"), r.get("hp.seed"), tracker.t_train.get(r.run_id),
-                 tracker.t_val.get(r.run_id)) for _, runs in sweep.groups() for r in runs]
-        print_run_summary(sorted(rows), say=say)
-    if tracker.diverged:
-        say(f"{len(tracker.diverged)} of {n_runs} runs diverged (train loss non-finite or above "
-            f"{DIVERGENCE_LOSS:g}, or parameters non-finite): each was frozen at that step and is NaN from there on")
+        f"{outcome.model_steps_per_s:,.0f} model-steps/s; this process computed {outcome.model_steps:,} "
+        f"model-steps (padding included), the sweep holds {trained:,}")
+    if stopped:
+        say(f"stop=resolved: {len(stopped)} runs stopped early; the sweep holds {100 * trained / held:.0f}% of "
+            f"the budget's {held:,} model-steps")
+    fits = fit_and_report(outcome.path, FitOptions(), say).fits if fit else fit_results(results)
+    print_run_summary([(r.run_id, r.wd, r.lr, r.seed, r.t_train, r.t_val_first) for r in fits.itertuples()],
+                      say=say)
+    if fit and plot:
+        plot_dir(outcome.path, fits, say=say)
+    n_diverged = int((fits["phase"] == "diverged").sum()) if len(fits) else 0
+    if n_diverged:
+        say(f"{n_diverged} of {n_runs} runs diverged (train loss non-finite or above {DIVERGENCE_LOSS:g}, or "
+            f"parameters non-finite): each was frozen at that step and is NaN from there on")
     say(f"results: {outcome.path}")
 
 
