@@ -149,6 +149,9 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
         raise UserError("a multi-process sweep needs --out DIR, a directory every process sees")
     config, overrides = _split_items(args.items)
     sweep = build_sweep(config, overrides)
+    if shard is not None and shard.count > sweep.n_runs():
+        raise UserError(f"--shard {args.shard}: the grid has {sweep.n_runs()} runs, so shards past "
+                        f"{sweep.n_runs() - 1} would train nothing; use at most {sweep.n_runs()} shards")
     if args.dry_run:
         from grokjax.grid.plan import describe_plan
 

@@ -33,12 +33,15 @@ TINY = ["op=add", "p=11", "d_model=16", "n_heads=2", "d_mlp=32", "n_layers=1", "
 
 
 def merged(*lists: list[str]) -> list[str]:
-    """key=value lists merged left to right: a later key replaces an earlier one."""
+    """key=value lists merged left to right: a later key replaces an earlier one. An MLP drops TINY's
+    n_heads (a key given where it has no effect is refused)."""
     out: dict[str, str] = {}
     for items in lists:
         for item in items:
             key = item.split("=", 1)[0]
             out["seed" if key == "seeds" else key] = item
+    if out.get("arch") == "arch=mlp":
+        out.pop("n_heads", None)
     return list(out.values())
 
 

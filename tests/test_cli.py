@@ -90,6 +90,14 @@ BAD_CLI = [
     ["sweep", "wd=0.1", "stray"],
     ["sweep", "--bogus-flag"],
     ["sweep", "seeds=-2"],
+    ["sweep", "momentum=[0,0.9]"],
+    ["sweep", "grokfast_alpha=0.9"],
+    ["sweep", "grokfast=ema", "grokfast_window=7"],
+    ["sweep", "mlp_input=embed"],
+    ["sweep", "arch=mlp", "n_heads=2"],
+    ["sweep", "arch=mlp", "layer_norm=true"],
+    ["sweep", "patience=5"],
+    ["sweep", "wd=[0.1,1]", "seeds=2", "--shard", "0/9"],
     ["sweep", "steps=3000000000"],
     ["sweep", "seed=2147483648"],
     ["sweep", "seed=range(2147483640,2147483649)"],
@@ -221,3 +229,20 @@ def test_the_summary_after_a_resume_reads_the_stored_metrics(tmp_path, capsys):
     assert rows(first) and rows(again) == rows(first)
     assert any(ln.split()[4] != "-" for ln in rows(again))  # a t_train was reached
     assert "this process computed 0 model-steps" in again and "the sweep holds 400" in again
+
+
+def test_keys_act_where_the_grid_gives_them_an_effect(tmp_path):
+    """A key that acts in some of the grid's groups is accepted; a sweep file's own values are exempt."""
+    assert len(build_sweep(None, ["optimizer=[adamw,sgd]", "momentum=0.9"]).groups()) == 2
+    cfg = tmp_path / "mine.toml"
+    cfg.write_text('grokfast_alpha = 0.9\nmomentum = 0.5\n')
+    assert build_sweep(str(cfg)).values["hp.momentum"] == [0.5]
+    with pytest.raises(grokjax.UserError, match=r"momentum=0.5: has no effect with optimizer=adamw; .*sgd"):
+        build_sweep(str(cfg), ["momentum=0.5"])
+
+
+def test_a_bogus_grokjax_distributed_is_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("GROKJAX_DISTRIBUTED", "bogus")
+    assert main(["sweep", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "GROKJAX_DISTRIBUTED=bogus" in err and "\n" not in err and not (tmp_path / "r").exists()

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import merged
+
 import grokjax
 from grokjax.engine.data import hparams_for
 from grokjax.engine.measures import (
@@ -31,7 +33,7 @@ BASE = ["op=add", "p=11", "d_model=16", "n_heads=2", "d_mlp=32", "frac=0.5", "lr
 
 
 def _engine_and_state(args):
-    group, runs = build_sweep(None, args).groups()[0]
+    group, runs = build_sweep(None, merged(args)).groups()[0]
     engine = engine_for(group, runs[:1])
     hps = jax.tree.map(lambda x: x[0], hparams_for(runs[:1], engine.table.n_pairs))
     with jax.enable_x64(True):

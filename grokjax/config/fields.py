@@ -18,6 +18,7 @@ class Field:
     check: Check | None
     choices: tuple[str, ...]
     meaning: str
+    acts_with: tuple[str, tuple[Scalar, ...]] | None = None  # (path, values) where the key has an effect
 
     @property
     def short(self) -> str:
@@ -48,7 +49,7 @@ class Field:
 
 def _fields() -> dict[str, Field]:
     out = [Field(f"{section}.{f.name}", f.metadata["kind"], f.default, f.metadata["check"], f.metadata["choices"],
-                 f.metadata["meaning"])
+                 f.metadata["meaning"], f.metadata["acts_with"])
            for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
     return {f.path: f for f in out}
 

@@ -45,17 +45,23 @@ def in_unit(v: Any) -> str | None:
 
 
 def key(default: Scalar, meaning: str, *, choices: tuple[str, ...] = (), check: Check | None = None,
-        kind: str | None = None, optimizer: bool = False) -> Any:
+        kind: str | None = None, optimizer: bool = False, acts_with: tuple[str, tuple[Scalar, ...]] | None = None
+        ) -> Any:
     """Declare one sweep key as a dataclass field. ``kind`` (int, float, bool, choice, batch, measures)
     follows from the default and ``choices`` unless given; a whole number is checked to lie in [1, INT32_MAX]
-    unless ``check`` says otherwise. ``optimizer``: a per-model number the optimizer keeps in its state."""
+    unless ``check`` says otherwise. ``optimizer``: a per-model number the optimizer keeps in its state.
+    ``acts_with=(path, values)``: the key has an effect only where the key ``path`` takes one of ``values``
+    (a value given for it on the command line where it never does is refused)."""
     if kind is None:
         kind = ("choice" if choices else "bool" if isinstance(default, bool) else
                 "int" if isinstance(default, int) else "float")
     if check is None and kind == "int":
         check = whole(1)
     return dataclasses.field(default=default, metadata=dict(meaning=meaning, kind=kind, choices=choices,
-                                                            check=check, optimizer=optimizer))
+                                                            check=check, optimizer=optimizer, acts_with=acts_with))
+
+
+TRANSFORMER = ("model.arch", ("transformer",))
 
 
 @dataclass(frozen=True)
@@ -80,12 +86,13 @@ class ModelConfig:
     arch: str = key("transformer", "network family: decoder-only transformer, or the 2-hot MLP", choices=C.ARCHS)
     n_layers: int = key(1, "transformer blocks, or hidden layers of the MLP")
     d_model: int = key(128, "residual width (transformer) or embedding size (MLP with mlp_input=embed)")
-    n_heads: int = key(4, "attention heads (transformer); must divide d_model")
+    n_heads: int = key(4, "attention heads (transformer); must divide d_model", acts_with=TRANSFORMER)
     d_mlp: int = key(512, "hidden width of the transformer's MLP, or of every MLP hidden layer")
-    layer_norm: bool = key(False, "LayerNorm before attention, MLP and unembedding (transformer)")
+    layer_norm: bool = key(False, "LayerNorm before attention, MLP and unembedding (transformer)",
+                           acts_with=TRANSFORMER)
     act: str = key("relu", "activation: relu, gelu, or quadratic x^2 (Gromov 2023)", choices=C.ACTIVATIONS)
     mlp_input: str = key("onehot", "MLP input: concatenated one-hot codes of a and b, or learned embeddings",
-                         choices=C.MLP_INPUTS)
+                         choices=C.MLP_INPUTS, acts_with=("model.arch", ("mlp",)))
     bias: bool = key(True, "biases in the dense layers that have them")
 
     @property
@@ -120,7 +127,7 @@ class TrainConfig:
                                  "(Prieto et al. 2025)")
     grokfast: str = key("none", "gradient filter before the optimizer: none, ema or ma (Lee et al. 2024)",
                         choices=C.GRADIENT_FILTERS)
-    grokfast_window: int = key(100, "window of the ma filter, in steps")
+    grokfast_window: int = key(100, "window of the ma filter, in steps", acts_with=("train.grokfast", ("ma",)))
     loss: str = key("softmax", "cross-entropy through softmax, or StableMax (Prieto et al. 2025)", choices=C.LOSSES)
     measures: str = key("norms", "progress measures computed on the device: a +-joined set of norms, fourier, "
                                  "excluded (or none)", kind="measures", choices=C.MEASURE_NAMES)
@@ -133,7 +140,7 @@ class TrainConfig:
     stop: str = key("budget", "budget: every run trains all steps; resolved: a run stops once grokked or diverged",
                     choices=C.STOPS)
     patience: int = key(3, "stop=resolved: evaluations in a row at validation accuracy >= 0.99 that make a run "
-                           "grokked")
+                           "grokked", acts_with=("train.stop", ("resolved",)))
 
 
 @dataclass(frozen=True)
@@ -146,10 +153,12 @@ class PerModel:
     frac: float = key(0.3, "fraction of the task table used for training", check=open_unit)
     seed: int = key(0, "random seed of the split, the initialisation and the minibatches", check=whole(0))
     init_scale: float = key(1.0, "multiplies every initial weight (Omnigrok's alpha)", check=positive)
-    momentum: float = key(0.0, "SGD momentum (sgd only)", check=in_unit, optimizer=True)
-    grokfast_alpha: float = key(0.98, "EMA decay of the grokfast=ema filter", check=in_unit, optimizer=True)
+    momentum: float = key(0.0, "SGD momentum (sgd only)", check=in_unit, optimizer=True,
+                          acts_with=("train.optimizer", ("sgd",)))
+    grokfast_alpha: float = key(0.98, "EMA decay of the grokfast=ema filter", check=in_unit, optimizer=True,
+                                acts_with=("train.grokfast", ("ema",)))
     grokfast_lamb: float = key(2.0, "amplification of the filtered gradient (grokfast ema and ma)",
-                               check=at_least(0), optimizer=True)
+                               check=at_least(0), optimizer=True, acts_with=("train.grokfast", ("ema", "ma")))
 
 
 @dataclass(frozen=True)

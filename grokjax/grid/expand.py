@@ -135,6 +135,19 @@ def check_point(point: dict[str, Scalar]) -> None:
                         f"frac={point['hp.frac']}); use batch_size<={n_train} or batch_size=full")
 
 
+def _check_effect(key: str, text: str, values: dict[str, list[Scalar]]) -> None:
+    """Refuse a key the user gave that acts nowhere in this grid (``momentum`` with adamw only, say): it would
+    silently train identical runs. A sweep file's own values are not checked."""
+    acts_with = FIELDS[resolve_key(key)].acts_with
+    if acts_with is None:
+        return
+    other, accepted = acts_with
+    if not any(v in accepted for v in values[other]):
+        have = ",".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values[other])
+        raise UserError(f"{key}={text}: has no effect with {SHORT_NAMES[other]}={have}; it acts only with "
+                        f"{SHORT_NAMES[other]}={'|'.join(map(str, accepted))} (give that too, or drop {key})")
+
+
 def defaults() -> dict[str, list[Scalar]]:
     return {path: [f.default] for path, f in FIELDS.items()}
 
@@ -210,6 +223,7 @@ def build_sweep(config: str | None = None, overrides: Iterable[str] = (),
     apply_file(values, axes, path)
     name = path.stem
     seen: set[str] = set()
+    given: list[tuple[str, str]] = []  # (key as typed, what was typed): checked for an effect below
     for key, value in (settings or {}).items():
         path = resolve_key(key)
         if path in seen:
@@ -217,6 +231,7 @@ def build_sweep(config: str | None = None, overrides: Iterable[str] = (),
         seen.add(path)
         parsed, is_axis = python_values(key, value)
         _apply(values, axes, key, parsed, is_axis, repr(value) if not is_axis else None)
+        given.append((key, repr(value)))
     for item in overrides:
         if "=" not in item:
             raise UserError(f"argument {item!r} is not key=value; e.g. wd=0.1 or seeds=4")
@@ -230,6 +245,9 @@ def build_sweep(config: str | None = None, overrides: Iterable[str] = (),
         seen.add(path)
         parsed, is_axis = parse_expression(key, text)
         _apply(values, axes, key, parsed, is_axis, text.strip())
+        given.append((key, text.strip()))
+    for key, text in given:
+        _check_effect(key, text, values)
     sweep = Sweep(values, axes, name)
     n_runs = sweep.n_runs()
     if n_runs > MAX_RUNS:

@@ -55,6 +55,9 @@ def detect_launcher(environ: Mapping[str, str]) -> str | None:
         return None
     if forced in ("auto", "1", "yes", "true", "on"):
         return "GROKJAX_DISTRIBUTED=auto"
+    if forced:
+        raise UserError(f"GROKJAX_DISTRIBUTED={environ['GROKJAX_DISTRIBUTED']}: expected auto (start "
+                        f"jax.distributed from the cluster's environment) or off (one process), or unset it")
 
     def count(name: str) -> int:
         try:
