@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from grokjax.errors import UserError
 from grokjax.store.load import Results
 
 
@@ -24,7 +25,11 @@ def sweep(config: str | None = None, out: str | os.PathLike | None = None, *, re
     from grokjax.run.sweep import run_sweep
     from grokjax.store.load import load
 
-    spec = build_sweep(config, settings=overrides)
+    if config is not None and not isinstance(config, (str, os.PathLike)):
+        raise UserError(f"config={config!r}: expected a preset name or the path of a TOML file, or None")
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise UserError(f"out={out!r}: expected the path of a results directory (a str or a Path), or None")
+    spec = build_sweep(None if config is None else os.fspath(config), settings=overrides)
     command = ["grokjax.sweep", *([config] if config else []), *(f"{k}={v!r}" for k, v in overrides.items())]
     outcome = run_sweep(spec, None if out is None else os.fspath(out), resume=resume, quiet=quiet,
                         command=command)

@@ -91,6 +91,7 @@ BAD_CLI = [
     ["sweep", "--bogus-flag"],
     ["sweep", "seeds=-2"],
     ["sweep", "momentum=[0,0.9]"],
+    ["sweep", "wd=\uff11"],
     ["sweep", "grokfast_alpha=0.9"],
     ["sweep", "grokfast=ema", "grokfast_window=7"],
     ["sweep", "mlp_input=embed"],
@@ -246,3 +247,13 @@ def test_a_bogus_grokjax_distributed_is_one_line(monkeypatch, capsys, tmp_path):
     assert main(["sweep", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert "GROKJAX_DISTRIBUTED=bogus" in err and "\n" not in err and not (tmp_path / "r").exists()
+
+
+def test_smaller_hostile_inputs_are_one_line_user_errors(tmp_path, capsys):
+    assert main(["sweep", "steps=10", "--out", "/proc/grokjax-test"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not on a disk file system" in err and "\n" not in err
+    for call in (lambda: grokjax.sweep(123), lambda: grokjax.sweep(out=123, steps=10), lambda: grokjax.load(None)):
+        with pytest.raises(grokjax.UserError):
+            call()
+    assert not list(tmp_path.iterdir())

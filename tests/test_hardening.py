@@ -320,6 +320,21 @@ def test_a_directory_another_sweep_is_starting_in_is_refused_as_held(tmp_path, c
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
 
 
+def test_rerunning_into_a_directory_being_written_says_so_not_resume(finished, tmp_path, capsys):
+    """A sweep that holds DIR's lock is writing there: a second start is told that, not to add --resume."""
+    import fcntl
+
+    out = _copy(finished, tmp_path / "copy")
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        assert main(["sweep", *SMALL, "--out", str(out), "--quiet"]) == 2
+    finally:
+        os.close(fd)
+    err = capsys.readouterr().err
+    assert "is writing there right now" in err and "--resume" not in err
+
+
 def test_a_completed_sweep_leaves_no_lock(finished):
     assert not (finished / ".lock").exists()
 

@@ -24,8 +24,8 @@ from grokjax.errors import UserError
 FUNCTIONS = ("logspace", "linspace", "range")
 MAX_AXIS_VALUES = 100_000  # values one key may sweep: refused before anything of that size is allocated
 
-_INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_INT = re.compile(r"[+-]?\d+", re.ASCII)  # ASCII: a fullwidth or Arabic-Indic digit is not a number here
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _IDENT_SET = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\+[A-Za-z_][A-Za-z0-9_]*)+")  # a+b: a set (measures=)
 _CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\((.*)\)")

@@ -130,8 +130,8 @@ class ResultsDir(PartWriter, CheckpointStore):
         parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
         if parent.is_dir() and needed_bytes and shutil.disk_usage(parent).free < needed_bytes:
             free = shutil.disk_usage(parent).free
-            raise UserError(f"--out {path}: {free / 2**20:.0f} MiB free, the sweep needs about "
-                            f"{needed_bytes / 2**20:.0f} MiB; free space or choose another --out")
+            raise UserError(f"--out {path}: {_size(free)} free, the sweep needs about {_size(needed_bytes)}; free "
+                            f"space or choose another --out")
         created_dir = not path.exists()
         created_lock = not (path / lock).exists()
         try:
@@ -143,10 +143,8 @@ class ResultsDir(PartWriter, CheckpointStore):
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(lock_fd)
-            who = "another sweep holds this directory" if shard is None else \
-                f"shard {shard.label} is already running in this directory"
-            raise UserError(f"--out {path}: {who} (it is writing there right now); wait for it to finish or "
-                            f"choose another --out")
+            raise UserError(f"--out {path}: {_holder(shard)} (it is writing there right now); wait for it to "
+                            f"finish or choose another --out")
         rd = cls(path, lock_fd, shard, (0, processes))
         written: list[Path] = []
         try:
@@ -189,6 +187,10 @@ class ResultsDir(PartWriter, CheckpointStore):
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path}: exists and is not a directory; choose a new directory")
+        parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+        if parent.is_dir() and shutil.disk_usage(parent).total == 0:  # /proc, /sys: no disk behind them
+            raise UserError(f"--out {path}: {parent} is not on a disk file system (it holds no space); choose a "
+                            f"writable directory")
         # One listing, judged once: a writer that starts at this moment creates its lock before anything else.
         names = [p.name for p in path.iterdir()] if path.is_dir() else []
         ours = any(n == SWEEP_JSON or n.startswith(LOCK) for n in names)
@@ -198,6 +200,9 @@ class ResultsDir(PartWriter, CheckpointStore):
         if resume and not ours and shard is None:
             raise UserError(f"--out {path}: there is no sweep to resume here (no {SWEEP_JSON})")
         if judge and ours:
+            if _held(path, _lock_name(shard)):
+                raise UserError(f"--out {path}: {_holder(shard)} (it is writing there right now); wait for it to "
+                                f"finish or choose another --out")
             _judge_existing(path, sweep, resume, shard)
 
     def close(self, remove_lock: bool = False) -> None:
@@ -243,6 +248,34 @@ class ResultsDir(PartWriter, CheckpointStore):
             write()
         except OSError as e:
             raise write_error(self.path, e, "the last checkpoint is kept; free space and rerun with --resume") from e
+
+
+def _size(n: int) -> str:
+    """Bytes in words: 0 B, 38 KiB, 12 MiB, 3.1 GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if unit == "GiB" else f"{n / scale:.0f} {unit}"
+    return f"{n} B"
+
+
+def _holder(shard: Shard | None) -> str:
+    return "another sweep holds this directory" if shard is None else \
+        f"shard {shard.label} is already running in this directory"
+
+
+def _held(path: Path, lock: str) -> bool:
+    """Whether a running writer holds the lock file ``lock`` of DIR now (tried without waiting)."""
+    try:
+        fd = os.open(path / lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock if it was taken here
 
 
 @contextlib.contextmanager

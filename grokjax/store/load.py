@@ -74,6 +74,8 @@ def _read_parts(parts: list[Path], sweep_path: Path) -> Iterator[pa.Table]:
 
 def load(path: str | os.PathLike) -> Results:
     """Read a results directory (also while its sweep is still writing)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise UserError(f"load({path!r}): expected the path of a results directory (a str or a Path)")
     path = Path(path)
     if not (path / SWEEP_JSON).is_file():
         raise UserError(f"{path}: not a grokjax results directory (no {SWEEP_JSON}); "
