@@ -157,13 +157,15 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
 
         print(describe_plan(sweep))
         return 0
+    if cluster is not None:
+        from grokjax.run import cluster as clusters
+
+        clusters.watch_start_up(cluster)  # before JAX is imported; from here on, in a child the parent watches
     from grokjax.analysis import console
     from grokjax.run.sweep import run_sweep
 
     command = ["grokjax", *argv]
     if cluster is not None:
-        from grokjax.run import cluster as clusters
-
         peers = clusters.start(cluster)
         # On an error this process exits without the shutdown barrier (which would wait for processes that
         # may be waiting on it): JAX's coordination service then ends the others within its heartbeat timeout.

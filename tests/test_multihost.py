@@ -166,3 +166,52 @@ def test_stray_cluster_variables_do_not_start_jax_distributed():
     assert parse_cluster(None, None, None, environ={}) is None
     # and the test session itself runs without them (conftest removes any the shell had)
     assert detect_launcher(os.environ) is None
+
+
+@pytest.mark.slow
+def test_peers_that_never_join_are_one_line_not_an_abort(tmp_path):
+    """Process 0 alone: JAX's client aborts with a C++ stack trace once its timeout passes; the watching
+    parent turns that into one line and exit 2."""
+    out = tmp_path / "r"
+    t0 = time.time()
+    proc = run_cli(["sweep", *TINY, "--out", str(out), "--coordinator", f"localhost:{_free_port()}",
+                    "--num-processes", "2", "--process-id", "0", "--cluster-timeout", "3"], env=_env(1), timeout=120)
+    assert time.time() - t0 < 3 + 60
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "the cluster did not start (process 0 of 2" in err and "Check failure" not in err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_coordinator_port_that_is_not_jax_is_one_line(tmp_path):
+    """Something answers on the coordinator's port, but not JAX's coordination service."""
+    import threading
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        server.settimeout(0.5)
+        port = server.getsockname()[1]
+        done = threading.Event()
+
+        def answer():
+            while not done.is_set():
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    continue
+                with conn:
+                    conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nnot a coordinator")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        try:
+            proc = run_cli(["sweep", *TINY, "--out", str(tmp_path / "r"), "--coordinator", f"localhost:{port}",
+                            "--num-processes", "2", "--process-id", "1", "--cluster-timeout", "3"], env=_env(1),
+                           timeout=120)
+        finally:
+            done.set()
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "the cluster did not start (process 1 of 2" in err

@@ -11,12 +11,17 @@ decides and ``Peers`` shares its decision.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import select
+import signal
 import socket
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -142,24 +147,130 @@ def _probe(spec: ClusterSpec) -> None:
             time.sleep(0.2)
 
 
+START_GRACE_S = 30  # beyond --cluster-timeout: importing JAX and starting its client
+
+
+@dataclass
+class _Watched:
+    """In a watched child: the pipe that tells the parent start-up is done, and the file that takes the
+    child's stderr meanwhile (JAX's client aborts the process with a C++ stack trace when start-up fails)."""
+
+    report_fd: int
+    log: Any
+
+
+_WATCHED: _Watched | None = None
+
+
+def watch_start_up(spec: ClusterSpec) -> None:
+    """Fork before JAX is imported: the child returns from here and goes on (``start``, the sweep); this
+    process waits. JAX's client aborts a process whose cluster does not form (peers that never join, a
+    port that answers but is not JAX's coordinator, a foreign host): a child that dies so before ``start``
+    reports success, or is not done within ``timeout_s`` + START_GRACE_S, becomes one UserError line here
+    (exit 2). Otherwise this process exits with the child's status. SIGINT and SIGTERM are passed on.
+    Where JAX is already imported (a notebook, the tests) forking is not safe: nothing is watched."""
+    global _WATCHED
+    if "jax" in sys.modules or not hasattr(os, "fork"):
+        return
+    read_fd, write_fd = os.pipe()
+    log = tempfile.TemporaryFile()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        _WATCHED = _Watched(write_fd, log)
+        with contextlib.suppress(Exception):  # Linux: die with the parent (a SIGKILL cannot be passed on)
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before that took effect
+            os._exit(1)
+        return
+    os.close(write_fd)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: os.kill(pid, signum))
+    outcome = _wait_for_report(read_fd, pid, spec.timeout_s + START_GRACE_S)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)  # -N: ended by signal N
+    if outcome == "joined" or (outcome == "ended" and code >= 0 and _clean_exit(log)):
+        raise SystemExit(code if code >= 0 else 128 - code)  # the child said what happened itself
+    who = (f"process {spec.process_id} of {spec.num_processes}, coordinator {spec.coordinator}" if not spec.auto
+           else spec.launcher)
+    why = (f"not formed within {spec.timeout_s + START_GRACE_S} s" if outcome == "timeout" else _abort_reason(log))
+    raise UserError(f"the cluster did not start ({who}): {why}; start every process with the same "
+                    f"--coordinator (process 0's host and a free port) and --num-processes within "
+                    f"--cluster-timeout ({spec.timeout_s} s)")
+
+
+def _wait_for_report(read_fd: int, pid: int, timeout_s: float) -> str:
+    """"joined" once the child reports start-up done, "ended" when it exits first, "timeout" when the time
+    is up (the child is then killed)."""
+    deadline = time.monotonic() + timeout_s
+    with os.fdopen(read_fd, "rb") as pipe:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                return "timeout"
+            try:
+                ready, _, _ = select.select([pipe], [], [], min(left, 1.0))
+            except InterruptedError:
+                continue
+            if ready:
+                return "joined" if pipe.read(1) == b"1" else "ended"  # b"" at EOF: ended before reporting
+
+
+def _clean_exit(log: Any) -> bool:
+    """Whether the child wrote no abort report (it ended through Python, having said why itself)."""
+    log.seek(0)
+    return b"Check failure" not in log.read()
+
+
+def _abort_reason(log: Any) -> str:
+    """The one line that says why JAX's client aborted, from what it wrote to stderr."""
+    log.seek(0)
+    text = log.read().decode(errors="replace")
+    status = re.search(r"absl::Status: ([^\n]+)", text) or re.search(r"\] ([^\n]+)", text)
+    return status.group(1).strip() if status else "the process was aborted by JAX's distributed client"
+
+
 def start(spec: ClusterSpec) -> "Peers":
     """Initialize ``jax.distributed`` (before anything else touches JAX) and return the processes' Peers.
-    On the CPU the processes exchange data through gloo."""
+    On the CPU the processes exchange data through gloo. Under ``watch_start_up`` stderr goes to the
+    watcher's file until the cluster has formed, and success is reported to it."""
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if spec.auto:
-        try:
-            jax.distributed.initialize(initialization_timeout=spec.timeout_s)
-        except (ValueError, RuntimeError) as e:
-            raise UserError(f"{spec.launcher}: JAX's cluster auto-detection failed ({str(e).splitlines()[0]}); "
-                            f"give --coordinator, --num-processes and --process-id, or set "
-                            f"GROKJAX_DISTRIBUTED=off for one process") from e
-    else:
-        _probe(spec)
-        jax.distributed.initialize(spec.coordinator, spec.num_processes, spec.process_id,
-                                   initialization_timeout=spec.timeout_s)
-    return Peers.current()
+    saved = None
+    if _WATCHED is not None:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(_WATCHED.log.fileno(), 2)
+    try:
+        if spec.auto:
+            try:
+                jax.distributed.initialize(initialization_timeout=spec.timeout_s)
+            except (ValueError, RuntimeError) as e:
+                raise UserError(f"{spec.launcher}: JAX's cluster auto-detection failed "
+                                f"({str(e).splitlines()[0]}); give --coordinator, --num-processes and "
+                                f"--process-id, or set GROKJAX_DISTRIBUTED=off for one process") from e
+        else:
+            _probe(spec)
+            jax.distributed.initialize(spec.coordinator, spec.num_processes, spec.process_id,
+                                       initialization_timeout=spec.timeout_s)
+        peers = Peers.current()
+    finally:
+        if saved is not None:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+    if _WATCHED is not None:
+        os.write(_WATCHED.report_fd, b"1")
+        os.close(_WATCHED.report_fd)
+    return peers
 
 
 def stop() -> None:
