@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import merged
 
 import grokjax
@@ -205,7 +204,7 @@ def test_measures_none_logs_the_base_columns_only():
 
 @pytest.mark.slow
 def test_plot_measures_draws_the_logged_measures_and_checks_runs_first(tmp_path, capsys):
-    from grokjax.analysis.plots import pick_runs, plot_measures
+    from grokjax.analysis.curves import pick_runs, plot_measures
     from grokjax.cli import main
 
     out = tmp_path / "r"

@@ -108,14 +108,15 @@ def run_ids(text: str | None, fits: pd.DataFrame) -> list[int] | None:
 def plot_dir(path: Path, fits: pd.DataFrame, fmt: str = "png", curves: bool = False, measures: bool = False,
              runs: str | None = None, say: Say = print) -> None:
     """``grokjax plot DIR``: the phase diagram (and the curves and measures figures when asked)."""
-    from grokjax.analysis.plots import plot_curves, plot_phase_diagram
+    from grokjax.analysis.curves import plot_curves
+    from grokjax.analysis.plots import plot_phase_diagram
 
     ids = run_ids(runs, fits) if measures else None  # checked before anything is written
     say(f"wrote {save_figure(plot_phase_diagram(fits, report=report_of(fits)), path / f'phase_diagram.{fmt}')}")
     if curves:
         say(f"wrote {save_figure(plot_curves(load(path).metrics, fits), path / f'curves.{fmt}')}")
     if measures:
-        from grokjax.analysis.plots import plot_measures
+        from grokjax.analysis.curves import plot_measures
 
         figure = plot_measures(load(path).metrics, fits, ids)
         say(f"wrote {save_figure(figure, path / f'measures.{fmt}')}")

@@ -1,0 +1,121 @@
+"""Figures of single runs over steps: learning curves (``plot_curves``) and the progress measures of a
+grokking and a memorizing run side by side (``plot_measures``). Functions return Figures;
+``store.outputs.save_figure`` writes them."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from grokjax.analysis.plots import sweep_title
+
+
+def plot_curves(results_metrics: pd.DataFrame, fits: pd.DataFrame) -> Figure:
+    """Learning curves: train and validation accuracy, train and validation loss and the parameter norm
+    against the step (symlog: step 0, the initialisation, is shown). Colour = wd, line style = seed."""
+    fig, grid = plt.subplots(2, 3, figsize=(14, 7.5), dpi=110)
+    panels = [("train_acc", "train accuracy", False), ("val_acc", "validation accuracy", False),
+              ("param_norm", "parameter norm (L2)", False), ("train_loss", "train loss", True),
+              ("val_loss", "validation loss", True)]
+    wds = np.sort(fits["wd"].unique())
+    cmap = plt.get_cmap("viridis")
+    color = {w: cmap(i / max(len(wds) - 1, 1)) for i, w in enumerate(wds)}
+    seeds = np.sort(fits["seed"].unique()) if "seed" in fits.columns else np.array([0])
+    styles = ["-", "--", ":", "-."]
+    style = {s: styles[i % len(styles)] for i, s in enumerate(seeds)}
+    info = fits.set_index("run_id")
+    for rid, m in results_metrics.groupby("run_id"):
+        if rid not in info.index:
+            continue
+        c, ls = color[info.at[rid, "wd"]], style.get(info.at[rid, "seed"] if "seed" in info else 0, "-")
+        for ax, (col, _, _) in zip(grid.ravel(), panels):
+            rows = m[m[col].notna()]
+            ax.plot(rows["step"], rows[col], ls=ls, lw=0.9, color=c, alpha=0.85)
+    eval_steps = np.unique(results_metrics.loc[results_metrics["val_acc"].notna(), "step"])
+    linthresh = float(eval_steps[1] - eval_steps[0]) if eval_steps.size > 1 else 1.0
+    for ax, (col, title, log_y) in zip(grid.ravel(), panels):
+        ax.set_xscale("symlog", linthresh=linthresh)
+        if log_y:
+            ax.set_yscale("log")
+        elif col.endswith("acc"):
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step (symlog)")
+        ax.grid(True, alpha=0.3)
+    legend_ax = grid[1, 2]
+    legend_ax.axis("off")
+    handles = [plt.Line2D([], [], color=color[w], label=f"wd={w:g}") for w in wds]
+    handles += [plt.Line2D([], [], color="black", ls=style[s], label=f"seed {s}") for s in seeds[:len(styles)]]
+    legend_ax.legend(handles=handles, loc="center", fontsize=8, ncol=2)
+    fig.suptitle(f"Learning curves\n{sweep_title(fits)}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+_MEASURE_PANELS = (
+    ("accuracy", (("train_acc", "train"), ("val_acc", "validation")), False),
+    ("loss", (("train_loss", "train"), ("val_loss", "validation"), ("restricted_loss", "restricted"),
+              ("excluded_loss", "excluded")), True),
+    ("parameter norms", (("param_norm", "all"), ("norm_embed", "embed"), ("norm_attn", "attention"),
+                         ("norm_mlp", "MLP"), ("norm_unembed", "unembed"), ("norm_readout", "readout")), False),
+    ("gradient and update norms", (("grad_norm", "gradient"), ("update_norm", "update")), True),
+    ("Fourier: embedding spectrum", (("fourier_gini", "Gini"),), False),
+    ("Fourier: key frequencies", (("n_key_freqs", "n key freqs"),), False),
+)
+
+
+def pick_runs(fits: pd.DataFrame) -> list[int]:
+    """A grokking run (the median t_val among the grokked) and a memorizing one (the highest wd among
+    the runs that never grok), for side-by-side measures."""
+    grokked = fits[fits["phase"].isin(("grokking", "comprehension"))].sort_values("t_val")
+    memorized = fits[fits["phase"] == "memorization"].sort_values(["wd", "run_id"])
+    out = []
+    if len(grokked):
+        out.append(int(grokked["run_id"].iloc[len(grokked) // 2]))
+    if len(memorized):
+        out.append(int(memorized["run_id"].iloc[-1]))
+    return out or [int(fits["run_id"].iloc[0])]
+
+
+def plot_measures(metrics: pd.DataFrame, fits: pd.DataFrame, run_ids: list[int] | None = None) -> Figure:
+    """The progress measures (``measures=``) against the step for a few runs side by side (default: a
+    grokking and a memorizing run): one column per run, one row per kind of measure the sweep logged,
+    with the run's t_train and t_val marked."""
+    run_ids = run_ids or pick_runs(fits)
+    layer_cols = sorted(c for c in metrics.columns if c.startswith("norm_layer_"))
+    panels = []
+    for title, cols, log in _MEASURE_PANELS:
+        cols = list(cols) + ([(c, c[5:]) for c in layer_cols] if title == "parameter norms" else [])
+        cols = [(c, label) for c, label in cols if c in metrics.columns]
+        if cols:
+            panels.append((title, cols, log))
+    fig, grid = plt.subplots(len(panels), len(run_ids), figsize=(6 * len(run_ids), 2.3 * len(panels)),
+                             squeeze=False, dpi=100, sharex="col")
+    info = fits.set_index("run_id")
+    for j, rid in enumerate(run_ids):
+        m = metrics[metrics["run_id"] == rid]
+        if rid in info.index:
+            r = info.loc[rid]
+            grid[0, j].set_title(f"run {rid}: wd={r.get('wd', float('nan')):g}, seed {r.get('seed', '')}, "
+                                 f"{r['phase']}", fontsize=9)
+        for i, (title, cols, log) in enumerate(panels):
+            ax = grid[i, j]
+            for c, label in cols:
+                rows = m[m[c].notna()]
+                ax.plot(rows["step"], rows[c], lw=1, label=label)
+            for t, style in (("t_train", ":"), ("t_val", "--")):
+                if rid in info.index and np.isfinite(info.at[rid, t]):
+                    ax.axvline(info.at[rid, t], color="gray", ls=style, lw=0.8)
+            ax.set_xscale("symlog", linthresh=10)
+            if log:
+                ax.set_yscale("log")
+            ax.set_ylabel(title, fontsize=8)
+            ax.grid(True, alpha=0.3)
+            if j == len(run_ids) - 1 and len(cols) > 1:
+                ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        grid[-1, j].set_xlabel("step (symlog; dotted: t_train, dashed: t_val)")
+    fig.suptitle(f"Progress measures\n{sweep_title(fits)}", fontsize=9)
+    fig.tight_layout()
+    return fig
