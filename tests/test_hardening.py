@@ -3,6 +3,7 @@ damaged results directories, resource limits, and tests aimed at specific plante
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -303,34 +304,35 @@ def test_forced_models_per_batch_that_cannot_fit_is_refused():
     assert choose_models_per_batch(eng, 4, requested=1, budget=budget)[0] == 1
 
 
-def test_a_directory_another_sweep_is_starting_in_is_refused_as_held(tmp_path, capsys, tiny):
-    """The race: a sweep has created DIR and its lock but not yet sweep.json. The loser must be told that
-    another sweep holds DIR (not that DIR is foreign)."""
+@contextlib.contextmanager
+def _held_lock(out):
+    """DIR's lock held as a running sweep holds it."""
     import fcntl
 
-    out = tmp_path / "r"
-    out.mkdir()
     fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
-        assert main(["sweep", *tiny, "--out", str(out), "--quiet"]) == 2
+        yield
     finally:
         os.close(fd)
+
+
+def test_a_directory_another_sweep_is_starting_in_is_refused_as_held(tmp_path, capsys, tiny):
+    """The race: a sweep has created DIR and its lock but not yet sweep.json. The loser must be told that
+    another sweep holds DIR (not that DIR is foreign)."""
+    out = tmp_path / "r"
+    out.mkdir()
+    with _held_lock(out):
+        assert main(["sweep", *tiny, "--out", str(out), "--quiet"]) == 2
     assert "another sweep holds this directory" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
 
 
 def test_rerunning_into_a_directory_being_written_says_so_not_resume(finished, tmp_path, capsys):
     """A sweep that holds DIR's lock is writing there: a second start is told that, not to add --resume."""
-    import fcntl
-
     out = _copy(finished, tmp_path / "copy")
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    try:
+    with _held_lock(out):
         assert main(["sweep", *SMALL, "--out", str(out), "--quiet"]) == 2
-    finally:
-        os.close(fd)
     err = capsys.readouterr().err
     assert "is writing there right now" in err and "--resume" not in err
 
