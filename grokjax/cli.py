@@ -97,15 +97,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def _keys(key: str | None) -> int:
     from grokjax.config.fields import FIELDS
+    from grokjax.grid.expand import build_sweep, shown_value
     from grokjax.grid.grammar import resolve_key
 
     fields = [FIELDS[resolve_key(key)]] if key else list(FIELDS.values())
+    bare = build_sweep(None).values  # what `grokjax sweep key=...` starts from: sweeps/default.toml
     width = max(len(f.short) for f in fields)
+    print(f"{'key':<{width}}  {'sweep':<15} {'built-in':<11} {'group':<10}  accepted: meaning")
     for f in fields:
-        default = str(f.default).lower() if isinstance(f.default, bool) else f"{f.default}"
-        print(f"{f.short:<{width}}  {default:<11} {f.group:<10}  {f.accepted}: {f.meaning}")
+        print(f"{f.short:<{width}}  {shown_value(bare[f.path]):<15} {shown_value([f.default]):<11} "
+              f"{f.group:<10}  {f.accepted}: {f.meaning}")
     if not key:
-        print("seeds=N is short for seed=[0..N-1]; dotted paths (train.steps) work too.")
+        print("sweep: the value a bare `grokjax sweep key=...` uses (sweeps/default.toml); built-in: a sweep file's "
+              "value for a key it does not set. seeds=N is short for seed=[0..N-1]; dotted paths (train.steps) "
+              "work too.")
     return 0
 
 

@@ -74,8 +74,12 @@ def test_keys_lists_every_key_with_default_group_and_meaning(capsys):
         line = next(ln for ln in lines if ln.split()[0] == f.short)
         assert f.group in line and f.meaning in line
     assert main(["keys", "grokfast_lamb"]) == 0
-    out = capsys.readouterr().out
-    assert out.split()[:3] == ["grokfast_lamb", "2.0", "per-model"]
+    out = capsys.readouterr().out.splitlines()[1]
+    assert out.split()[:4] == ["grokfast_lamb", "2", "2", "per-model"]
+    assert main(["keys", "p"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["p", "47", "97"]  # the default sweep's p
+    assert main(["keys", "lr"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["lr", "0.01", "0.001"]
     assert main(["keys", "nosuchkey"]) == 2
 
 

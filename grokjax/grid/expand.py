@@ -148,6 +148,20 @@ def _check_effect(key: str, text: str, values: dict[str, list[Scalar]]) -> None:
                         f"{SHORT_NAMES[other]}={'|'.join(map(str, accepted))} (give that too, or drop {key})")
 
 
+def shown_value(values: list[Scalar]) -> str:
+    """A key's values as typed: 0.01, true, [0,0.1,0.3,1]."""
+    text = [str(v).lower() if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+    return text[0] if len(text) == 1 else "[" + ",".join(text) + "]"
+
+
+def changed_settings(sweep: "Sweep") -> str:
+    """The fixed keys whose values differ from the built-in defaults, as key=value, and the swept keys."""
+    fixed = [f"{SHORT_NAMES[k]}={shown_value(v)}" for k, v in sweep.values.items()
+             if k not in sweep.axes and v != [FIELDS[k].default]]
+    swept = [f"{SHORT_NAMES[k]}={shown_value(sweep.values[k])}" for k in sweep.axes]
+    return f"settings: {' '.join(fixed) or '(the built-in defaults)'}; swept: {' '.join(swept) or 'nothing'}"
+
+
 def defaults() -> dict[str, list[Scalar]]:
     return {path: [f.default] for path, f in FIELDS.items()}
 

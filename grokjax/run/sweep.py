@@ -16,7 +16,7 @@ from grokjax.engine.memory import choose_models_per_batch
 from grokjax.engine.program import Program, state_shapes
 from grokjax.engine.single import Engine, engine_for
 from grokjax.errors import Interrupted, UserError
-from grokjax.grid.expand import Sweep
+from grokjax.grid.expand import Sweep, changed_settings
 from grokjax.grid.plan import disk_bytes
 from grokjax.grid.shard import Shard
 from grokjax.run.batch import BatchTrainer
@@ -135,6 +135,7 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
     ResultsDir.preflight(path, sweep, resume, shard)  # refused before anything compiles
     peers.sync("grokjax-preflight")  # no process judges DIR after process 0 has started writing there
     with Reporter(total, quiet) as rep:
+        rep.say(changed_settings(sweep))
         # A new sweep plans its model batches (compiling, and refusing what cannot fit) before anything is
         # written; a resumed one takes the batches its checkpoints were written with.
         plans = {}
