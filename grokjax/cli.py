@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="after t_val, accuracy counts as kept while >= threshold - slack (default 0.01)")
         c.add_argument("--keep", type=float, default=None,
                        help="fraction of later evaluations that must be kept (default 0.9; 1 = never drops)")
+        c.add_argument("--confirm", type=int, default=None,
+                       help="evaluations that must follow a t_val for it to count (default 3; fewer: censored, "
+                            "unconfirmed)")
         c.add_argument("--gap", type=float, default=None,
                        help="delay in steps above which a run is 'grokking' not 'comprehension' (default 1000)")
         if name == "plot":
@@ -127,15 +130,17 @@ def _split_items(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from grokjax.analysis.fit import FitOptions
+    from grokjax.analysis.fit import FIT_OPTION_NAMES, FitOptions
 
     d = FitOptions()
     return FitOptions(*(d.__dict__[k] if getattr(args, k, None) is None else getattr(args, k)
-                        for k in ("threshold", "slack", "gap", "keep"))).check()
+                        for k in FIT_OPTION_NAMES)).check()
 
 
 def _options_given(args: argparse.Namespace) -> bool:
-    return any(getattr(args, k, None) is not None for k in ("threshold", "slack", "gap", "keep"))
+    from grokjax.analysis.fit import FIT_OPTION_NAMES
+
+    return any(getattr(args, k, None) is not None for k in FIT_OPTION_NAMES)
 
 
 def _sweep(args: argparse.Namespace, argv: list[str]) -> int:

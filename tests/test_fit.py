@@ -64,8 +64,23 @@ def test_a_stopped_runs_skipped_evaluations_count_as_kept():
     full = fit_run(rows)["t_val"]
     stopped = rows[rows.step < 1100]  # evaluations 600..1000: the dip is 1 of 5
     skipped = len(range(1100, STEPS, EVAL)) + 1  # the evaluations to the budget (and the last step)
-    assert full == 600 and fit_run(stopped)["t_val"] == 800  # truncated: the dip postpones t_val
+    # truncated: the dip postpones t_val to 800, which only 2 evaluations follow (unconfirmed under --confirm 3)
+    assert full == 600 and fit_run(stopped, FitOptions(confirm=2))["t_val"] == 800
+    assert fit_run(stopped)["unconfirmed"] and math.isnan(fit_run(stopped)["t_val"])
     assert fit_run(stopped, skipped_evals=skipped)["t_val"] == full
+
+
+def test_a_t_val_needs_confirm_evaluations_after_it():
+    """A run first at the threshold at its last evaluation has nothing to keep: censored, unconfirmed
+    (the default sweep printed a law through such a cell, median t_val 3999 of a 4000-step budget)."""
+    rows = curve(t_train=100, t_val=STEPS - 1)
+    late = fit_run(rows)
+    assert late["censored"] and late["unconfirmed"] and math.isnan(late["t_val"]) and late["t_val_first"] == 2999
+    assert late["phase"] == "memorization" and late["max_val_acc"] == 1.0 and late["final_val_acc"] == 1.0
+    two_after = curve(t_train=100, t_val=2700)  # evaluations 2700, 2800, 2900 and the last step 2999
+    assert fit_run(two_after)["t_val"] == 2700 and not fit_run(two_after)["unconfirmed"]
+    assert math.isnan(fit_run(two_after, FitOptions(confirm=4))["t_val"])
+    assert fit_run(rows, FitOptions(confirm=0))["t_val"] == 2999
 
 
 def test_censored_runs():

@@ -18,6 +18,7 @@ from conftest import REPO, TINY, merged
 
 import grokjax
 from grokjax.analysis.law import MIN_LAW_CELLS, fit_law
+from grokjax.analysis.summary import near_misses, summary_table
 from grokjax.analysis.survival import cells, kaplan_meier_median
 from grokjax.cli import main
 from grokjax.config.fields import FIELDS
@@ -46,7 +47,40 @@ def test_delay_law_and_t_val_law_are_fitted_separately():
     delay, t_val = fit_law(fits, "delay"), fit_law(fits, "t_val")
     assert abs(delay.alpha - (-1.2)) < 0.05 and delay.alpha_low <= -1.2 <= delay.alpha_high
     assert t_val.alpha > -1.1  # t_train's slower law flattens t_val
-    assert "delay" in str(delay) and "(4 cells)" in str(delay)
+    assert "delay" in str(delay) and "∝ wd^-1.19" in str(delay) and "(4 distinct wd, 4 cells)" in str(delay)
+
+
+def test_a_law_over_lr_times_wd_counts_distinct_products_and_cells():
+    """Two cells sharing lr*wd are one point of the law: 3 distinct lr·wd from 4 cells, written so."""
+    fits = two_law_fits(wds=(0.1, 0.3, 1.0), seeds=4)
+    other = fits[fits.wd == 0.3].assign(lr=0.3, wd=0.1, run_id=lambda d: d.run_id + 1000)  # lr*wd as 0.3, 1e-3
+    fits = pd.concat([fits.assign(lr=0.1), other], ignore_index=True)
+    fits.attrs["axes"] = ["lr", "wd", "seed"]
+    law = fit_law(fits, "t_val")
+    assert (law.n_cells, law.n_grid_cells) == (3, 4)
+    assert "∝ (lr·wd)^" in str(law) and "(3 distinct lr·wd, 4 cells)" in str(law)
+
+
+def test_intervals_need_three_seeds():
+    two = two_law_fits(seeds=2)
+    law = fit_law(two, "t_val")
+    assert law.fitted and math.isnan(law.alpha_low) and "[n/a: 2 seeds]" in str(law)
+    c = cells(two)
+    assert c["ci_low"].isna().all() and c["delay_ci_high"].isna().all()
+    assert "n/a: 2 seeds" in summary_table(c)
+    assert not math.isnan(fit_law(two_law_fits(seeds=3), "t_val").alpha_low)
+
+
+def test_a_law_says_which_cells_it_left_out_and_near_misses_are_named():
+    fits = two_law_fits(wds=(0.01, 0.1, 0.3, 1.0, 3.0), seeds=3)
+    low = fits.wd == 0.01
+    fits.loc[low, ["censored", "phase", "t_val", "delay"]] = [True, "memorization", np.nan, np.nan]
+    fits["max_val_acc"] = np.where(low, 0.5, 1.0)
+    fits["final_val_acc"] = fits["max_val_acc"]
+    fits.loc[fits.run_id == fits[low].run_id.iloc[0], ["max_val_acc", "final_val_acc"]] = [0.985, 0.97]
+    assert "left out: wd=0.01 (memorization)" in str(fit_law(fits, "t_val"))
+    misses = near_misses(fits, 0.99, 0.02)
+    assert len(misses) == 1 and "near, max 0.985, final 0.970" in misses[0]
 
 
 def test_no_law_below_the_minimum_number_of_cells():

@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from grokjax.analysis.fit import FitOptions, fit_results
+from grokjax.analysis.fit import NEAR, FitOptions, fit_results
 from grokjax.analysis.report import Report, analyse, report_of
-from grokjax.analysis.summary import side_by_side, summary_table
+from grokjax.analysis.summary import near_misses, side_by_side, summary_table
 from grokjax.config.schedule import THRESHOLD
 from grokjax.config.structure import DIVERGENCE_LOSS
 from grokjax.errors import UserError
@@ -59,11 +59,15 @@ def fit_and_report(path: Path, opts: FitOptions = FitOptions(), say: Say = print
     if fits.empty:
         raise UserError(f"{path}: no metrics written yet; nothing to fit")
     say(summary_table(report.cells, opts.threshold))
+    misses = near_misses(fits, opts.threshold, NEAR)
+    if misses:
+        say(f"near misses (best val acc within {NEAR:g} of {opts.threshold:g}, never kept): " + "; ".join(misses))
     for law in report.laws:
         say(str(law))
     say(f"phases: {', '.join(f'{k} {v}' for k, v in fits['phase'].value_counts().items())}; "
         f"t_val = first eval with val acc >= {opts.threshold} after which {opts.keep:.0%} of evals stay "
-        f">= {opts.threshold - opts.slack:g} (--keep, --slack); grokking when delay > {opts.gap:g} steps")
+        f">= {opts.threshold - opts.slack:g} (--keep, --slack), followed by at least {opts.confirm} evals "
+        f"(--confirm); grokking when delay > {opts.gap:g} steps")
     say(f"wrote {path / 'fits.parquet'}, cells.parquet, laws.parquet")
     return report
 

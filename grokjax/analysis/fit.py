@@ -37,6 +37,7 @@ Definitions (threshold 0.99 by default):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -51,18 +52,23 @@ from grokjax.errors import UserError
 from grokjax.store.load import Results, load
 from grokjax.store.outputs import save_fits
 
-FIT_COLUMNS = ["t_train", "t_val", "delay", "censored", "phase", "budget", "t_val_first", "t_val_interp",
-               "t_diverged", "mid_step", "width_decades", "final_train_acc", "final_val_acc", "stop_step"]
+FIT_COLUMNS = ["t_train", "t_val", "delay", "censored", "unconfirmed", "phase", "budget", "t_val_first",
+               "t_val_interp", "t_diverged", "mid_step", "width_decades", "final_train_acc", "final_val_acc",
+               "max_val_acc", "stop_step"]
+NEAR = 0.02  # a run whose best validation accuracy came this close to the threshold is a near miss
 PHASES = ("comprehension", "grokking", "memorization", "confusion", "diverged")
 GROKKED = ("comprehension", "grokking")
 
 
 @dataclass(frozen=True)
 class FitOptions:
+    """The rules of ``fit_run`` (see the module's docstring); ``grokjax fit --NAME`` sets each."""
+
     threshold: float = THRESHOLD
     slack: float = 0.01
     gap: float = 1000.0
     keep: float = 0.9
+    confirm: int = 3
 
     def check(self) -> "FitOptions":
         if not 0 < self.threshold <= 1:
@@ -73,7 +79,12 @@ class FitOptions:
             raise UserError(f"--gap {self.gap}: expected a number of steps >= 0")
         if not 0 < self.keep <= 1:
             raise UserError(f"--keep {self.keep}: expected a fraction in (0, 1]")
+        if not (isinstance(self.confirm, int) and 0 <= self.confirm <= 1_000_000):
+            raise UserError(f"--confirm {self.confirm}: expected a whole number of evaluations >= 0")
         return self
+
+
+FIT_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(FitOptions))
 
 
 def _logistic(x: np.ndarray, lo: float, hi: float, mid: float, width: float) -> np.ndarray:
@@ -128,6 +139,13 @@ def fit_run(m: pd.DataFrame, opts: FitOptions = FitOptions(), skipped_evals: int
     kept_after = np.flip(np.cumsum(np.flip(above))) + skipped_evals
     keeps = kept_after / (np.arange(len(val), 0, -1) + skipped_evals) >= opts.keep - 1e-12
     t_val = _first(ev_steps, reached & keeps)
+    # A t_val needs `confirm` evaluations after it (a run that first reaches the threshold at the last
+    # evaluation has nothing to keep): otherwise the run is censored and marked unconfirmed.
+    unconfirmed = False
+    if np.isfinite(t_val):
+        after = len(val) - 1 - int(np.flatnonzero(ev_steps == t_val)[0]) + skipped_evals
+        if after < opts.confirm:
+            t_val, unconfirmed = math.nan, True
     t_val_interp = t_val
     if np.isfinite(t_val):
         i = int(np.flatnonzero(ev_steps == t_val)[0])
@@ -146,12 +164,14 @@ def fit_run(m: pd.DataFrame, opts: FitOptions = FitOptions(), skipped_evals: int
         phase = "confusion"
     finite_val = val[np.isfinite(val)]
     return dict(
-        t_train=t_train, t_val=t_val, delay=delay, censored=bool(not np.isfinite(t_val)), phase=phase,
+        t_train=t_train, t_val=t_val, delay=delay, censored=bool(not np.isfinite(t_val)), unconfirmed=unconfirmed,
+        phase=phase,
         budget=float(steps.max() + 1) if steps.size else math.nan,
         t_val_first=_first(ev_steps, reached), t_val_interp=t_val_interp, t_diverged=t_div,
         mid_step=mid, width_decades=width,
         final_train_acc=float(train_acc[healthy][-1]) if healthy.any() else math.nan,
         final_val_acc=float(finite_val[-1]) if finite_val.size else math.nan,
+        max_val_acc=float(finite_val.max()) if finite_val.size else math.nan,
     )
 
 
@@ -177,15 +197,15 @@ def fit_results(results: Results, opts: FitOptions = FitOptions()) -> pd.DataFra
     fits = pd.DataFrame(rows, columns=["run_id", *FIT_COLUMNS])
     fits = fits.merge(results.runs, on="run_id", how="left")
     fits.attrs.update(threshold=opts.threshold, slack=opts.slack, gap=opts.gap, keep=opts.keep,
-                      axes=results.axes, path=str(results.path))
+                      confirm=opts.confirm, axes=results.axes, path=str(results.path))
     return fits
 
 
 def fit(path_or_results: str | Path | Results, threshold: float = THRESHOLD, slack: float = 0.01,
-        gap: float = 1000.0, keep: float = 0.9, save: bool = False) -> pd.DataFrame:
+        gap: float = 1000.0, keep: float = 0.9, confirm: int = 3, save: bool = False) -> pd.DataFrame:
     """Python API of ``grokjax fit``: per-run fits as a DataFrame (written to fits.parquet if ``save``)."""
     results = path_or_results if isinstance(path_or_results, Results) else load(path_or_results)
-    fits = fit_results(results, FitOptions(threshold, slack, gap, keep))
+    fits = fit_results(results, FitOptions(threshold, slack, gap, keep, confirm))
     if save and not fits.empty:  # no metrics yet: nothing is written (an empty fits.parquet would mislead)
         save_fits(results.path, fits)
     return fits

@@ -28,6 +28,8 @@ def kaplan_meier_median(times: np.ndarray, observed: np.ndarray) -> float:
     return math.inf
 
 
+MIN_SEEDS_FOR_INTERVAL = 3  # a cell's bootstrap interval needs at least this many seeds (else NaN)
+
 # What a survival statistic or a law can be about: the kept-rule t_val, the first-reach t_val_first, and
 # the delay t_val - t_train (Omnigrok's and Lyu et al.'s grokking delay).
 TARGETS = ("t_val", "delay", "t_val_first")
@@ -83,14 +85,16 @@ def cells(fits: pd.DataFrame, n_boot: int = 500, seed: int = 0) -> pd.DataFrame:
         d_boots = _bootstrap_medians(d_times, d_observed, rng, n_boot)
         counts = cell["phase"].value_counts()
         row = dict(zip(axes, key))
+        q = (lambda b, p: float(np.quantile(b, p, method="inverted_cdf"))) if len(cell) >= MIN_SEEDS_FOR_INTERVAL \
+            else (lambda b, p: math.nan)  # a bootstrap over 1 or 2 seeds resamples almost nothing
         row |= dict(n_seeds=len(cell), frac_grokked=float(np.mean(cell["phase"].isin(GROKKED))),
                     median_t_val=kaplan_meier_median(times, observed),
-                    ci_low=float(np.quantile(boots, 0.025, method="inverted_cdf")),
-                    ci_high=float(np.quantile(boots, 0.975, method="inverted_cdf")),
+                    ci_low=q(boots, 0.025), ci_high=q(boots, 0.975),
                     median_delay=kaplan_meier_median(d_times, d_observed) if d_times.size else math.nan,
-                    delay_ci_low=float(np.quantile(d_boots, 0.025, method="inverted_cdf")),
-                    delay_ci_high=float(np.quantile(d_boots, 0.975, method="inverted_cdf")),
+                    delay_ci_low=q(d_boots, 0.025), delay_ci_high=q(d_boots, 0.975),
                     median_t_train=float(cell["t_train"].median()),
+                    max_val_acc=float(cell["max_val_acc"].max()) if "max_val_acc" in cell else math.nan,
+                    final_val_acc=float(cell["final_val_acc"].median()) if "final_val_acc" in cell else math.nan,
                     phase=str(counts.idxmax()))
         row |= {f"n_{p}": int(counts.get(p, 0)) for p in PHASES}
         rows.append(row)

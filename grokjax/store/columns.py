@@ -88,9 +88,12 @@ FITS: dict[str, Column] = {
     "run_id": RUNS["run_id"],
     "t_train": Column("first logged step with train accuracy >= threshold", STEP, "NaN: never reached"),
     "t_val": Column("first evaluation with validation accuracy >= threshold that the run keeps (the kept "
-                    "rule, --keep and --slack)", STEP, "NaN: censored (never within the budget)"),
+                    "rule, --keep and --slack) and that at least --confirm evaluations follow", STEP,
+                    "NaN: censored (never within the budget, or unconfirmed)"),
     "delay": Column("t_val - t_train, the grokking delay", STEP, "NaN: t_val or t_train missing"),
     "censored": Column("true when t_val was not reached within the budget"),
+    "unconfirmed": Column("true when the run reached a kept t_val too late for --confirm evaluations to follow "
+                          "it: it is censored"),
     "phase": Column("comprehension, grokking, memorization, confusion or diverged (Liu et al. 2022)"),
     "budget": Column("last observed step + 1: the censoring time", STEP),
     "t_val_first": Column("first evaluation with validation accuracy >= threshold (Power et al.'s first "
@@ -104,6 +107,7 @@ FITS: dict[str, Column] = {
     "width_decades": Column("width of that logistic", "decades of steps", "NaN: as mid_step"),
     "final_train_acc": Column("last finite train accuracy", "fraction", "NaN: none finite"),
     "final_val_acc": Column("last finite validation accuracy", "fraction", "NaN: none finite"),
+    "max_val_acc": Column("best validation accuracy of the run", "fraction", "NaN: none finite"),
     "stop_step": Column("stop=resolved: the step the run stopped at, resolved (see the stops table)", STEP,
                         "NaN: trained to its budget"),
 } | {k: v for k, v in RUNS.items() if k != "run_id"}
@@ -113,13 +117,18 @@ CELLS: dict[str, Column] = {
     "frac_grokked": Column("fraction of the cell's runs in the grokking or comprehension phase", "fraction"),
     "median_t_val": Column("Kaplan-Meier median of t_val, censored runs censored at their budget, diverged "
                            "runs left out", STEP, "inf: more than half never grok"),
-    "ci_low": Column("bootstrap 2.5% quantile of median_t_val (seeds resampled)", STEP),
-    "ci_high": Column("bootstrap 97.5% quantile of median_t_val", STEP, "inf: unbounded"),
+    "ci_low": Column("bootstrap 2.5% quantile of median_t_val (seeds resampled)", STEP,
+                     "NaN: fewer than 3 seeds"),
+    "ci_high": Column("bootstrap 97.5% quantile of median_t_val", STEP, "inf: unbounded; NaN: fewer than 3 seeds"),
     "median_delay": Column("Kaplan-Meier median of the delay t_val - t_train over runs that memorized",
                            STEP, "NaN: no run memorized; inf: more than half never grok"),
-    "delay_ci_low": Column("bootstrap 2.5% quantile of median_delay", STEP),
-    "delay_ci_high": Column("bootstrap 97.5% quantile of median_delay", STEP, "inf: unbounded"),
+    "delay_ci_low": Column("bootstrap 2.5% quantile of median_delay", STEP, "NaN: fewer than 3 seeds"),
+    "delay_ci_high": Column("bootstrap 97.5% quantile of median_delay", STEP,
+                            "inf: unbounded; NaN: fewer than 3 seeds"),
     "median_t_train": Column("median t_train of the cell's runs", STEP, "NaN: none memorized"),
+    "max_val_acc": Column("best validation accuracy of any run of the cell", "fraction", "NaN: none finite"),
+    "final_val_acc": Column("median over the cell's runs of the last validation accuracy", "fraction",
+                            "NaN: none finite"),
     "phase": Column("the cell's majority phase"),
 } | {f"n_{p}": Column(f"runs of the cell in the {p} phase") for p in
      ("comprehension", "grokking", "memorization", "confusion", "diverged")}
@@ -129,10 +138,14 @@ LAWS: dict[str, Column] = {
     "x_name": Column("wd, or lr*wd when lr is swept too"),
     "alpha": Column("exponent of t ~ x^alpha, least squares in log-log over cells", "",
                     "NaN: too few grokked cells (see n_cells)"),
-    "alpha_low": Column("bootstrap 2.5% quantile of alpha", "", "NaN: not fitted"),
-    "alpha_high": Column("bootstrap 97.5% quantile of alpha", "", "NaN: not fitted"),
+    "alpha_low": Column("bootstrap 2.5% quantile of alpha", "", "NaN: not fitted, or a cell has fewer than 3 seeds"),
+    "alpha_high": Column("bootstrap 97.5% quantile of alpha", "", "NaN: as alpha_low"),
     "c": Column("intercept of log t = c + alpha log x", "", "NaN: not fitted"),
-    "n_cells": Column("cells (x values) mostly grokked with a finite median: the points of the fit"),
+    "n_cells": Column("distinct x values whose cells mostly grok with a finite median: the points of the fit"),
+    "n_grid_cells": Column("cells of the grid behind those points (two cells may share lr*wd)"),
+    "min_seeds": Column("fewest seeds in a cell behind the points (an interval needs 3)"),
+    "left_out": Column("the x values not fitted and why (x = 0, majority phase, censored median), "
+                       "comma-separated"),
     "x_min": Column("smallest x fitted", "", "NaN: no cell"),
     "x_max": Column("largest x fitted", "", "NaN: no cell"),
     "fitted": Column("false when fewer than MIN_LAW_CELLS (3) cells qualified"),
@@ -140,6 +153,7 @@ LAWS: dict[str, Column] = {
     "slack": Column("fit option --slack", "fraction"),
     "keep": Column("fit option --keep", "fraction"),
     "gap": Column("fit option --gap", STEP),
+    "confirm": Column("fit option --confirm", "evaluations"),
 }
 
 TABLES: dict[str, dict[str, Column]] = {"runs": RUNS, "metrics": METRICS, "spectra": SPECTRA, "stops": STOPS,

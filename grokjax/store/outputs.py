@@ -35,7 +35,7 @@ def _save_table(target: Path, df: pd.DataFrame, kind: str, options: dict[str, An
 
 def fit_options_of(fits: pd.DataFrame) -> dict[str, Any]:
     """The options a fits frame was computed with (from its attrs)."""
-    return {k: fits.attrs[k] for k in ("threshold", "slack", "gap", "keep") if k in fits.attrs}
+    return {k: fits.attrs[k] for k in ("threshold", "slack", "gap", "keep", "confirm") if k in fits.attrs}
 
 
 def save_fits(path: Path, fits: pd.DataFrame, cells: pd.DataFrame | None = None,
