@@ -26,17 +26,23 @@ Say = Callable[[str], None]
 MAX_SUMMARY_ROWS = 48
 
 
+def _acc(v: Any) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
 def _fmt_step(v: Any) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{int(v)}"
 
 
-def print_run_summary(rows: list[tuple[Any, ...]], threshold: float = THRESHOLD, say: Say = print) -> None:
-    """Per run (run_id, wd, lr, seed, t_train, t_val_first): the FIRST steps at which train and validation
-    accuracy reach the threshold (Power et al.'s first-reach rule), whatever happens after."""
-    say(f"{'run':>4} {'wd':>9} {'lr':>9} {'seed':>4} {'t_train':>8} {'t_val_first':>11}   "
-        f"(first step at accuracy >= {threshold:g})")
-    for run_id, wd, lr, seed, t_train, t_val in rows[:MAX_SUMMARY_ROWS]:
-        say(f"{run_id:>4} {wd:>9.4g} {lr:>9.4g} {seed:>4} {_fmt_step(t_train):>8} {_fmt_step(t_val):>11}")
+def print_run_summary(fits: pd.DataFrame, threshold: float = THRESHOLD, say: Say = print) -> None:
+    """Per run: the FIRST steps at which train and validation accuracy reach the threshold (Power et al.'s
+    first-reach rule), whatever happens after, and the best and last validation accuracy."""
+    say(f"{'run':>4} {'wd':>9} {'lr':>9} {'seed':>4} {'t_train':>8} {'t_val_first':>11} {'max_val':>7} "
+        f"{'final_val':>9}   (first step at accuracy >= {threshold:g})")
+    rows = list(fits.itertuples())
+    for r in rows[:MAX_SUMMARY_ROWS]:
+        say(f"{r.run_id:>4} {r.wd:>9.4g} {r.lr:>9.4g} {r.seed:>4} {_fmt_step(r.t_train):>8} "
+            f"{_fmt_step(r.t_val_first):>11} {_acc(r.max_val_acc):>7} {_acc(r.final_val_acc):>9}")
     if len(rows) > MAX_SUMMARY_ROWS:
         say(f"... {len(rows) - MAX_SUMMARY_ROWS} more runs: see fits.parquet or grokjax.load()")
 
@@ -208,8 +214,7 @@ def finish_sweep(outcome: Any, sweep: Any, fit: bool = True, plot: bool = True, 
         say(f"stop=resolved: {len(stopped)} runs stopped early; the sweep holds {100 * trained / held:.0f}% of "
             f"the budget's {held:,} model-steps")
     fits = fit_and_report(outcome.path, FitOptions(), say).fits if fit else fit_results(results)
-    print_run_summary([(r.run_id, r.wd, r.lr, r.seed, r.t_train, r.t_val_first) for r in fits.itertuples()],
-                      say=say)
+    print_run_summary(fits, say=say)
     if fit and plot:
         plot_dir(outcome.path, fits, say=say)
     n_diverged = int((fits["phase"] == "diverged").sum()) if len(fits) else 0
