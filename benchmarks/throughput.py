@@ -315,6 +315,8 @@ def config_args(cfg: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short timings (<= 2 minutes on a 2-core CPU)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="a smoke test: tiny configs and timings (seconds; the figures mean nothing)")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--record", action="store_true", help=f"append a row to {RESULTS_MD.name}")
     ap.add_argument("--models", default=None, help="comma-separated N values (default 1,8,64 CPU; 1,64,512 GPU)")
@@ -325,11 +327,14 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     on_gpu = jax.default_backend() == "gpu"
     models = [int(x) for x in (a.models or ("1,64,512" if on_gpu else "1,8,64")).split(",")]
-    secs = 0.5 if a.quick else 3.0
+    secs = 0.05 if a.tiny else 0.5 if a.quick else 3.0
     small = dict(op="add", p=a.p, frac=0.5, n_layers=1, d_model=32, n_heads=4, d_mlp=128, steps=100_000,
                  eval_every=100, chunk_steps=50, batch_size="full")
     mid = dict(op="add", p=a.mfu_p, frac=0.3, n_layers=1, d_model=128, n_heads=4, d_mlp=512, steps=100_000,
                eval_every=100, chunk_steps=20, batch_size="full")
+    if a.tiny:
+        small |= dict(d_model=16, n_heads=2, d_mlp=32, chunk_steps=10)
+        mid |= dict(d_model=16, n_heads=2, d_mlp=32, chunk_steps=10)
     by_n = {}
     for n in models:
         v = vmapped_rate(config_args(small), n, secs)
@@ -340,9 +345,9 @@ def main(argv: list[str] | None = None) -> dict:
     n_max = max(models)
     torch_ms = torch_rate(small, secs)
     print(f"torch reference: {torch_ms:,.0f} model-steps/s" if torch_ms else "torch reference: not installed")
-    n_mid = 64 if on_gpu else 8
+    n_mid = 64 if on_gpu else 2 if a.tiny else 8
     m = vmapped_rate(config_args(mid), n_mid, secs)
-    peak = matmul_peak(8192 if on_gpu else 2048)
+    peak = matmul_peak(8192 if on_gpu else 256 if a.tiny else 2048, 0.05 if a.tiny else 1.0)
     share = eval_share(mid, n_mid, secs)
     saving = answer_only_saving(config_args(small))
     head = headline(secs) if (a.headline or on_gpu) else None

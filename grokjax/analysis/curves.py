@@ -4,10 +4,11 @@ grokking and a memorizing run side by side (``plot_measures``). Functions return
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from grokjax.analysis.plots import sweep_title
 
@@ -15,12 +16,13 @@ from grokjax.analysis.plots import sweep_title
 def plot_curves(results_metrics: pd.DataFrame, fits: pd.DataFrame) -> Figure:
     """Learning curves: train and validation accuracy, train and validation loss and the parameter norm
     against the step (symlog: step 0, the initialisation, is shown). Colour = wd, line style = seed."""
-    fig, grid = plt.subplots(2, 3, figsize=(14, 7.5), dpi=110)
+    fig = Figure(figsize=(14, 7.5), dpi=110)
+    grid = fig.subplots(2, 3)
     panels = [("train_acc", "train accuracy", False), ("val_acc", "validation accuracy", False),
               ("param_norm", "parameter norm (L2)", False), ("train_loss", "train loss", True),
               ("val_loss", "validation loss", True)]
     wds = np.sort(fits["wd"].unique())
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     color = {w: cmap(i / max(len(wds) - 1, 1)) for i, w in enumerate(wds)}
     seeds = np.sort(fits["seed"].unique()) if "seed" in fits.columns else np.array([0])
     styles = ["-", "--", ":", "-."]
@@ -46,8 +48,8 @@ def plot_curves(results_metrics: pd.DataFrame, fits: pd.DataFrame) -> Figure:
         ax.grid(True, alpha=0.3)
     legend_ax = grid[1, 2]
     legend_ax.axis("off")
-    handles = [plt.Line2D([], [], color=color[w], label=f"wd={w:g}") for w in wds]
-    handles += [plt.Line2D([], [], color="black", ls=style[s], label=f"seed {s}") for s in seeds[:len(styles)]]
+    handles = [Line2D([], [], color=color[w], label=f"wd={w:g}") for w in wds]
+    handles += [Line2D([], [], color="black", ls=style[s], label=f"seed {s}") for s in seeds[:len(styles)]]
     legend_ax.legend(handles=handles, loc="center", fontsize=8, ncol=2)
     fig.suptitle(f"Learning curves\n{sweep_title(fits)}", fontsize=9)
     fig.tight_layout()
@@ -91,8 +93,8 @@ def plot_measures(metrics: pd.DataFrame, fits: pd.DataFrame, run_ids: list[int] 
         cols = [(c, label) for c, label in cols if c in metrics.columns]
         if cols:
             panels.append((title, cols, log))
-    fig, grid = plt.subplots(len(panels), len(run_ids), figsize=(6 * len(run_ids), 2.3 * len(panels)),
-                             squeeze=False, dpi=100, sharex="col")
+    fig = Figure(figsize=(6 * len(run_ids), 2.3 * len(panels)), dpi=100)
+    grid = fig.subplots(len(panels), len(run_ids), squeeze=False, sharex="col")
     info = fits.set_index("run_id")
     for j, rid in enumerate(run_ids):
         m = metrics[metrics["run_id"] == rid]

@@ -1,4 +1,6 @@
-"""The wd-vs-grokking-time phase diagram, 2-D heatmaps and comparisons of sweeps (matplotlib, Agg backend).
+"""The wd-vs-grokking-time phase diagram, 2-D heatmaps and comparisons of sweeps. Figures are built as
+``matplotlib.figure.Figure`` objects without pyplot, so importing this module never changes the backend
+(a notebook keeps its own) and a figure is never left open in pyplot's registry.
 Functions return Figures; ``store.outputs.save_figure`` writes them."""
 
 from __future__ import annotations
@@ -8,17 +10,16 @@ from typing import Any
 
 import matplotlib
 import matplotlib.ticker
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from grokjax.analysis.law import MIN_LAW_CELLS, TARGET_NAMES, Law, fit_law  # noqa: E402
-from grokjax.analysis.survival import cells  # noqa: E402
-from grokjax.config.schedule import THRESHOLD  # noqa: E402
-from grokjax.config.structure import PER_MODEL_FIELDS  # noqa: E402
+from grokjax.analysis.law import MIN_LAW_CELLS, TARGET_NAMES, Law, fit_law
+from grokjax.analysis.survival import cells
+from grokjax.config.schedule import THRESHOLD
+from grokjax.config.structure import PER_MODEL_FIELDS
 
 PHASE_COLORS = {"comprehension": "#cfe8cf", "grokking": "#fbe3b5", "memorization": "#f6c9c4",
                 "confusion": "#dddddd", "diverged": "#c9c4f6"}
@@ -74,7 +75,7 @@ def _seed_jitter(fits: pd.DataFrame, spread: float) -> np.ndarray:
     return spread * (np.searchsorted(uniq, seeds) - (len(uniq) - 1) / 2) / max(len(uniq), 1)
 
 
-def _draw_cells(ax: plt.Axes, fits: pd.DataFrame, cell: pd.DataFrame, x_name: str, pos: dict[float, float],
+def _draw_cells(ax: Axes, fits: pd.DataFrame, cell: pd.DataFrame, x_name: str, pos: dict[float, float],
                 log_x: bool, thr: float) -> None:
     """Seeds' t_train and t_val, censored counts at the budget, KM medians of t_val and of the delay with
     their intervals, majority-phase bands labelled with the grokked fraction, at the x positions ``pos``."""
@@ -122,8 +123,8 @@ def _draw_cells(ax: plt.Axes, fits: pd.DataFrame, cell: pd.DataFrame, x_name: st
     ax.axhline(budget, color="gray", lw=0.8, ls=":", zorder=1, label=f"budget ({budget:.0f} steps)")
 
 
-def _diagram_1d(ax: plt.Axes, fits: pd.DataFrame, x_name: str, laws: list[Law] | None,
-                zero_ax: plt.Axes | None = None) -> plt.Axes:
+def _diagram_1d(ax: Axes, fits: pd.DataFrame, x_name: str, laws: list[Law] | None,
+                zero_ax: Axes | None = None) -> Axes:
     """The 1-D phase diagram on ``ax`` (log x); runs at x = 0 go to ``zero_ax``, their own panel. Without
     runs at x > 0 only the x = 0 panel is drawn (``ax`` itself when there is no ``zero_ax``) and ``ax`` is
     hidden. Returns the panel that carries the legend."""
@@ -186,7 +187,7 @@ def _with_axes(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     return df
 
 
-def _heatmap(ax: plt.Axes, fits: pd.DataFrame, x_name: str, y_name: str, fig: Figure) -> None:
+def _heatmap(ax: Axes, fits: pd.DataFrame, x_name: str, y_name: str, fig: Figure) -> None:
     cell = cells(_with_axes(fits.copy(), [x_name, y_name]))
     xv, yv = sorted(cell[x_name].unique()), sorted(cell[y_name].unique())
     grid = np.full((len(yv), len(xv)), np.nan)
@@ -204,7 +205,7 @@ def _heatmap(ax: plt.Axes, fits: pd.DataFrame, x_name: str, y_name: str, fig: Fi
     fig.colorbar(im, ax=ax, label="log10 median t_val (blank: censored)")
 
 
-def plot_phase_diagram(fits: pd.DataFrame, ax: plt.Axes | None = None, report: Any = None) -> Figure:
+def plot_phase_diagram(fits: pd.DataFrame, ax: Axes | None = None, report: Any = None) -> Figure:
     """The phase diagram of a fitted sweep (``grokjax.fit`` output; ``report``: its analysis.report.Report,
     computed when not given).
 
@@ -224,8 +225,9 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: plt.Axes | None = None, report: A
         ncols = min(len(facets), 3)
         nrows = math.ceil(len(facets) / ncols)
         width = [1, 6] * ncols if has_zero else [1] * ncols
-        fig, grid = plt.subplots(nrows, len(width), figsize=(11.5 * ncols, 5.5 * nrows), squeeze=False, dpi=110,
-                                 gridspec_kw=dict(width_ratios=width), sharey="row" if has_zero else False)
+        fig = Figure(figsize=(11.5 * ncols, 5.5 * nrows), dpi=110)
+        grid = fig.subplots(nrows, len(width), squeeze=False, gridspec_kw=dict(width_ratios=width),
+                            sharey="row" if has_zero else False)
         pairs = ([(grid[r, 2 * c + 1], grid[r, 2 * c]) for r in range(nrows) for c in range(ncols)] if has_zero
                  else [(a, None) for a in grid.ravel()])
     else:
@@ -243,7 +245,7 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: plt.Axes | None = None, report: A
             handles, labels = a.get_legend_handles_labels()
             majority = cells(_with_axes(sub.copy(), [numeric[0]]))["phase"]  # the bands drawn
             phases = sorted(set(majority), key=list(PHASE_COLORS).index)
-            handles += [plt.Rectangle((0, 0), 1, 1, color=PHASE_COLORS[p], alpha=0.6) for p in phases]
+            handles += [Rectangle((0, 0), 1, 1, color=PHASE_COLORS[p], alpha=0.6) for p in phases]
             labels += [f"majority phase: {p}" for p in phases]
             a.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
         if label:
@@ -262,8 +264,9 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: plt.Axes | None = None, report: A
 def plot_comparison(reports: list[tuple[str, Any]]) -> Figure:
     """Several sweeps' phase diagrams overlaid (one colour each): Kaplan-Meier median t_val per wd with
     bootstrap intervals, cells that mostly never grok as arrows at their budget, and each fitted t_val law."""
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
-    colors = plt.get_cmap("tab10")
+    fig = Figure(figsize=(9, 5.5), dpi=110)
+    ax = fig.subplots()
+    colors = matplotlib.colormaps["tab10"]
     for i, (label, report) in enumerate(reports):
         c = colors(i % 10)
         cell = cells(_with_axes(report.fits.copy(), ["wd"]))

@@ -4,6 +4,7 @@ errors. The fit options travel in the tables' metadata, so ``plot`` can use the 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,8 @@ def save_fits(path: Path, fits: pd.DataFrame, cells: pd.DataFrame | None = None,
 
 
 def save_figure(fig: Any, path: Path) -> Path:
-    """Save a matplotlib Figure atomically and close it. Raises StorageError on a failed write."""
-    import matplotlib.pyplot as plt
-
+    """Save a matplotlib Figure atomically (and close it if pyplot holds it: grokjax's own figures are
+    built without pyplot). Raises StorageError on a failed write."""
     path = Path(path)
     try:
         with atomic_file(path) as tmp:
@@ -62,5 +62,7 @@ def save_figure(fig: Any, path: Path) -> Path:
     except OSError as e:
         raise write_error(path, e, "nothing else was changed") from e
     finally:
-        plt.close(fig)
+        pyplot = sys.modules.get("matplotlib.pyplot")  # never imported here: that would pick a backend
+        if pyplot is not None:
+            pyplot.close(fig)
     return path
