@@ -168,12 +168,34 @@ def test_python_sweep_returns_results_and_frame_joins_hyperparameters(swept):
     assert isinstance(swept, grokjax.Results) and swept.complete
     assert swept.axes == ["wd", "seed"] and len(swept.runs) == 4
     frame = swept.frame()
-    assert len(frame) == len(swept.metrics) and {"wd", "seed", "val_acc", "step", "d_model"} <= set(frame.columns)
-    for rid, rows in frame.groupby("run_id"):
+    assert len(frame) == len(swept.metrics) and {"wd", "seed", "val_acc", "step"} <= set(frame.columns)
+    assert "d_model" not in frame.columns and "d_model" in swept.frame("all").columns
+    assert list(swept.frame(["p", "lr"]).columns[-2:]) == ["p", "lr"]
+    for rid, rows in frame.groupby("run_id", observed=True):
         run = swept.runs.set_index("run_id").loc[rid]
-        assert (rows.wd == run.wd).all() and (rows.seed == run.seed).all()
+        assert (rows.wd.astype(float) == run.wd).all() and (rows.seed.astype(int) == run.seed).all()
+    with pytest.raises(UserError, match="nosuch"):
+        swept.frame(["nosuch"])
     plain = pd.read_parquet(swept.path / "metrics")
     assert len(plain) == len(swept.metrics) and set(plain.columns) == set(swept.metrics.columns)
+
+
+def test_frame_stays_within_twice_the_metrics_memory():
+    """12 runs x 4000 logged steps of the default sweep: joined with its swept keys within 2x the metrics,
+    with all 43 keys (categoricals) within 3x; every key as a plain column took 11.6x."""
+    from grokjax.grid.expand import build_sweep
+    from grokjax.store.directory import runs_table
+
+    sweep = build_sweep(None)
+    runs = runs_table(sweep)
+    n, steps = len(runs), 4000
+    metrics = pd.DataFrame({"run_id": np.repeat(runs.run_id.to_numpy(), steps), "step": np.tile(np.arange(steps), n)}
+                           | {c: np.ones(n * steps, np.float32) for c in ("train_loss", "train_acc", "val_loss",
+                                                                         "val_acc", "param_norm")})
+    r = grokjax.Results(REPO, {"spec": sweep.to_json()}, runs, metrics)
+    budget = 2 * metrics.memory_usage(deep=True).sum()
+    assert r.frame().memory_usage(deep=True).sum() <= budget and list(r.frame().columns[-2:]) == ["wd", "seed"]
+    assert r.frame("all").memory_usage(deep=True).sum() <= 1.5 * budget and len(r.frame("all")) == n * steps
 
 
 def test_every_written_column_is_in_the_data_dictionary_and_the_readme(swept):
