@@ -332,9 +332,9 @@ def main(argv: list[str] | None = None) -> dict:
                  eval_every=100, chunk_steps=50, batch_size="full")
     mid = dict(op="add", p=a.mfu_p, frac=0.3, n_layers=1, d_model=128, n_heads=4, d_mlp=512, steps=100_000,
                eval_every=100, chunk_steps=20, batch_size="full")
-    if a.tiny:
+    if a.tiny:  # one tiny config for both: its compiled programs are shared
         small |= dict(d_model=16, n_heads=2, d_mlp=32, chunk_steps=10)
-        mid |= dict(d_model=16, n_heads=2, d_mlp=32, chunk_steps=10)
+        mid = dict(small)
     by_n = {}
     for n in models:
         v = vmapped_rate(config_args(small), n, secs)
