@@ -13,6 +13,9 @@ from matplotlib.lines import Line2D
 from grokjax.analysis.plots import sweep_title
 
 
+_MARKED = 200  # a curve of at most this many points (the evaluations) shows them as markers
+
+
 def plot_curves(results_metrics: pd.DataFrame, fits: pd.DataFrame) -> Figure:
     """Learning curves: train and validation accuracy, train and validation loss and the parameter norm
     against the step (symlog: step 0, the initialisation, is shown). Colour = wd, line style = seed."""
@@ -34,7 +37,8 @@ def plot_curves(results_metrics: pd.DataFrame, fits: pd.DataFrame) -> Figure:
         c, ls = color[info.at[rid, "wd"]], style.get(info.at[rid, "seed"] if "seed" in info else 0, "-")
         for ax, (col, _, _) in zip(grid.ravel(), panels):
             rows = m[m[col].notna()]
-            ax.plot(rows["step"], rows[col], ls=ls, lw=0.9, color=c, alpha=0.85)
+            ax.plot(rows["step"], rows[col], ls=ls, lw=0.9, color=c, alpha=0.85, ms=2.5,
+                    marker="." if len(rows) <= _MARKED else None)  # evaluation points, not every step
     eval_steps = np.unique(results_metrics.loc[results_metrics["val_acc"].notna(), "step"])
     linthresh = float(eval_steps[1] - eval_steps[0]) if eval_steps.size > 1 else 1.0
     for ax, (col, title, log_y) in zip(grid.ravel(), panels):
@@ -63,7 +67,7 @@ _MEASURE_PANELS = (
     ("parameter norms", (("param_norm", "all"), ("norm_embed", "embed"), ("norm_attn", "attention"),
                          ("norm_mlp", "MLP"), ("norm_unembed", "unembed"), ("norm_readout", "readout")), False),
     ("gradient and update norms", (("grad_norm", "gradient"), ("update_norm", "update")), True),
-    ("Fourier: embedding spectrum", (("fourier_gini", "Gini"),), False),
+    ("Fourier Gini (embedding)", (("fourier_gini", "Gini"),), False),
     ("Fourier: key frequencies", (("n_key_freqs", "n key freqs"),), False),
 )
 
@@ -94,7 +98,7 @@ def plot_measures(metrics: pd.DataFrame, fits: pd.DataFrame, run_ids: list[int] 
         if cols:
             panels.append((title, cols, log))
     fig = Figure(figsize=(6 * len(run_ids), 2.3 * len(panels)), dpi=100)
-    grid = fig.subplots(len(panels), len(run_ids), squeeze=False, sharex="col")
+    grid = fig.subplots(len(panels), len(run_ids), squeeze=False, sharex="col", sharey="row")
     info = fits.set_index("run_id")
     for j, rid in enumerate(run_ids):
         m = metrics[metrics["run_id"] == rid]
@@ -106,7 +110,7 @@ def plot_measures(metrics: pd.DataFrame, fits: pd.DataFrame, run_ids: list[int] 
             ax = grid[i, j]
             for c, label in cols:
                 rows = m[m[c].notna()]
-                ax.plot(rows["step"], rows[c], lw=1, label=label)
+                ax.plot(rows["step"], rows[c], lw=1, label=label, ms=2.5, marker="." if len(rows) <= _MARKED else None)
             for t, style in (("t_train", ":"), ("t_val", "--")):
                 if rid in info.index and np.isfinite(info.at[rid, t]):
                     ax.axvline(info.at[rid, t], color="gray", ls=style, lw=0.8)

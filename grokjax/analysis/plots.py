@@ -23,8 +23,8 @@ from grokjax.config.structure import PER_MODEL_FIELDS
 
 PHASE_COLORS = {"comprehension": "#cfe8cf", "grokking": "#fbe3b5", "memorization": "#f6c9c4",
                 "confusion": "#dddddd", "diverged": "#c9c4f6"}
-_FIXED_IN_TITLE = ("op", "p", "n_layers", "d_model", "n_heads", "d_mlp", "frac", "lr", "wd", "batch_size",
-                   "steps", "init_scale")
+_FIXED_IN_TITLE = ("op", "p", "arch", "n_layers", "d_model", "n_heads", "d_mlp", "frac", "lr", "wd",
+                   "batch_size", "steps", "init_scale")
 
 
 def _numeric_axes(fits: pd.DataFrame) -> list[str]:
@@ -50,6 +50,10 @@ def _facets(fits: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 def sweep_title(fits: pd.DataFrame) -> str:
     axes = set(fits.attrs.get("axes", []))
+    mlp = "arch" in fits.columns and (fits["arch"] == "mlp").all()
+    if mlp:  # an MLP has no heads, and no d_model unless it embeds its inputs
+        axes |= {"n_heads"} | ({"d_model"} if "mlp_input" not in fits.columns or (fits["mlp_input"] != "embed").all()
+                               else set())
     parts = []
     for col in _FIXED_IN_TITLE:
         if col in fits.columns and col not in axes and fits[col].nunique() == 1:
@@ -100,12 +104,13 @@ def _draw_cells(ax: Axes, fits: pd.DataFrame, cell: pd.DataFrame, x_name: str, p
     ax.scatter(xj[grokked], fits["t_val"][grokked], marker="^", color="tab:red", s=34, zorder=3,
                label=f"t_val per seed (val acc ≥ {thr:g}, kept)")
     cens = ~grokked & (fits["phase"] != "diverged").to_numpy()
-    if cens.any():
+    if cens.any():  # beside the band's centre, where the medians and their intervals are drawn
         counts = pd.Series(x[cens]).value_counts()
-        ax.scatter(counts.index, np.full(len(counts), budget), marker=r"$\uparrow$", color="tab:red", s=110,
-                   zorder=3, label="censored: no t_val within budget (count)")
-        for xv, n in counts.items():
-            ax.annotate(f"×{n}", (xv, budget), xytext=(6, -10), textcoords="offset points", fontsize=7,
+        cx = counts.index.to_numpy(float) * 10 ** 0.07 if log_x else counts.index.to_numpy(float) + 0.25
+        ax.scatter(cx, np.full(len(counts), budget * 1.25), marker=r"$\uparrow$", color="tab:red", s=110,
+                   zorder=5, label="censored: no t_val within budget (count)")
+        for xv, n in zip(cx, counts.to_numpy()):
+            ax.annotate(f"×{n}", (xv, budget * 1.25), xytext=(6, -3), textcoords="offset points", fontsize=7,
                         color="tab:red")
     n_seeds = int(cell["n_seeds"].max()) if len(cell) else 0
     for col, lo, hi, marker, face, name in (
@@ -116,10 +121,16 @@ def _draw_cells(ax: Axes, fits: pd.DataFrame, cell: pd.DataFrame, x_name: str, p
             continue
         cx = np.array([pos[float(v)] for v in finite[x_name]])
         shift = 10 ** 0.03 if (log_x and name == "delay") else 1.0
-        top = np.where(np.isinf(finite[hi]), budget, finite[hi])
-        ax.errorbar(cx * shift, finite[col], yerr=[finite[col] - finite[lo], top - finite[col]], fmt=marker,
-                    color="black", mfc=face, ms=6, capsize=4, zorder=4,
-                    label=f"KM median {name}, 95% bootstrap CI over {n_seeds} seeds")
+        mid, low, high = (finite[c].to_numpy(float) for c in (col, lo, hi))
+        open_top = ~np.isfinite(high)  # the interval reaches past the budget: drawn open, an arrow up
+        top = np.where(open_top, mid, high)
+        ax.errorbar(cx * shift, mid, yerr=[mid - low, top - mid], fmt=marker, color="black", mfc=face, ms=6,
+                    capsize=4, zorder=4, label=f"KM median {name}, 95% bootstrap CI over {n_seeds} seeds")
+        for xv, m in zip(cx[open_top] * shift, mid[open_top]):
+            ax.annotate("", xy=(xv, budget * 1.6), xytext=(xv, m), zorder=4,
+                        arrowprops=dict(arrowstyle="->", color="black", lw=1, ls="--"))
+        if open_top.any():
+            ax.plot([], [], color="black", ls="--", lw=1, label="CI open above the budget (dashed arrow)")
     ax.axhline(budget, color="gray", lw=0.8, ls=":", zorder=1, label=f"budget ({budget:.0f} steps)")
 
 
@@ -174,12 +185,24 @@ def _diagram_1d(ax: Axes, fits: pd.DataFrame, x_name: str, laws: list[Law] | Non
     ax.set_ylim(y_lo, y_hi)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    _ticks_at(ax, sorted(pos))
     ax.set_xlabel(x_name)
     if zero_ax is None or not len(zero):
         ax.set_ylabel("step (t_train, t_val, delay = t_val − t_train)")
     ax.grid(True, which="major", alpha=0.3)
     return ax
+
+
+def _ticks_at(ax: Axes, values: list[float], most: int = 12) -> None:
+    """x ticks at the swept values themselves when there are few, else at 1, 2 and 5 per decade."""
+    if len(values) <= most:
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(values))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"{v:.3g}" for v in values]))
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.tick_params(axis="x", labelsize=8)
 
 
 def _with_axes(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
@@ -196,12 +219,15 @@ def _heatmap(ax: Axes, fits: pd.DataFrame, x_name: str, y_name: str, fig: Figure
                                                            if np.isfinite(r["median_t_val"]) else np.nan)
     im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis_r")
     for _, r in cell.iterrows():
-        ax.text(xv.index(r[x_name]), yv.index(r[y_name]), r["phase"][:4], ha="center", va="center",
-                fontsize=8, color="white" if np.isfinite(r["median_t_val"]) else "black")
+        n_grok = int(r["n_grokking"] + r["n_comprehension"])
+        t_val = f"{r['median_t_val']:.0f}" if np.isfinite(r["median_t_val"]) else "-"
+        ax.text(xv.index(r[x_name]), yv.index(r[y_name]), f"{t_val}\n{n_grok}/{int(r['n_seeds'])}\n{r['phase'][:4]}",
+                ha="center", va="center", fontsize=7, color="white" if np.isfinite(r["median_t_val"]) else "black")
     ax.set_xticks(range(len(xv)), [f"{v:g}" for v in xv], rotation=45)
     ax.set_yticks(range(len(yv)), [f"{v:g}" for v in yv])
     ax.set_xlabel(x_name)
     ax.set_ylabel(y_name)
+    ax.set_title("cell: median t_val, grokked/seeds, phase", fontsize=8)
     fig.colorbar(im, ax=ax, label="log10 median t_val (blank: censored)")
 
 
@@ -275,14 +301,23 @@ def plot_comparison(reports: list[tuple[str, Any]]) -> Figure:
         shift = 10 ** (0.02 * (i - (len(reports) - 1) / 2))
         finite = cell[np.isfinite(cell["median_t_val"])]
         if len(finite):
+            mid = finite["median_t_val"].to_numpy(float)
             top = np.where(np.isinf(finite["ci_high"]), budget, finite["ci_high"])
-            ax.errorbar(finite["wd"] * shift, finite["median_t_val"],
-                        yerr=[finite["median_t_val"] - finite["ci_low"], top - finite["median_t_val"]],
-                        fmt="s", color=c, ms=5, capsize=3, label=f"{label}: KM median t_val, 95% CI")
+            ax.errorbar(finite["wd"] * shift, mid, yerr=[mid - finite["ci_low"], top - mid], fmt="none", color=c,
+                        capsize=3)
+            share = ((finite["n_grokking"] + finite["n_comprehension"]) / finite["n_seeds"]).to_numpy(float)
+            every = share >= 1
+            ax.scatter(finite["wd"][every] * shift, mid[every], marker="s", color=c, s=30, zorder=3,
+                       label=f"{label}: KM median t_val, 95% CI (filled: every seed grokked)")
+            ax.scatter(finite["wd"][~every] * shift, mid[~every], marker="s", facecolors="white", edgecolors=c,
+                       s=30, zorder=3, label=f"{label}: hollow: some seeds never grokked" if (~every).any() else None)
+            for xv, y, sh in zip(finite["wd"] * shift, mid, share):
+                ax.annotate(f"{sh:.0%}", (xv, y), xytext=(5, 3), textcoords="offset points", fontsize=6, color=c)
         never = cell[~np.isfinite(cell["median_t_val"])]
         if len(never):
             ax.scatter(never["wd"] * shift, np.full(len(never), budget), marker=r"$\uparrow$", color=c, s=90,
                        label=f"{label}: mostly no t_val within {budget:.0f} steps")
+        ax.axhline(budget, color=c, lw=0.8, ls=":", label=f"{label}: budget ({budget:.0f} steps)")
         law = fit_law(_with_axes(report.fits.copy(), ["wd"]), "t_val")
         if law.fitted:
             line = np.geomspace(law.x_min, law.x_max, 50)
@@ -290,6 +325,9 @@ def plot_comparison(reports: list[tuple[str, Any]]) -> Figure:
                     label=f"{label}: t_val ∝ wd^{law.alpha:.2f} [{law.alpha_low:.2f}, {law.alpha_high:.2f}]")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    wds = sorted({float(w) for _, r in reports for w in r.fits["wd"] if w > 0})
+    if wds:
+        _ticks_at(ax, wds)
     ax.set_xlabel("wd (wd = 0 not shown)")
     ax.set_ylabel("step (t_val, kept rule)")
     ax.grid(True, which="major", alpha=0.3)

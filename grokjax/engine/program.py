@@ -8,6 +8,9 @@ happens at steps that are multiples of ``eval_every`` and at the last step.
 from __future__ import annotations
 
 import functools
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -74,6 +77,9 @@ def _program_bytes(compiled: Any) -> int | None:
 
 
 _PROGRAMS: dict[tuple, "Program"] = {}
+_COMPILING: dict[tuple, Future] = {}  # programs compiling in the background (``Program.prepare``)
+_PROGRAMS_LOCK = threading.Lock()
+_BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grokjax-compile")
 
 
 def _in_precision(method: Callable) -> Callable:
@@ -141,6 +147,7 @@ class Program:
 
     @_in_precision
     def __init__(self, engine: Engine, n_models: int):
+        t0 = time.perf_counter()
         self.engine = engine
         self.devices = sweep_devices()
         n_dev = len(self.devices)
@@ -168,6 +175,7 @@ class Program:
         tail = engine.group.train.steps % self.chunk_steps
         if tail:  # compiled now, with the rest, so the training rate never includes a compilation
             self._compiled(tail)
+        self.compile_s = time.perf_counter() - t0  # what a program of this group costs to build
 
     def _compiled(self, n_steps: int) -> Any:
         """The compiled chunk of ``n_steps`` steps: ``chunk_steps`` for all but the last chunk of a budget
@@ -189,17 +197,50 @@ class Program:
         return Hparams(**{k: f(jnp.int32 if k in INTEGER_FIELDS else dt) for k in Hparams._fields})
 
     @classmethod
+    def _key(cls, engine: Engine, n_models: int) -> tuple:
+        return (engine, n_models, len(jax.devices()))
+
+    @classmethod
     def cached(cls, engine: Engine, n_models: int) -> bool:
-        """Whether ``get`` would return an already compiled program."""
-        return (engine, n_models, len(jax.devices())) in _PROGRAMS
+        """Whether ``get`` would return an already compiled program (without waiting)."""
+        key = cls._key(engine, n_models)
+        with _PROGRAMS_LOCK:
+            if key in _PROGRAMS:
+                return True
+            pending = _COMPILING.get(key)
+        return pending is not None and pending.done() and pending.exception() is None
 
     @classmethod
     def get(cls, engine: Engine, n_models: int) -> "Program":
-        """Compiled programs are cached, so a new numeric grid of the same shape never recompiles."""
-        key = (engine, n_models, len(jax.devices()))
-        if key not in _PROGRAMS:
-            _PROGRAMS[key] = cls(engine, n_models)
-        return _PROGRAMS[key]
+        """Compiled programs are cached, so a new numeric grid of the same shape never recompiles. A program
+        compiling in the background is waited for (and compiled here if that failed)."""
+        key = cls._key(engine, n_models)
+        with _PROGRAMS_LOCK:
+            pending = _COMPILING.pop(key, None)
+        if pending is not None and pending.exception() is None:
+            return pending.result()
+        with _PROGRAMS_LOCK:
+            if key in _PROGRAMS:
+                return _PROGRAMS[key]
+        program = cls(engine, n_models)
+        with _PROGRAMS_LOCK:
+            return _PROGRAMS.setdefault(key, program)
+
+    @classmethod
+    def prepare(cls, engine: Engine, n_models: int) -> None:
+        """Start compiling the program of ``n_models`` in a background thread (one at a time), so that a
+        later ``get`` finds it ready: stop=resolved's next re-pack compiles while the current program
+        trains. An error there is not raised here; ``get`` then compiles again and raises it."""
+        key = cls._key(engine, n_models)
+
+        def build() -> "Program":
+            program = cls(engine, n_models)
+            with _PROGRAMS_LOCK:
+                return _PROGRAMS.setdefault(key, program)
+
+        with _PROGRAMS_LOCK:
+            if key not in _PROGRAMS and key not in _COMPILING:
+                _COMPILING[key] = _BACKGROUND.submit(build)
 
     @_in_precision
     def put(self, hps: Hparams) -> Hparams:

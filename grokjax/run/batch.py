@@ -6,6 +6,15 @@ accuracy has reached it) or diverged. The live runs are then re-packed into the 
 bucket size (the smallest power of two that holds them, at most the batch size), so a batch compiles at
 most log2(batch) extra programs and its compute follows its unresolved runs.
 
+A re-pack must pay for its compilation. With ``repack="auto"`` (one process) training never waits for one:
+the live runs stay in the current program (the stopped rows dropped, the rest moved up) while the smaller
+program compiles in a background thread, and move into it at the first chunk boundary after it is ready.
+A re-pack whose saving (the model-steps it saves over the rest of the budget, timed at the current
+program's speed) is below what the current program took to compile is not compiled at all.
+Which program sizes a batch visits then depends on timing; a run's own numbers do not, as long as the
+program shapes round alike (float64; see tests/test_stop.py). ``repack="always"`` re-packs at every stop,
+the same way in every process (several processes must agree on every program).
+
 Each chunk's metrics are fetched before the next chunk is dispatched (the stop decision needs them), and
 the chunk is handed to the caller (to be written) only after the next one is running, so writing does not
 stall the device.
@@ -13,8 +22,9 @@ stall the device.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal
 
 import jax
 import jax.numpy as jnp
@@ -81,11 +91,15 @@ class BatchChunk:
 
 class BatchTrainer:
     """Trains the runs ``batch`` (one model batch of a group, ``per_batch`` models at most) in programs
-    from ``program(n_models)``, from a checkpoint or from step 0."""
+    from ``program(n_models)`` (``program(n_models, repack=True)`` for a re-pack), from a checkpoint or
+    from step 0."""
 
-    def __init__(self, engine: Engine, batch: list[Run], per_batch: int, program: Callable[[int], Program],
-                 ckpt: Checkpoint | None = None):
+    def __init__(self, engine: Engine, batch: list[Run], per_batch: int, program: Callable[..., Program],
+                 ckpt: Checkpoint | None = None, repack: Literal["auto", "always"] = "always"):
         self.engine, self.batch, self.per_batch, self.program = engine, batch, per_batch, program
+        self.repack = repack
+        self.step_s: float | None = None  # wall seconds per step of the current program, last chunk
+        self._last_fetch: float | None = None
         t = engine.group.train
         self.resolving = t.stop == "resolved"
         self.ids = np.array([r.run_id for r in batch], np.int64)
@@ -97,12 +111,14 @@ class BatchTrainer:
                              else Resolver(t.patience, np.asarray(ckpt.streak), np.asarray(ckpt.memorized)))
         self.model_steps = 0  # model-steps computed, padding included
         if len(self.live) and self.start < t.steps:
-            self._pack(None if ckpt is None else ckpt.leaves)
+            size = bucket_size(len(self.live), self.per_batch) if self.resolving else self.per_batch
+            self._pack(None if ckpt is None else ckpt.leaves, size)
 
-    def _pack(self, rows: list[np.ndarray] | None) -> None:
-        """Build the program for the live runs, with fresh state or the given host rows (live order)."""
-        size = bucket_size(len(self.live), self.per_batch) if self.resolving else self.per_batch
-        self.prog = self.program(size)
+    def _pack(self, rows: list[np.ndarray] | None, size: int, repack: bool = False) -> None:
+        """Build the program of ``size`` models for the live runs, with fresh state or the given host rows
+        (live order)."""
+        self.size = size
+        self.prog = self.program(size, repack=True) if repack else self.program(size)
         runs = [self.batch[i] for i in self.live]
         self.hps = self.prog.put(hparams_for(runs, self.engine.table.n_pairs))
         self.state, self.splits = self.prog.init(self.hps)  # the splits follow from each run's seed
@@ -110,6 +126,20 @@ class BatchTrainer:
             real = [x[: len(self.live)] for x in rows]
             host = pad_models(jax.tree.unflatten(jax.tree.structure(self.state), real), self.prog.n_models)
             self.state = self.prog.restore(host)
+
+    def _next_size(self, end: int) -> int:
+        """The program size for the live runs after the chunk ending at ``end``: their bucket, or, with
+        ``auto``, the current size while the bucket's program is not compiled yet. Its compilation then
+        starts in the background, unless the model-steps it would save over the rest of the budget, timed at
+        the current program's speed, are worth less than what the current program took to compile (on the
+        CPU a background compile takes cores from training)."""
+        target = bucket_size(len(self.live), self.per_batch)
+        if self.repack == "always" or target >= self.size or Program.cached(self.engine, target):
+            return target
+        left = self.engine.group.train.steps - end
+        if self.step_s is None or left * self.step_s * (1 - target / self.size) >= self.prog.compile_s:
+            Program.prepare(self.engine, target)
+        return self.size
 
     def _checkpoint(self, end: int, rows: list[np.ndarray] | None = None) -> Checkpoint:
         if rows is None:
@@ -144,6 +174,9 @@ class BatchTrainer:
         where wanted or where every run has stopped."""
         t = self.engine.group.train
         res = self.prog.fetch(s, end, metrics, dead, len(self.live))
+        now = time.perf_counter()
+        if self._last_fetch is not None:  # one chunk's compute (the next one was queued before this fetch)
+            self.step_s = (now - self._last_fetch) / (end - s)
         ids = self.ids[self.live]
         own = self.prog.own_rows[: len(self.live)].copy()
         stopped, reasons = ids[:0], []
@@ -152,13 +185,19 @@ class BatchTrainer:
             is_eval = is_eval_steps(s, end - s, t.eval_every, t.steps)
             logged = is_logged_steps(s, end - s, t.log_every, t.eval_every, t.steps)
             done, why = self.resolver.update(res.metrics, logged, is_eval, res.diverged_step)
+            size = self.size
             if done.any():
                 stopped, reasons = ids[done], why[done].tolist()
-                rows = [x[: len(self.live)][~done] for x in jax.tree.leaves(self.prog.host(self.state))]
                 self.live = self.live[~done]
                 self.resolver.keep(~done)
+            if len(self.live):
+                size = self._next_size(end)
+            if done.any() or size != self.size:
+                keep = np.ones(len(ids), bool) if not done.any() else ~done
+                rows = [x[: len(ids)][keep] for x in jax.tree.leaves(self.prog.host(self.state))]
                 if len(self.live):
-                    self._pack(rows)
+                    self._pack(rows, size, repack=size != self.size)
+        self._last_fetch = time.perf_counter()
         ckpt = self._checkpoint(end, rows) if want or not len(self.live) else None
         return BatchChunk(s, end, ids, res.metrics, res.diverged_step, stopped, reasons, ckpt, own)
 
@@ -168,7 +207,7 @@ def train_alone(group: GroupConfig, runs: list[Run]) -> dict[str, np.ndarray]:
     and return stacked metrics name -> [steps, N, ...] (NaN after a run left the program under
     stop=resolved). For tests and notebooks; the sweep streams its chunks instead of holding them."""
     engine = engine_for(group, runs)
-    trainer = BatchTrainer(engine, runs, len(runs), lambda n: Program.get(engine, n))
+    trainer = BatchTrainer(engine, runs, len(runs), lambda n, repack=False: Program.get(engine, n))
     column = {r.run_id: j for j, r in enumerate(runs)}
     out: dict[str, np.ndarray] = {}
     for c in trainer.chunks():

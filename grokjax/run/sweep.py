@@ -202,10 +202,19 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
         rep.say(f"group {gi + 1} of {len(groups)}: {describe(group)}; {why}")
         for bi, lo in enumerate(range(0, len(runs), per_batch)):
             batch = runs[lo: lo + per_batch]
-            program = lambda n: _program(engine, n, rep, f"group {gi + 1} of {len(groups)} ({n} models)")  # noqa: E731
+            def program(n: int, repack: bool = False) -> Program:
+                what = (f"the re-pack of {where} into {n} models" if repack
+                        else f"group {gi + 1} of {len(groups)} ({n} models)")
+                return _program(engine, n, rep, what)
+
             ckpt = _resume_point(rd, gi, bi, engine, rep, peers) if resume else None
+            k = min(t.chunk_steps, t.steps)
+            n_batches = -(-len(runs) // per_batch)
+            where = f"group {gi + 1}/{len(groups)} batch {bi + 1}/{n_batches}"
             # A checkpoint may come from another number of devices: the trainer re-pads the models axis.
-            trainer = BatchTrainer(engine, batch, per_batch, program, ckpt)
+            # Re-packs wait for a background compile on one process; several processes must agree on them.
+            trainer = BatchTrainer(engine, batch, per_batch, program, ckpt,
+                                   repack="auto" if peers.count == 1 else "always")
             if ckpt is not None:
                 rep.skip(ckpt.step * len(batch))
                 n_gone = len(batch) - len(trainer.live)
@@ -214,9 +223,6 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
             if resume and peers.leader:
                 rd.clear_parts_from(gi, bi, trainer.start)
             peers.sync(f"grokjax-batch-{gi}-{bi}")  # no process writes before the leader has cleared
-            k = min(t.chunk_steps, t.steps)
-            n_batches = -(-len(runs) // per_batch)
-            where = f"group {gi + 1}/{len(groups)} batch {bi + 1}/{n_batches}"
             for c in trainer.chunks(want_state=lambda end: crosses(end, t.checkpoint_every, k),
                                     should_stop=lambda: peers.largest(signals[0] if signals else 0) > 0):
                 if c.own.any():
