@@ -179,6 +179,18 @@ def test_phase_diagram_figure(tmp_path):
     assert offsets["censored: no t_val within budget (count)"] == 1  # one arrow for the wd's two runs
     texts = [t.get_text() for t in ax.texts]
     assert "×2" in texts and "1/3\ngrokked" in texts and texts.count("3/3\ngrokked") == 4
+    # the censored arrow sits beside the band's centre (where the median's bar is), above the budget
+    (arrow,) = [c for c in ax.collections if c.get_label().startswith("censored")]
+    (ax_, ay_), = arrow.get_offsets()
+    assert ax_ > 0.1 * 1.1 and ay_ > 1e6
+    # the wd ticks are the swept values, not only the decades
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "0.3", "1", "3", "10"]
+    # a cell whose interval reaches past the budget is drawn open (a dashed arrow), not as a closed bar
+    fits.loc[fits.wd == 0.3, ["censored", "phase", "t_val"]] = [True, "memorization", np.nan]
+    fits.loc[fits.run_id == 3, ["censored", "phase", "t_val"]] = [False, "grokking", 5000.0]
+    fits.loc[fits.run_id == 4, ["censored", "phase", "t_val"]] = [False, "grokking", 6000.0]
+    labels = [t.get_text() for t in plot_phase_diagram(fits).axes[0].get_legend().get_texts()]
+    assert "CI open above the budget (dashed arrow)" in labels
     path = save_figure(fig, tmp_path / "phase_diagram.png")
     from matplotlib.image import imread
 
@@ -217,8 +229,23 @@ def test_a_sweep_with_every_wd_zero_draws_only_the_zero_panel(tmp_path, own_figu
 def test_two_numeric_axes_give_a_heatmap():
     fits = pd.concat([synthetic_fits(seeds=2).assign(lr=lr) for lr in (1e-3, 3e-3)], ignore_index=True)
     fits.attrs["axes"] = ["wd", "lr", "seed"]
+    fits.loc[fits.run_id == 0, ["censored", "phase", "t_val"]] = [True, "memorization", np.nan]
     fig = plot_phase_diagram(fits)
     assert fig.axes[0].images, "expected an image (heatmap)"
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)  # each cell: median t_val, grokked/seeds, phase
+    c = cells(fits)
+    n_grok = (c.n_grokking + c.n_comprehension).astype(int)
+    want = sorted(f"{m:.0f}\n{g}/2\n{p[:4]}" for m, g, p in zip(c.median_t_val, n_grok, c.phase))
+    assert texts == want and any("1/2" in t for t in texts)
+
+
+def test_an_mlp_sweeps_title_names_the_mlp_and_not_the_transformers_keys():
+    from grokjax.analysis.plots import sweep_title
+
+    fits = synthetic_fits(seeds=2).assign(arch="mlp", d_model=128, n_heads=4, mlp_input="onehot", d_mlp=200)
+    title = sweep_title(fits)
+    assert "arch=mlp" in title and "d_mlp=200" in title and "n_heads" not in title and "d_model" not in title
+    assert "d_model=128" in sweep_title(fits.assign(mlp_input="embed"))
 
 
 @pytest.mark.slow
