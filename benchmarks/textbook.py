@@ -29,7 +29,7 @@ class TextbookBlock(transformer.Block):
     def __call__(self, x: jax.Array | transformer.Embedded) -> jax.Array:  # x: [B, T, D]
         x = x.dense() if isinstance(x, transformer.Embedded) else x
         cfg, dense = self.cfg, dict(dtype=self.dtype, param_dtype=self.dtype)
-        norm = transformer.pre_norm(cfg.layer_norm, self.dtype)
+        norm = transformer.pre_norm(cfg, self.dtype)
         h = norm("ln_attn")(x)
         heads = (cfg.n_heads, cfg.d_head)
         q_in = h[:, -1:] if self.last_only else h

@@ -10,7 +10,11 @@ from __future__ import annotations
 from typing import Iterable
 
 ARCHS = ("transformer", "mlp")
-ACTIVATIONS = ("relu", "gelu", "quadratic")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "quadratic")
+BLOCKS = ("prenorm", "postnorm", "ln_residual")
+INITS = ("lecun", "torch")
+POSITIONS = ("learned", "sinusoidal")
+BATCHINGS = ("random", "epoch")
 MLP_INPUTS = ("onehot", "embed")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 GRADIENT_FILTERS = ("none", "ema", "ma")

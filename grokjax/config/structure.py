@@ -71,6 +71,10 @@ class TaskConfig:
     op: str = key("add", "binary operation of the task table (s5: composition in the permutation group S5)",
                   choices=C.OPS)
     p: int = key(97, "modulus of the task (ignored by s5); ops needing inverses need a prime", check=whole(3))
+    tokens: int = key(3, "input sequence: 3 (a b =) or 4 (a op b =, vocabulary and output classes p+2, as "
+                         "openai/grok and Grokfast's code)", check=lambda v: None if v in (3, 4) else "3 or 4",
+                      acts_with=("model.arch", ("transformer",)))
+    nonzero_y: bool = key(False, "leave out the pairs with b = 0 (for every op; Grokfast's x*y table)")
 
 
 @dataclass(frozen=True)
@@ -88,9 +92,19 @@ class ModelConfig:
     d_model: int = key(128, "residual width (transformer) or embedding size (MLP with mlp_input=embed)")
     n_heads: int = key(4, "attention heads (transformer); must divide d_model", acts_with=TRANSFORMER)
     d_mlp: int = key(512, "hidden width of the transformer's MLP, or of every MLP hidden layer")
-    layer_norm: bool = key(False, "LayerNorm before attention, MLP and unembedding (transformer)",
+    layer_norm: bool = key(False, "LayerNorm before attention, MLP and unembedding (block=prenorm)",
                            acts_with=TRANSFORMER)
-    act: str = key("relu", "activation: relu, gelu, or quadratic x^2 (Gromov 2023)", choices=C.ACTIVATIONS)
+    block: str = key("prenorm", "transformer block: prenorm (x + attn(LN(x)), LN if layer_norm), postnorm "
+                                "(openai/grok: LN(x + attn(x))), ln_residual (Grokfast's code: x = LN(x); "
+                                "x + attn(x); x + mlp(LN(x)))", choices=C.BLOCKS, acts_with=TRANSFORMER)
+    init: str = key("lecun", "transformer initialisation: lecun (flax defaults, no attention biases) or torch "
+                             "(PyTorch defaults: nn.Linear U(+-1/sqrt(fan_in)) with biases, attention in-"
+                             "projection xavier-uniform, zero attention biases, N(0,1) embeddings, LN eps 1e-5)",
+                    choices=C.INITS, acts_with=TRANSFORMER)
+    pos: str = key("learned", "positions: learned embeddings, or fixed sinusoidal (Vaswani et al. 2017)",
+                   choices=C.POSITIONS, acts_with=TRANSFORMER)
+    act: str = key("relu", "activation: relu, gelu (exact, erf: torch's nn.GELU), gelu_tanh (the tanh "
+                           "approximation), or quadratic x^2 (Gromov 2023)", choices=C.ACTIVATIONS)
     mlp_input: str = key("onehot", "MLP input: concatenated one-hot codes of a and b, or learned embeddings",
                          choices=C.MLP_INPUTS, acts_with=("model.arch", ("mlp",)))
     bias: bool = key(True, "biases in the dense layers that have them")
@@ -115,7 +129,13 @@ class TrainConfig:
                                 kind="batch")
     eval_every: int = key(100, "steps between evaluations on the validation split")
     log_every: int = key(1, "steps between logged train metrics")
-    warmup_steps: int = key(10, "linear learning-rate warmup from 0", check=whole(0))
+    warmup_steps: int = key(10, "linear learning-rate warmup over this many updates", check=whole(0))
+    warmup_from_zero: bool = key(False, "warmup factor min(u/W, 1) for update u = 0, 1, ... (torch LambdaLR as "
+                                        "Grokfast's and openai/grok's code: the first update has lr 0); "
+                                        "default min((u+1)/W, 1)")
+    batching: str = key("random", "minibatches: random (B distinct train pairs drawn afresh each step) or "
+                                  "epoch (a fresh permutation each epoch, split in order, the last batch "
+                                  "short, as torch.split or a DataLoader)", choices=C.BATCHINGS)
     beta1: float = key(0.9, "Adam first-moment decay (momentum for sgd is the key momentum)", check=in_unit)
     beta2: float = key(0.98, "Adam second-moment decay", check=in_unit)
     eps: float = key(1e-8, "Adam epsilon", check=positive)
@@ -151,7 +171,11 @@ class PerModel:
                     optimizer=True)
     lr: float = key(1e-3, "peak learning rate", check=positive, optimizer=True)
     frac: float = key(0.3, "fraction of the task table used for training", check=open_unit)
-    seed: int = key(0, "random seed of the split, the initialisation and the minibatches", check=whole(0))
+    seed: int = key(0, "random seed of the initialisation (and of the split and minibatches unless data_seed)",
+                    check=whole(0))
+    data_seed: int = key(-1, "random seed of the split and the minibatches; -1: seed", check=whole(-1))
+    embed_std: float = key(0.0, "std of the token and position embeddings' normal init; 0: the init's own "
+                                "(1/sqrt(d_model) for init=lecun, 1 for init=torch)", check=at_least(0))
     init_scale: float = key(1.0, "multiplies every initial weight (Omnigrok's alpha)", check=positive)
     momentum: float = key(0.0, "SGD momentum (sgd only)", check=in_unit, optimizer=True,
                           acts_with=("train.optimizer", ("sgd",)))

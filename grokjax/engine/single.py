@@ -35,6 +35,7 @@ from grokjax.engine.measures import (
 from grokjax.grid.expand import Run, batch_size_of, n_train_of
 from grokjax.losses import LOSSES
 from grokjax.models.registry import make_model
+from grokjax.models.transformer import embed_std
 from grokjax.optim.factory import make_optimizer
 from grokjax.tasks.tables import TaskTable, make_table
 
@@ -73,7 +74,8 @@ class Engine:
 
     @property
     def model(self) -> nn.Module:
-        return make_model(self.group.model, self.table.vocab_size, self.table.n_symbols, self.dtype)
+        return make_model(self.group.model, self.table.vocab_size, self.table.n_classes, self.dtype,
+                          self.table.seq_len)
 
     @property
     def batch_size(self) -> int | None:
@@ -96,8 +98,13 @@ class Engine:
         base = jax.random.key(seed)
         return jax.random.fold_in(base, 0), jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
 
+    def data_keys(self, hp: Hparams) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The keys of ``data_seed`` (the split, index 0, and the batches, index 2), or of ``seed`` where
+        data_seed is -1."""
+        return self.keys(jnp.where(hp.data_seed >= 0, hp.data_seed, hp.seed))
+
     def init_one(self, hp: Hparams) -> tuple[ModelState, Split]:
-        split_key, init_key, _ = self.keys(hp.seed)
+        split_key, init_key = self.data_keys(hp)[0], self.keys(hp.seed)[1]
         perm = jax.random.permutation(split_key, self.table.n_pairs).astype(jnp.int32)
         n_val_max = self.n_val_max
         split = Split(
@@ -106,11 +113,25 @@ class Engine:
             val_idx=perm[self.n_train_min:],
             val_w=(jnp.arange(n_val_max) + self.n_train_min >= hp.n_train).astype(self.dtype),
         )
-        dummy = jnp.zeros((1, 3), jnp.int32)
+        dummy = jnp.zeros((1, self.table.seq_len), jnp.int32)
         params = self.model.init(init_key, dummy)["params"]
         params = jax.tree.map(lambda x: x * hp.init_scale.astype(x.dtype), params)
+        params = self._rescale_embeddings(params, hp.embed_std)
         opt_state = self.optimizer(hp).init(params)
         return ModelState(params, opt_state, jnp.array(-1, jnp.int32)), split
+
+    def _rescale_embeddings(self, params: Any, std: jax.Array) -> Any:
+        """Token (and learned position) embeddings drawn at the init's own std, rescaled to ``std`` where it
+        is > 0 (a factor of exactly 1 otherwise, so the default init is untouched)."""
+        m = self.group.model
+        own = embed_std(m) if m.arch == "transformer" else 1.0  # the MLP's nn.Embedding: N(0, 1)
+        factor = jnp.where(std > 0, std / own, 1.0)
+
+        def scale(path: tuple, x: jax.Array) -> jax.Array:
+            names = [getattr(k, "key", None) for k in path]
+            return x * factor.astype(x.dtype) if names[0] in ("embed", "pos_embed") else x
+
+        return jax.tree_util.tree_map_with_path(scale, params)
 
     def loss_one(self, params: Any, inputs: jax.Array, labels: jax.Array, weights: jax.Array
                  ) -> tuple[jax.Array, jax.Array]:
@@ -123,7 +144,9 @@ class Engine:
         drawn uniformly from the model's own split (fresh each step)."""
         if self.batch_size is None:
             return split.train_idx, split.train_w
-        _, _, batch_key = self.keys(hp.seed)
+        _, _, batch_key = self.data_keys(hp)
+        if self.group.train.batching == "epoch":
+            return self._epoch_batch(split, hp, step, batch_key)
         # Draw over the whole table size so the stream does not depend on the group's padding.
         # dtype explicit: without it the draw depends on the process-wide 64-bit flag.
         u = jax.random.uniform(jax.random.fold_in(batch_key, step), (self.table.n_pairs,), jnp.float32)
@@ -131,6 +154,21 @@ class Engine:
         u = jnp.where(jnp.arange(self.n_train_max) < hp.n_train, u, -1.0)
         _, pos = jax.lax.top_k(u, self.batch_size)
         return split.train_idx[pos], jnp.ones((self.batch_size,), self.dtype)
+
+    def _epoch_batch(self, split: Split, hp: Hparams, step: jax.Array, batch_key: jax.Array
+                     ) -> tuple[jax.Array, jax.Array]:
+        """batching=epoch: each epoch (ceil(n_train / B) steps) a fresh permutation of the model's train
+        pairs, cut into batches in order; the last batch of an epoch holds the n_train mod B left over (its
+        other rows weigh 0), as torch.split or a DataLoader without drop_last."""
+        size = self.batch_size
+        per_epoch = (hp.n_train + size - 1) // size
+        epoch, j = step // per_epoch, step % per_epoch
+        u = jax.random.uniform(jax.random.fold_in(batch_key, epoch), (self.table.n_pairs,), jnp.float32)
+        u = jnp.where(jnp.arange(self.n_train_max) < hp.n_train, u[: self.n_train_max], 2.0)
+        order = jnp.argsort(u)  # the real train pairs first, shuffled
+        pos = j * size + jnp.arange(size)
+        real = pos < hp.n_train
+        return split.train_idx[order[jnp.where(real, pos, 0)]], real.astype(self.dtype)
 
     def train_step_one(self, state: ModelState, split: Split, hp: Hparams, step: jax.Array,
                        inputs: jax.Array, labels: jax.Array) -> tuple[ModelState, dict[str, jax.Array]]:

@@ -121,7 +121,10 @@ def check_point(point: dict[str, Scalar]) -> None:
     if "excluded" in measures and op not in OPS_WITH_EXCLUDED:
         raise UserError(f"measures=excluded is defined for op=add and op=sub (directions of a+b or a-b), "
                         f"not op={op}")
-    n_pairs = n_pairs_of(str(op), int(p))
+    if "excluded" in measures and (point["task.tokens"] == 4 or point["task.nonzero_y"]):
+        raise UserError("measures=excluded needs the full p x p table of a b = (tokens=3, nonzero_y=false); "
+                        "drop excluded from measures")
+    n_pairs = n_pairs_of(str(op), int(p), bool(point["task.nonzero_y"]))
     if n_pairs > MAX_PAIRS:
         raise UserError(f"p={p}: the table of op={op} would hold {n_pairs:,} pairs; at most {MAX_PAIRS:,} "
                         f"(p <= {math.isqrt(MAX_PAIRS):,}) fit a task table")

@@ -27,9 +27,15 @@ def n_params(group: GroupConfig) -> int:
         weights = d_in * m.d_mlp + (m.n_layers - 1) * m.d_mlp * m.d_mlp + m.d_mlp * p
         biases = m.n_layers * m.d_mlp + p if m.bias else 0
         return embed + weights + biases
-    d = m.d_model
-    layer = 4 * d * d + 2 * d * m.d_mlp + (m.d_mlp + d if m.bias else 0) + (4 * d if m.layer_norm else 0)
-    return (p + 1) * d + 3 * d + m.n_layers * layer + d * p + (2 * d if m.layer_norm else 0)
+    d, tokens = m.d_model, group.task.tokens
+    vocab = p + tokens - 2
+    classes = p if tokens == 3 else vocab
+    norms = {"prenorm": 2 if m.layer_norm else 0, "postnorm": 2, "ln_residual": 2}[m.block]
+    final_norm = m.block == "ln_residual" or (m.block == "prenorm" and m.layer_norm)
+    attention_biases = 4 * d if m.init == "torch" else 0
+    layer = (4 * d * d + attention_biases + 2 * d * m.d_mlp + (m.d_mlp + d if m.bias else 0) + norms * 2 * d)
+    positions = tokens * d if m.pos == "learned" else 0
+    return vocab * d + positions + m.n_layers * layer + d * classes + (2 * d if final_norm else 0)
 
 
 def step_bytes(group: GroupConfig, runs: list[Run]) -> int:
@@ -37,7 +43,7 @@ def step_bytes(group: GroupConfig, runs: list[Run]) -> int:
     moments, plus the activations of one step (every position's residual, attention and MLP activations)."""
     m, t = group.model, group.train
     itemsize = 8 if t.dtype == "float64" else 4
-    n_pairs = n_pairs_of(group.task.op, group.task.p)
+    n_pairs = n_pairs_of(group.task.op, group.task.p, group.task.nonzero_y)
     n_train = max(n_train_of(float(r.get("hp.frac")), n_pairs) for r in runs)
     batch = batch_size_of(t, n_train) or n_train
     width = (m.d_model * 8 + m.d_mlp * 2) * 3 if m.arch == "transformer" else m.d_mlp * 3

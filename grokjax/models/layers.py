@@ -22,7 +22,8 @@ from grokjax.config.choices import check_registry
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
-    "gelu": nn.gelu,
+    "gelu": lambda x: nn.gelu(x, approximate=False),  # torch's nn.GELU(): x * Phi(x), with erf
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),  # the tanh approximation (flax's default)
     "quadratic": lambda x: x * x,  # Gromov 2023: x^2, with which the MLP's solution is analytic
 }
 check_registry("activation", ACTIVATIONS, choices.ACTIVATIONS)
@@ -50,6 +51,16 @@ def _matmul_bwd(res: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Ar
 
 
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def torch_linear_init(fan_in: int) -> nn.initializers.Initializer:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch nn.Linear's default for weights and biases."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
 
 
 def flat_init(init: nn.initializers.Initializer, n_in_axes: int) -> nn.initializers.Initializer:
@@ -86,16 +97,23 @@ class Dense(nn.Module):
 
 
 class Kernel(nn.Module):
-    """A bias-free multi-axis kernel stored as ``nn.DenseGeneral`` stores it (param ``kernel`` of
-    ``shape``, same initial values), returned flattened to [prod(shape[:n_in_axes]), rest] for
-    ``matmul``: the attention projections [d_model, heads, d_head] and [heads, d_head, d_model]."""
+    """A multi-axis kernel stored as ``nn.DenseGeneral`` stores it (param ``kernel`` of ``shape``, same
+    initial values by default), returned flattened to [prod(shape[:n_in_axes]), rest] for ``matmul``: the
+    attention projections [d_model, heads, d_head] and [heads, d_head, d_model]. ``init`` (of the flat
+    kernel) replaces lecun-normal; ``with_bias`` adds a zero-initialised bias [rest], returned second."""
 
     shape: tuple[int, ...]
     n_in_axes: int
     dtype: jnp.dtype
+    init: nn.initializers.Initializer | None = None
+    with_bias: bool = False
 
     @nn.compact
-    def __call__(self) -> jax.Array:
-        init = flat_init(nn.initializers.lecun_normal(), self.n_in_axes)
+    def __call__(self) -> jax.Array | tuple[jax.Array, jax.Array]:
+        init = flat_init(self.init or nn.initializers.lecun_normal(), self.n_in_axes)
         kernel = self.param("kernel", init, self.shape, self.dtype)
-        return kernel.reshape(math.prod(self.shape[: self.n_in_axes]), -1)
+        flat = kernel.reshape(math.prod(self.shape[: self.n_in_axes]), -1)
+        if not self.with_bias:
+            return flat
+        bias = self.param("bias", nn.initializers.zeros_init(), (flat.shape[1],), self.dtype)
+        return flat, bias

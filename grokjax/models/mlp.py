@@ -20,17 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from grokjax.config.structure import ModelConfig
-from grokjax.models.layers import Dense, activation
+from grokjax.models.layers import Dense, activation, torch_linear_init
 
-
-def torch_linear_init(fan_in: int) -> nn.initializers.Initializer:
-    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch nn.Linear's default for weights and biases."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 def torch_dense(features: int, use_bias: bool, dtype: jnp.dtype, name: str) -> Dense:

@@ -18,6 +18,8 @@ check_registry("model", MODELS, ARCHS)
 __all__ = ["ACTIVATIONS", "MLP_INPUTS", "MODELS", "make_model"]
 
 
-def make_model(cfg: ModelConfig, vocab_size: int, n_symbols: int, dtype: Any) -> nn.Module:
-    """A flax module mapping tokens [B, 3] to logits [B, n_symbols] for ONE model."""
-    return MODELS[cfg.arch](cfg, vocab_size, n_symbols, dtype=dtype)
+def make_model(cfg: ModelConfig, vocab_size: int, n_classes: int, dtype: Any, seq_len: int = 3) -> nn.Module:
+    """A flax module mapping tokens [B, seq_len] to logits [B, n_classes] for ONE model."""
+    if cfg.arch == "transformer":
+        return MODELS[cfg.arch](cfg, vocab_size, n_classes, seq_len=seq_len, dtype=dtype)
+    return MODELS[cfg.arch](cfg, vocab_size, n_classes, dtype=dtype)

@@ -1,8 +1,20 @@
 """A decoder-only transformer for ONE model; the sweep vmaps it over the model axis.
 
-Input: tokens [B, T] (T = 3 for ``a b =``). Output: logits [B, n_symbols] at the last position, which
-predicts the answer. Learned positions, causal attention, optional LayerNorm (pre-norm), ReLU/GELU MLP,
-untied unembedding. ``act`` is relu, gelu or quadratic (x^2); ``bias`` switches the MLP's biases.
+Input: tokens [B, T] (T = 3 for ``a b =``, 4 for ``a op b =``). Output: logits [B, n_classes] at the last
+position, which predicts the answer. Causal attention, an MLP, untied unembedding without bias.
+
+The options the papers' code differs in (``ModelConfig``):
+- ``block``: ``prenorm`` x + attn(N(x)), x + mlp(N(x)) with N a LayerNorm if ``layer_norm`` (then also before
+  the unembedding), else the identity; ``postnorm`` (openai/grok) LN(x + attn(x)), LN(x + mlp(x)), no final
+  LN; ``ln_residual`` (Grokfast's main.py, a copy of teddykoker/grokking) x = LN(x), x + attn(x),
+  x + mlp(LN(x)): the residual stream itself is normalised, with a final LN.
+- ``init``: ``lecun`` (flax's defaults: lecun-normal kernels, zero MLP biases, no attention biases,
+  embeddings N(0, 1/d_model), LayerNorm eps 1e-6) or ``torch`` (PyTorch's: nn.Linear U(±1/sqrt(fan_in)) for
+  weights and biases, nn.MultiheadAttention's in-projection xavier-uniform over the stacked [3d, d] matrix
+  with zero biases and its out-projection U(±1/sqrt(d)) with a zero bias, nn.Embedding N(0, 1), LayerNorm
+  eps 1e-5). The per-model ``embed_std`` rescales the embeddings afterwards (``engine.single``).
+- ``pos``: learned position embeddings, or the fixed sinusoids of Vaswani et al. 2017.
+- ``act``: relu, gelu (exact), gelu_tanh or quadratic (x^2); ``bias`` switches the MLP's biases.
 
 Exact compute savings (``answer_only=True``): only the last position's output is used, so the last block
 needs attention queries, the MLP and the unembedding at that position only; keys and values still come
@@ -25,20 +37,40 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from grokjax.config.structure import ModelConfig
-from grokjax.models.layers import Dense, Kernel, activation, matmul
+from grokjax.models.layers import Dense, Kernel, activation, matmul, torch_linear_init
 
 
-def _embed_init(d_model: int) -> nn.initializers.Initializer:
-    return nn.initializers.normal(stddev=1.0 / math.sqrt(d_model))
+def embed_std(cfg: ModelConfig) -> float:
+    """The std of the embeddings' normal init: nn.Embedding's 1 under init=torch, else 1/sqrt(d_model)."""
+    return 1.0 if cfg.init == "torch" else 1.0 / math.sqrt(cfg.d_model)
 
 
-def pre_norm(layer_norm: bool, dtype: jnp.dtype) -> Callable[[str], Callable[[jax.Array], jax.Array]]:
-    """name -> the block's pre-norm: a LayerNorm of that name, or the identity without ``layer_norm``."""
-    if layer_norm:
-        return lambda name: nn.LayerNorm(name=name, dtype=dtype, param_dtype=dtype)
+def sinusoids(seq_len: int, d_model: int) -> np.ndarray:
+    """Vaswani et al. 2017's positions [T, D]: sin(t / 10000^(2i/D)) at 2i, cos at 2i + 1."""
+    t = np.arange(seq_len)[:, None]
+    i = np.arange(d_model)[None, :]
+    angle = t / np.power(10000.0, (2 * (i // 2)) / d_model)
+    return np.where(i % 2 == 0, np.sin(angle), np.cos(angle))
+
+
+def norm_of(cfg: ModelConfig, dtype: jnp.dtype) -> Callable[[str], Callable[[jax.Array], jax.Array]]:
+    """name -> a LayerNorm of that name (eps 1e-5 under init=torch as torch's, flax's 1e-6 otherwise)."""
+    eps = 1e-5 if cfg.init == "torch" else 1e-6
+    return lambda name: nn.LayerNorm(epsilon=eps, name=name, dtype=dtype, param_dtype=dtype)
+
+
+def pre_norm(cfg: ModelConfig, dtype: jnp.dtype) -> Callable[[str], Callable[[jax.Array], jax.Array]]:
+    """name -> the prenorm block's norm: a LayerNorm of that name, or the identity without ``layer_norm``."""
+    if cfg.layer_norm:
+        return norm_of(cfg, dtype)
     return lambda name: (lambda h: h)
+
+
+def has_final_norm(cfg: ModelConfig) -> bool:
+    return cfg.block == "ln_residual" or (cfg.block == "prenorm" and cfg.layer_norm)
 
 
 @dataclass(frozen=True)
@@ -81,19 +113,29 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array | Embedded) -> jax.Array:  # x: [B, T, D]
         cfg = self.cfg
-        norm = pre_norm(cfg.layer_norm, self.dtype)
-        if isinstance(x, Embedded) and not cfg.layer_norm:
+        torch = cfg.init == "torch"
+        norm = norm_of(cfg, self.dtype)
+        pre = pre_norm(cfg, self.dtype) if cfg.block == "prenorm" else (lambda name: (lambda h: h))
+        raw_input = cfg.block == "postnorm" or (cfg.block == "prenorm" and not cfg.layer_norm)
+        if isinstance(x, Embedded) and raw_input:
             project, x = x.project, x.dense(self.last_only)  # x: the residual stream's positions only
         else:
             x = x.dense() if isinstance(x, Embedded) else x
-            h = norm("ln_attn")(x)
+            if cfg.block == "ln_residual":
+                x = norm("ln_attn")(x)  # the residual stream itself is normalised
+            h = pre("ln_attn")(x)
             project = lambda w, last_only=False: matmul(h[:, -1:] if last_only else h, w)  # noqa: E731
         n_b = x.shape[0]
         n_h, d_h, d = cfg.n_heads, cfg.d_head, cfg.d_model
-        heads = lambda name: Kernel((d, n_h, d_h), 1, self.dtype, name=name)()  # noqa: E731 [D, H*Dh]
-        q = project(heads("query"), self.last_only).reshape(n_b, -1, n_h, d_h)  # [B, Tq, H, Dh]
-        k = project(heads("key")).reshape(n_b, -1, n_h, d_h)  # [B, T, H, Dh]
-        v = project(heads("value")).reshape(n_b, -1, n_h, d_h)
+        # torch: nn.MultiheadAttention's in-projection, xavier-uniform over the stacked [3d, d] weight
+        in_init = nn.initializers.uniform_range(-math.sqrt(6 / (4 * d)), math.sqrt(6 / (4 * d))) if torch else None
+
+        def heads(name: str, last_only: bool = False) -> jax.Array:  # [B, T, H, Dh]
+            made = Kernel((d, n_h, d_h), 1, self.dtype, init=in_init, with_bias=torch, name=name)()
+            y = project(made[0], last_only) + made[1] if torch else project(made, last_only)
+            return y.reshape(n_b, -1, n_h, d_h)
+
+        q, k, v = heads("query", self.last_only), heads("key"), heads("value")
         t_k = k.shape[1]
         scores = (q[:, :, None] * k[:, None]).sum(-1) / math.sqrt(d_h)  # [B, Tq, T, H]
         t_q = q.shape[1]
@@ -101,13 +143,22 @@ class Block(nn.Module):
         causal = jnp.arange(t_k)[None, :] <= (jnp.arange(t_q) + t_k - t_q)[:, None]
         scores = jnp.where(causal[:, :, None], scores, jnp.finfo(scores.dtype).min)
         attn = jax.nn.softmax(scores, axis=2)
-        z = (attn[..., None] * v[:, None]).sum(2)  # [B, Tq, H, Dh]
-        out = matmul(z.reshape(n_b, t_q, n_h * d_h), Kernel((n_h, d_h, d), 2, self.dtype, name="out")())
+        z = (attn[..., None] * v[:, None]).sum(2).reshape(n_b, t_q, n_h * d_h)  # [B, Tq, H*Dh]
+        if torch:  # out-projection: nn.Linear's U(+-1/sqrt(d)) weight, a zero bias (MultiheadAttention's reset)
+            w_out, b_out = Kernel((n_h, d_h, d), 2, self.dtype, init=torch_linear_init(d), with_bias=True,
+                                  name="out")()
+            out = matmul(z, w_out) + b_out
+        else:
+            out = matmul(z, Kernel((n_h, d_h, d), 2, self.dtype, name="out")())
         x = (x[:, -1:] if self.last_only else x) + out
-        h = norm("ln_mlp")(x)
-        h = Dense(cfg.d_mlp, cfg.bias, self.dtype, name="mlp_in")(h)
+        if cfg.block == "postnorm":
+            x = norm("ln_attn")(x)
+        h = norm("ln_mlp")(x) if cfg.block == "ln_residual" else pre("ln_mlp")(x)
+        dense = dict(kernel_init=torch_linear_init, bias_like_kernel=True) if torch else {}
+        h = Dense(cfg.d_mlp, cfg.bias, self.dtype, name="mlp_in", **dense)(h)
         h = activation(cfg.act)(h)
-        return x + Dense(cfg.d_model, cfg.bias, self.dtype, name="mlp_out")(h)
+        x = x + Dense(cfg.d_model, cfg.bias, self.dtype, name="mlp_out", **dense)(h)
+        return norm("ln_mlp")(x) if cfg.block == "postnorm" else x
 
 
 class Transformer(nn.Module):
@@ -124,14 +175,18 @@ class Transformer(nn.Module):
     def __call__(self, tokens: jax.Array) -> jax.Array:
         cfg = self.cfg
         dense = dict(dtype=self.dtype, param_dtype=self.dtype)
-        table = nn.Embed(self.vocab_size, cfg.d_model, embedding_init=_embed_init(cfg.d_model), name="embed",
-                         **dense).embedding
-        pos = self.param("pos_embed", _embed_init(cfg.d_model), (self.seq_len, cfg.d_model), self.dtype)
+        init = nn.initializers.normal(stddev=embed_std(cfg))
+        table = nn.Embed(self.vocab_size, cfg.d_model, embedding_init=init, name="embed", **dense).embedding
+        if cfg.pos == "learned":
+            pos = self.param("pos_embed", init, (self.seq_len, cfg.d_model), self.dtype)
+        else:
+            pos = jnp.asarray(sinusoids(self.seq_len, cfg.d_model), self.dtype)
         x: jax.Array | Embedded = Embedded(table, pos[: tokens.shape[1]], tokens)
         for i in range(cfg.n_layers):
             last = self.answer_only and i == cfg.n_layers - 1
             x = Block(cfg, last_only=last, dtype=self.dtype, name=f"block_{i}")(x)
         x = x[:, -1]
-        if cfg.layer_norm:
-            x = nn.LayerNorm(name="ln_final", **dense)(x)
-        return Dense(self.n_symbols, False, self.dtype, name="unembed")(x)
+        if has_final_norm(cfg):
+            x = norm_of(cfg, self.dtype)("ln_final")(x)
+        unembed = dict(kernel_init=torch_linear_init) if cfg.init == "torch" else {}
+        return Dense(self.n_symbols, False, self.dtype, name="unembed", **unembed)(x)

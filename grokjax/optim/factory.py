@@ -35,6 +35,7 @@ def make_optimizer(t: TrainConfig, hp: dict[str, Any] | None = None) -> optax.Gr
         mask=mask))
     if t.warmup_steps:
         warmup = float(t.warmup_steps)
-        parts.append(optax.scale_by_schedule(lambda count: jnp.minimum(1.0, (count + 1) / warmup)))
+        first = 0 if t.warmup_from_zero else 1  # torch's LambdaLR starts at update 0: factor 0
+        parts.append(optax.scale_by_schedule(lambda count: jnp.minimum(1.0, (count + first) / warmup)))
     return parts[0] if len(parts) == 1 else optax.chain(*parts)
 

@@ -1,8 +1,11 @@
 """Algorithmic tasks of Power et al. 2022 (appendix A.1.1): binary operations mod p and S5 composition.
 
-Each task is a full table of pairs. A pair (a, b) is the token sequence ``a b =`` and the target is the
-answer token; loss and accuracy are taken on the answer only. Symbols are tokens 0..n_symbols-1 and ``=``
-is token n_symbols.
+Each task is a full table of pairs. A pair (a, b) is the token sequence ``a b =`` (``tokens=3``) or
+``a op b =`` (``tokens=4``, as openai/grok and Grokfast's code) and the target is the answer token; loss
+and accuracy are taken on the answer only. Symbols are tokens 0..n_symbols-1, ``=`` is token n_symbols and
+``op`` token n_symbols + 1. With 4 tokens the model predicts over the whole vocabulary (n_symbols + 2
+classes), as those codes' output layer does. ``nonzero_y`` leaves out the pairs with b = 0 (Grokfast's
+x·y mod 97 table: 97 × 96 = 9,312 pairs).
 """
 
 from __future__ import annotations
@@ -31,25 +34,35 @@ check_registry("task", [*list(_POLY)[:3], "div", *list(_POLY)[3:], "s5"], OPS)  
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: make_table caches one table per task
 class TaskTable:
-    """All pairs of a task. inputs: [n_pairs, 3] int32 (a, b, '='); labels: [n_pairs] int32."""
+    """All pairs of a task. inputs: [n_pairs, T] int32 (a, b, '=' or a, op, b, '='); labels: [n_pairs]
+    int32 in [0, n_symbols)."""
 
     inputs: np.ndarray
     labels: np.ndarray
     n_symbols: int
 
     @property
+    def seq_len(self) -> int:
+        return int(self.inputs.shape[1])
+
+    @property
     def vocab_size(self) -> int:
-        return self.n_symbols + 1
+        return self.n_symbols + self.seq_len - 2  # the symbols, '=' and (4 tokens) 'op'
+
+    @property
+    def n_classes(self) -> int:
+        """Outputs of the model: the symbols, or (4 tokens) the whole vocabulary."""
+        return self.n_symbols if self.seq_len == 3 else self.vocab_size
 
     @property
     def n_pairs(self) -> int:
         return int(self.labels.shape[0])
 
 
-def n_pairs_of(op: str, p: int) -> int:
+def n_pairs_of(op: str, p: int, nonzero_y: bool = False) -> int:
     if op == "s5":
-        return 120 * 120
-    if op == "div":
+        return 120 * (119 if nonzero_y else 120)
+    if op == "div" or nonzero_y:
         return p * (p - 1)
     return p * p
 
@@ -81,5 +94,9 @@ def make_table(task: TaskConfig) -> TaskTable:
         else:
             labels = _POLY[task.op](x, y, p)
         a, b, n_symbols = x, y, p
-    inputs = np.stack([a, b, np.full_like(a, n_symbols)], axis=1).astype(np.int32)
+    keep = b != 0 if task.nonzero_y else np.ones(len(b), bool)
+    a, b, labels = a[keep], b[keep], np.asarray(labels)[keep]
+    eq = np.full_like(a, n_symbols)
+    columns = [a, b, eq] if task.tokens == 3 else [a, np.full_like(a, n_symbols + 1), b, eq]
+    inputs = np.stack(columns, axis=1).astype(np.int32)
     return TaskTable(inputs, np.asarray(labels, dtype=np.int32), n_symbols)
