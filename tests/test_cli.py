@@ -204,7 +204,9 @@ def test_dry_run_prints_the_grid_without_importing_jax(tmp_path):
 
 
 @pytest.mark.parametrize("args", [[], ["layer_norm=true", "n_layers=2", "bias=false"], ["arch=mlp"],
-                                  ["arch=mlp", "mlp_input=embed", "bias=false", "n_layers=3"], ["op=s5"]])
+                                  ["arch=mlp", "mlp_input=embed", "bias=false", "n_layers=3"], ["op=s5"],
+                                  ["block=ln_residual", "init=torch", "tokens=4", "n_layers=2"],
+                                  ["block=postnorm", "pos=sinusoidal", "nonzero_y=true"]])
 def test_the_plans_parameter_count_is_the_models(args):
     import jax
 
@@ -213,7 +215,8 @@ def test_the_plans_parameter_count_is_the_models(args):
 
     group, runs = build_sweep(None, args).groups()[0]
     engine = engine_for(group, runs)
-    shapes = jax.eval_shape(lambda: engine.model.init(jax.random.key(0), np.zeros((1, 3), np.int32))["params"])
+    tokens = np.zeros((1, engine.table.seq_len), np.int32)
+    shapes = jax.eval_shape(lambda: engine.model.init(jax.random.key(0), tokens)["params"])
     assert n_params(group) == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
 
 

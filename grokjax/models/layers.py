@@ -53,14 +53,18 @@ def _matmul_bwd(res: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Ar
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def torch_linear_init(fan_in: int) -> nn.initializers.Initializer:
-    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch nn.Linear's default for weights and biases."""
-    bound = 1.0 / math.sqrt(fan_in)
+def uniform_init(bound: float) -> nn.initializers.Initializer:
+    """U(-bound, bound)."""
 
     def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
+
+
+def torch_linear_init(fan_in: int) -> nn.initializers.Initializer:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch nn.Linear's default for weights and biases."""
+    return uniform_init(1.0 / math.sqrt(fan_in))
 
 
 def flat_init(init: nn.initializers.Initializer, n_in_axes: int) -> nn.initializers.Initializer:

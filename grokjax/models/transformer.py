@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grokjax.config.structure import ModelConfig
-from grokjax.models.layers import Dense, Kernel, activation, matmul, torch_linear_init
+from grokjax.models.layers import Dense, Kernel, activation, matmul, torch_linear_init, uniform_init
 
 
 def embed_std(cfg: ModelConfig) -> float:
@@ -128,7 +128,7 @@ class Block(nn.Module):
         n_b = x.shape[0]
         n_h, d_h, d = cfg.n_heads, cfg.d_head, cfg.d_model
         # torch: nn.MultiheadAttention's in-projection, xavier-uniform over the stacked [3d, d] weight
-        in_init = nn.initializers.uniform_range(-math.sqrt(6 / (4 * d)), math.sqrt(6 / (4 * d))) if torch else None
+        in_init = uniform_init(math.sqrt(6 / (4 * d))) if torch else None
 
         def heads(name: str, last_only: bool = False) -> jax.Array:  # [B, T, H, Dh]
             made = Kernel((d, n_h, d_h), 1, self.dtype, init=in_init, with_bias=torch, name=name)()
