@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
                                    "seeds=N. Every key, its default and meaning: grokjax keys.")
     s.add_argument("items", nargs="*", metavar="[CONFIG] key=value")
     s.add_argument("--out", type=Path, default=None, help="results directory (default results/<time>-<hash>)")
+    s.add_argument("--arm", action="append", default=None, metavar="'key=value ...'",
+                   help="one arm of a union of grids, e.g. --arm 'grokfast=none wd=0' --arm 'grokfast=ema "
+                        "wd=0.005': each arm's values replace the fixed ones, crossed with the swept keys "
+                        "(repeat it; replaces the sweep file's [[arms]])")
     s.add_argument("--resume", action="store_true", help="continue the sweep in --out from its last checkpoint")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.add_argument("--no-plot", action="store_true", help="skip the fit and the phase diagram at the end")
@@ -158,7 +162,7 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     if cluster is not None and args.out is None:
         raise UserError("a multi-process sweep needs --out DIR, a directory every process sees")
     config, overrides = _split_items(args.items)
-    sweep = build_sweep(config, overrides)
+    sweep = build_sweep(config, overrides, arms=args.arm)
     if shard is not None and shard.count > sweep.n_runs():
         raise UserError(f"--shard {args.shard}: the grid has {sweep.n_runs()} runs, so shards past "
                         f"{sweep.n_runs() - 1} would train nothing; use at most {sweep.n_runs()} shards")

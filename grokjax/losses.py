@@ -52,9 +52,22 @@ def _cross_entropy(log_probs: Callable[[jax.Array], jax.Array]) -> Callable:
     return loss
 
 
+def mse(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Omnigrok's loss: torch's nn.MSELoss() between the outputs and one-hot targets, the mean over samples
+    and classes of (z - onehot)^2 (weighted over samples)."""
+    if logits.dtype != jnp.float64:
+        logits = logits.astype(jnp.float32)
+    target = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    per_sample = jnp.mean(jnp.square(logits - target), axis=-1)
+    correct = (first_argmax(logits) == labels).astype(weights.dtype)
+    total = jnp.maximum(weights.sum(), 1)
+    return (per_sample * weights).sum() / total, (correct * weights).sum() / total
+
+
 LOSSES: dict[str, Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]] = {
     "softmax": _cross_entropy(log_softmax),
     "stablemax": _cross_entropy(log_stablemax),
+    "mse": mse,
 }
 check_registry("loss", LOSSES, choices.LOSSES)
 cross_entropy = LOSSES["softmax"]

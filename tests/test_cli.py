@@ -206,7 +206,8 @@ def test_dry_run_prints_the_grid_without_importing_jax(tmp_path):
 @pytest.mark.parametrize("args", [[], ["layer_norm=true", "n_layers=2", "bias=false"], ["arch=mlp"],
                                   ["arch=mlp", "mlp_input=embed", "bias=false", "n_layers=3"], ["op=s5"],
                                   ["block=ln_residual", "init=torch", "tokens=4", "n_layers=2"],
-                                  ["block=postnorm", "pos=sinusoidal", "nonzero_y=true"]])
+                                  ["block=postnorm", "pos=sinusoidal", "nonzero_y=true"],
+                                  ["dataset=digits", "arch=mlp", "n_layers=2", "d_mlp=20"]])
 def test_the_plans_parameter_count_is_the_models(args):
     import jax
 
@@ -215,7 +216,7 @@ def test_the_plans_parameter_count_is_the_models(args):
 
     group, runs = build_sweep(None, args).groups()[0]
     engine = engine_for(group, runs)
-    tokens = np.zeros((1, engine.table.seq_len), np.int32)
+    tokens = np.zeros((1, engine.table.seq_len), np.float32 if engine.table.features else np.int32)
     shapes = jax.eval_shape(lambda: engine.model.init(jax.random.key(0), tokens)["params"])
     assert n_params(group) == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
 

@@ -246,3 +246,70 @@ def test_options_that_do_not_apply_are_refused(tmp_path, capsys, args, named):
     assert main(["sweep", "steps=10", *args, "--out", str(tmp_path / "r"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and named in err, err
+
+
+def test_arms_expand_to_the_union_of_their_grids(tmp_path):
+    from grokjax.grid.expand import changed_settings
+
+    sweep = build_sweep(None, ["steps=10", "seeds=2", "lr=[1e-3,1e-2]"],
+                        arms=["grokfast=none wd=0", "grokfast=ema grokfast_lamb=5 wd=0.005"])
+    got = [(r.run_id, r.get("train.grokfast"), r.get("hp.wd"), r.get("hp.grokfast_lamb"), r.get("hp.lr"),
+            r.get("hp.seed")) for _, runs in sweep.groups() for r in runs]
+    want = [(i, arm, wd, lamb, lr, seed) for i, ((arm, wd, lamb), lr, seed) in enumerate(
+        (a, lr, s) for a in (("none", 0.0, 2.0), ("ema", 0.005, 5.0)) for s in (0, 1) for lr in (1e-3, 1e-2))]
+    assert sorted(got) == want and sweep.n_runs() == 8  # arm by arm, the axes in the order given
+    assert sweep.swept == ["hp.seed", "hp.lr", "train.grokfast", "hp.wd", "hp.grokfast_lamb"]
+    assert "arm 2: grokfast=ema grokfast_lamb=5 wd=0.005" in changed_settings(sweep)
+    # the same arms from a sweep file's [[arms]] tables; command-line arms replace them
+    path = tmp_path / "s.toml"
+    path.write_text('steps = 10\nseeds = 2\nlr = [1e-3, 1e-2]\n[[arms]]\ngrokfast = "none"\nwd = 0.0\n'
+                    '[[arms]]\ngrokfast = "ema"\ngrokfast_lamb = 5.0\nwd = 0.005\n')
+    from_file = build_sweep(str(path))
+    keys = ("train.grokfast", "hp.wd", "hp.grokfast_lamb", "hp.lr", "hp.seed")
+    assert [tuple(r.get(k) for k in keys) for _, rs in from_file.groups() for r in rs] == [g[1:] for g in got]
+    assert from_file.fingerprint() == build_sweep(str(path), []).fingerprint() != build_sweep(str(path), [], arms=[
+        "grokfast=none wd=0"]).fingerprint()
+    assert build_sweep(None, ["steps=10"]).fingerprint() == build_sweep(None, ["steps=10"], arms=None).fingerprint()
+
+
+@pytest.mark.parametrize("arm, named", [("grokfast=none wd=[0,1]", "one value per key"), ("wd", "not key=value"),
+                                        ("momentum=0.5", "has no effect"), ("wd=x", "wd"), ("nokey=1", "nokey")])
+def test_bad_arms_are_one_line_errors(tmp_path, capsys, arm, named):
+    assert main(["sweep", "steps=10", "--arm", arm, "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err, err
+    assert main(["sweep", "steps=10", "wd=[0,1]", "--arm", "wd=0", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "both swept" in capsys.readouterr().err
+
+
+def test_digits_table_mlp_and_mse_loss_against_direct_formulas():
+    from grokjax.losses import LOSSES
+    from grokjax.models.mlp import MLP
+
+    t = make_table(TaskConfig(dataset="digits"))
+    assert t.inputs.shape == (1797, 64) and t.features and t.n_classes == 10
+    assert t.inputs.min() == 0 and t.inputs.max() == 1 and set(np.unique(t.labels)) == set(range(10))
+    cfg = ModelConfig(arch="mlp", n_layers=2, d_mlp=20)
+    model = MLP(cfg, 0, 10, dtype=jnp.float64)
+    x = jnp.asarray(t.inputs[:50], jnp.float64)
+    p = jax.tree.map(np.asarray, model.init(jax.random.key(0), x)["params"])
+    h = np.maximum(t.inputs[:50] @ p["in"]["kernel"] + p["in"]["bias"], 0)
+    h = np.maximum(h @ p["hidden_1"]["kernel"] + p["hidden_1"]["bias"], 0)
+    want = h @ p["readout"]["kernel"] + p["readout"]["bias"]
+    logits = model.apply({"params": p}, x)
+    np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-10, atol=1e-12)
+    assert np.abs(p["in"]["kernel"]).max() <= 1 / 8  # nn.Linear: U(+-1/sqrt(64))
+    # torch's nn.MSELoss() against one-hot targets: the mean over samples and classes
+    labels, w = jnp.asarray(t.labels[:50]), jnp.ones(50, jnp.float64).at[-5:].set(0)
+    loss, acc = LOSSES["mse"](logits, labels, w)
+    onehot = np.eye(10)[t.labels[:45]]
+    np.testing.assert_allclose(float(loss), ((want[:45] - onehot) ** 2).mean(), rtol=1e-12)
+    np.testing.assert_allclose(float(acc), (want[:45].argmax(1) == t.labels[:45]).mean(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("args, named", [(["dataset=digits"], "arch=mlp"),
+                                         (["dataset=digits", "arch=mlp", "measures=fourier"], "fourier")])
+def test_digits_refuses_what_does_not_apply(tmp_path, capsys, args, named):
+    assert main(["sweep", "steps=10", *args, "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err, err

@@ -56,8 +56,19 @@ def read_sweep_file(path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read sweep file {str(path)!r}: {e}")
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"sweep file {str(path)!r} is not valid TOML: {e}")
+    arms = table.pop("arms", None)
     out = _flatten_toml(table)
+    if arms is not None:
+        if not isinstance(arms, list) or not arms or not all(isinstance(a, dict) and a for a in arms):
+            raise UserError(f"arms in {path}: write each arm as a [[arms]] table of key = value lines")
+        out["arms"] = [_flatten_toml(a) for a in arms]
+        for arm in out["arms"]:
+            for key, v in arm.items():
+                if not isinstance(v, (str, int, float, bool)):
+                    raise UserError(f"{key} in an arm of {path}: {v!r}; an arm sets one value per key")
     for key, v in out.items():
+        if key == "arms":
+            continue
         if isinstance(v, list):
             if not v or any(isinstance(x, (list, dict)) for x in v):
                 raise UserError(f"{key} in {path}: a list must hold at least one plain value")

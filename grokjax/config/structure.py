@@ -68,6 +68,9 @@ TRANSFORMER = ("model.arch", ("transformer",))
 class TaskConfig:
     """Which binary operation, and the modulus p (ignored by ``s5``)."""
 
+    dataset: str = key("algorithmic", "the data: the algorithmic table of op mod p, or scikit-learn's bundled 8x8 "
+                                      "digits (1,797 images, 64 inputs / 16, 10 classes; arch=mlp; Omnigrok)",
+                       choices=C.DATASETS)
     op: str = key("add", "binary operation of the task table (s5: composition in the permutation group S5)",
                   choices=C.OPS)
     p: int = key(97, "modulus of the task (ignored by s5); ops needing inverses need a prime", check=whole(3))
@@ -148,7 +151,8 @@ class TrainConfig:
     grokfast: str = key("none", "gradient filter before the optimizer: none, ema or ma (Lee et al. 2024)",
                         choices=C.GRADIENT_FILTERS)
     grokfast_window: int = key(100, "window of the ma filter, in steps", acts_with=("train.grokfast", ("ma",)))
-    loss: str = key("softmax", "cross-entropy through softmax, or StableMax (Prieto et al. 2025)", choices=C.LOSSES)
+    loss: str = key("softmax", "cross-entropy through softmax or StableMax (Prieto et al. 2025), or mse: the mean "
+                               "squared error against one-hot targets (Omnigrok)", choices=C.LOSSES)
     measures: str = key("norms", "progress measures computed on the device: a +-joined set of norms, fourier, "
                                  "excluded (or none)", kind="measures", choices=C.MEASURE_NAMES)
     dtype: str = key("float32", "floating-point precision of parameters, training and stored metrics",

@@ -156,7 +156,8 @@ class Program:
         mesh = Mesh(np.array(self.devices), ("models",))
         self.sharded = NamedSharding(mesh, PartitionSpec("models"))
         self.replicated = NamedSharding(mesh, PartitionSpec())
-        self.inputs = _to_devices(engine.table.inputs, self.replicated)
+        inputs = engine.table.inputs
+        self.inputs = _to_devices(inputs.astype(engine.dtype) if engine.table.features else inputs, self.replicated)
         self.labels = _to_devices(engine.table.labels, self.replicated)
         owned = self.sharded.addressable_devices_indices_map((self.n_models,)).values()
         self.own_rows = np.zeros(self.n_models, bool)  # the model rows this process's devices hold

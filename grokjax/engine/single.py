@@ -113,7 +113,7 @@ class Engine:
             val_idx=perm[self.n_train_min:],
             val_w=(jnp.arange(n_val_max) + self.n_train_min >= hp.n_train).astype(self.dtype),
         )
-        dummy = jnp.zeros((1, self.table.seq_len), jnp.int32)
+        dummy = jnp.zeros((1, self.table.seq_len), jnp.float32 if self.table.features else jnp.int32)
         params = self.model.init(init_key, dummy)["params"]
         params = jax.tree.map(lambda x: x * hp.init_scale.astype(x.dtype), params)
         params = self._rescale_embeddings(params, hp.embed_std)

@@ -44,16 +44,24 @@ class Run:
 
 @dataclass
 class Sweep:
-    """A resolved sweep: fixed field values, the swept axes in order, and the grid."""
+    """A resolved sweep: fixed field values, the swept axes in order, and the grid. With ``arms`` (each a
+    set of key -> value, e.g. Grokfast's baseline and filter arms) the grid is the union over the arms,
+    each arm's values replacing the fixed ones, crossed with the common axes."""
 
     values: dict[str, list[Scalar]]
     axes: list[str]
     name: str = "default"
+    arms: list[dict[str, Scalar]] = dataclasses.field(default_factory=list)
+
+    @property
+    def swept(self) -> list[str]:
+        """The keys whose value differs between runs: the axes, then the keys the arms set."""
+        return self.axes + list(dict.fromkeys(k for arm in self.arms for k in arm if k not in self.axes))
 
     def points(self) -> list[dict[str, Scalar]]:
         fixed = {k: v[0] for k, v in self.values.items() if k not in self.axes}
-        grid = itertools.product(*(self.values[a] for a in self.axes))
-        return [fixed | dict(zip(self.axes, combo)) for combo in grid]
+        return [fixed | arm | dict(zip(self.axes, combo)) for arm in (self.arms or [{}])
+                for combo in itertools.product(*(self.values[a] for a in self.axes))]
 
     def groups(self) -> list[tuple[GroupConfig, list[Run]]]:
         """Split the grid into static groups, in order of first appearance. run_id follows grid order."""
@@ -69,14 +77,16 @@ class Sweep:
         return out
 
     def n_runs(self) -> int:
-        return math.prod(len(self.values[a]) for a in self.axes)
+        return math.prod(len(self.values[a]) for a in self.axes) * max(len(self.arms), 1)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "axes": self.axes, "values": self.values}
+        arms = {"grid_axes": self.axes, "arms": self.arms} if self.arms else {}
+        return {"name": self.name, "axes": self.swept, "values": self.values, **arms}
 
     def fingerprint(self) -> str:
         """Hash of everything that decides the results: two sweeps with equal fingerprints are the same."""
-        canon = json.dumps({"axes": self.axes, "values": self.values}, sort_keys=True)
+        arms = {"arms": self.arms} if self.arms else {}
+        canon = json.dumps({"axes": self.axes, "values": self.values, **arms}, sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
@@ -112,10 +122,17 @@ def check_point(point: dict[str, Scalar]) -> None:
         raise UserError(f"d_model={d_model} is not divisible by n_heads={n_heads}; "
                         f"choose d_model a multiple of n_heads")
     op, p = point["task.op"], point["task.p"]
-    if op in OPS_NEEDING_PRIME and not is_prime(int(p)):
-        raise UserError(f"p={p} is not prime, but op={op} needs inverses mod p; use a prime such as 97 or 113")
     measures = str(point["train.measures"]).split("+")
-    if "fourier" in measures and op not in OPS_WITH_FOURIER:
+    if point["task.dataset"] == "digits":
+        if point["model.arch"] != "mlp":
+            raise UserError(f"dataset=digits needs arch=mlp (64 real-valued inputs, no tokens), not "
+                            f"arch={point['model.arch']}")
+        if "fourier" in measures or "excluded" in measures:
+            raise UserError("measures=fourier and excluded are defined for the mod-p tables, not dataset=digits; "
+                            "use measures=norms or none")
+    elif op in OPS_NEEDING_PRIME and not is_prime(int(p)):
+        raise UserError(f"p={p} is not prime, but op={op} needs inverses mod p; use a prime such as 97 or 113")
+    if "fourier" in measures and op not in OPS_WITH_FOURIER and point["task.dataset"] != "digits":
         raise UserError(f"measures=fourier needs a mod-p task (op={op} has no Fourier basis of Z_p); drop "
                         f"fourier for op={op}")
     if "excluded" in measures and op not in OPS_WITH_EXCLUDED:
@@ -124,7 +141,7 @@ def check_point(point: dict[str, Scalar]) -> None:
     if "excluded" in measures and (point["task.tokens"] == 4 or point["task.nonzero_y"]):
         raise UserError("measures=excluded needs the full p x p table of a b = (tokens=3, nonzero_y=false); "
                         "drop excluded from measures")
-    n_pairs = n_pairs_of(str(op), int(p), bool(point["task.nonzero_y"]))
+    n_pairs = n_pairs_of(str(op), int(p), bool(point["task.nonzero_y"]), str(point["task.dataset"]))
     if n_pairs > MAX_PAIRS:
         raise UserError(f"p={p}: the table of op={op} would hold {n_pairs:,} pairs; at most {MAX_PAIRS:,} "
                         f"(p <= {math.isqrt(MAX_PAIRS):,}) fit a task table")
@@ -160,9 +177,12 @@ def shown_value(values: list[Scalar]) -> str:
 def changed_settings(sweep: "Sweep") -> str:
     """The fixed keys whose values differ from the built-in defaults, as key=value, and the swept keys."""
     fixed = [f"{SHORT_NAMES[k]}={shown_value(v)}" for k, v in sweep.values.items()
-             if k not in sweep.axes and v != [FIELDS[k].default]]
+             if k not in sweep.swept and v != [FIELDS[k].default]]
     swept = [f"{SHORT_NAMES[k]}={shown_value(sweep.values[k])}" for k in sweep.axes]
-    return f"settings: {' '.join(fixed) or '(the built-in defaults)'}; swept: {' '.join(swept) or 'nothing'}"
+    arms = "".join(f"; arm {i + 1}: " + " ".join(f"{SHORT_NAMES[k]}={shown_value([v])}" for k, v in arm.items())
+                   for i, arm in enumerate(sweep.arms))
+    return (f"settings: {' '.join(fixed) or '(the built-in defaults)'}; swept: {' '.join(swept) or 'nothing'}"
+            + arms)
 
 
 def defaults() -> dict[str, list[Scalar]]:
@@ -195,6 +215,8 @@ def apply_file(values: dict[str, list[Scalar]], axes: list[str], path: Path) -> 
     """Apply a sweep file's keys (``config.presets.read_sweep_file``): strings in the sweep grammar, lists
     as axes."""
     for key, v in read_sweep_file(path).items():
+        if key == "arms":
+            continue  # read by build_sweep
         resolve_key(key)
         if isinstance(v, str):
             parsed, is_axis = parse_expression(key, v)
@@ -227,10 +249,51 @@ def python_values(key: str, value: Any) -> tuple[list[Scalar], bool]:
     return [value], False
 
 
+def _with_any_arm(values: dict[str, list[Scalar]], arms: list[dict[str, Scalar]]) -> dict[str, list[Scalar]]:
+    """The values a key may meet in some arm (for the effect check of a key given outside the arms)."""
+    out = {k: list(v) for k, v in values.items()}
+    for arm in arms:
+        for k, v in arm.items():
+            out[k] = out[k] + [v] if v not in out[k] else out[k]
+    return out
+
+
+def parse_arm(arm: str | Mapping[str, Any], values: dict[str, list[Scalar]]) -> dict[str, Scalar]:
+    """One arm, ``'grokfast=ema wd=0.005'`` (command line) or a mapping (sweep file, Python), as field path ->
+    one checked value. Checked for an effect with the arm's own values in place."""
+    items = ([tuple(x.split("=", 1)) if "=" in x else (x, None) for x in arm.split()] if isinstance(arm, str)
+             else [(k, v) for k, v in arm.items()])
+    if not items:
+        raise UserError(f"--arm {arm!r}: empty; give key=value pairs, e.g. --arm 'grokfast=ema wd=0.005'")
+    out: dict[str, Scalar] = {}
+    scratch = {k: list(v) for k, v in values.items()}
+    for key, text in items:
+        if text is None:
+            raise UserError(f"--arm {arm!r}: {key!r} is not key=value; e.g. --arm 'grokfast=ema wd=0.005'")
+        path = resolve_key(key)
+        if path in out:
+            raise UserError(f"arm {arm!r}: {key} is given twice")
+        if isinstance(text, str):
+            parsed, is_axis = parse_expression(key, text)
+        else:
+            parsed, is_axis = python_values(key, text)
+        if is_axis or len(parsed) != 1:
+            raise UserError(f"arm {arm!r}: {key}={text} is several values; an arm sets one value per key (sweep "
+                            f"a key for every arm with {key}=[...] outside the arms)")
+        axes: list[str] = []
+        _apply(scratch, axes, key, parsed, False, str(text))
+        out[path] = scratch[path][0]
+    for key, text in items:
+        _check_effect(key, str(text), scratch)
+    return out
+
+
 def build_sweep(config: str | None = None, overrides: Iterable[str] = (),
-                settings: Mapping[str, Any] | None = None) -> Sweep:
-    """Resolve ``[CONFIG] key=value ...`` (``overrides``: the command line's text) and ``settings``
-    (Python values by key, see ``python_values``) into a validated Sweep. Raises UserError on bad input."""
+                settings: Mapping[str, Any] | None = None,
+                arms: Iterable[str | Mapping[str, Any]] | None = None) -> Sweep:
+    """Resolve ``[CONFIG] key=value ...`` (``overrides``: the command line's text), ``settings`` (Python
+    values by key, see ``python_values``) and ``arms`` (each ``'key=value ...'`` or a mapping; given, they
+    replace the sweep file's ``[[arms]]``) into a validated Sweep. Raises UserError on bad input."""
     values, axes = defaults(), []
     config = config or "default"
     path = find_config(config)
@@ -238,7 +301,7 @@ def build_sweep(config: str | None = None, overrides: Iterable[str] = (),
         raise UserError(f"no sweep file or preset named {config!r}{did_you_mean(config, named_sweeps())}; "
                         f"accepted: a .toml path or one of {', '.join(named_sweeps())}")
     apply_file(values, axes, path)
-    name = path.stem
+    name, path_of_config = path.stem, path
     seen: set[str] = set()
     given: list[tuple[str, str]] = []  # (key as typed, what was typed): checked for an effect below
     for key, value in (settings or {}).items():
@@ -263,9 +326,20 @@ def build_sweep(config: str | None = None, overrides: Iterable[str] = (),
         parsed, is_axis = parse_expression(key, text)
         _apply(values, axes, key, parsed, is_axis, text.strip())
         given.append((key, text.strip()))
+    arm_specs = list(arms) if arms is not None else read_sweep_file(path_of_config).get("arms", [])
+    parsed_arms = [parse_arm(a, values) for a in arm_specs]
+    for arm in parsed_arms:
+        for p in arm:
+            if p in axes and p in seen:
+                raise UserError(f"{SHORT_NAMES[p]} is both swept ({SHORT_NAMES[p]}=[...]) and set by an arm; "
+                                f"set it in every arm, or sweep it outside the arms")
+            if p in axes:  # swept by the sweep file: the arms set it instead
+                axes.remove(p)
+    arm_keys = {p for arm in parsed_arms for p in arm}
     for key, text in given:
-        _check_effect(key, text, values)
-    sweep = Sweep(values, axes, name)
+        if resolve_key(key) not in arm_keys:
+            _check_effect(key, text, values if not parsed_arms else _with_any_arm(values, parsed_arms))
+    sweep = Sweep(values, axes, name, parsed_arms)
     n_runs = sweep.n_runs()
     if n_runs > MAX_RUNS:
         sizes = " x ".join(f"{SHORT_NAMES[a]}={len(values[a])}" for a in axes)

@@ -15,15 +15,15 @@ METRIC_ROW_BYTES = 16  # a generous size of one compressed metric row on disk
 
 
 def n_symbols_of(group: GroupConfig) -> int:
-    return 120 if group.task.op == "s5" else group.task.p
+    return 10 if group.task.dataset == "digits" else 120 if group.task.op == "s5" else group.task.p
 
 
 def n_params(group: GroupConfig) -> int:
     """Parameters of one model of the group (the models' own definitions, counted from the shapes)."""
     m, p = group.model, n_symbols_of(group)
     if m.arch == "mlp":
-        embed = 0 if m.mlp_input == "onehot" else p * m.d_model
-        d_in = 2 * p if m.mlp_input == "onehot" else 2 * m.d_model
+        embed = 0 if m.mlp_input == "onehot" or group.task.dataset == "digits" else p * m.d_model
+        d_in = 64 if group.task.dataset == "digits" else 2 * p if m.mlp_input == "onehot" else 2 * m.d_model
         weights = d_in * m.d_mlp + (m.n_layers - 1) * m.d_mlp * m.d_mlp + m.d_mlp * p
         biases = m.n_layers * m.d_mlp + p if m.bias else 0
         return embed + weights + biases
@@ -43,7 +43,7 @@ def step_bytes(group: GroupConfig, runs: list[Run]) -> int:
     moments, plus the activations of one step (every position's residual, attention and MLP activations)."""
     m, t = group.model, group.train
     itemsize = 8 if t.dtype == "float64" else 4
-    n_pairs = n_pairs_of(group.task.op, group.task.p, group.task.nonzero_y)
+    n_pairs = n_pairs_of(group.task.op, group.task.p, group.task.nonzero_y, group.task.dataset)
     n_train = max(n_train_of(float(r.get("hp.frac")), n_pairs) for r in runs)
     batch = batch_size_of(t, n_train) or n_train
     width = (m.d_model * 8 + m.d_mlp * 2) * 3 if m.arch == "transformer" else m.d_mlp * 3
@@ -61,12 +61,15 @@ def describe_plan(sweep: Sweep) -> str:
     """The grid in a few lines: runs, groups, the keys that vary, model-steps, memory and disk."""
     groups = sweep.groups()
     axes = ", ".join(f"{SHORT_NAMES[a]} ({len(sweep.values[a])})" for a in sweep.axes) or "none"
+    if sweep.arms:
+        axes += f"; {len(sweep.arms)} arms setting " + ", ".join(SHORT_NAMES[k] for k in sweep.swept[len(sweep.axes):])
     model_steps = sum(g.train.steps * len(runs) for g, runs in groups)
     lines = [f"{sweep.name}: {sweep.n_runs():,} runs in {len(groups)} compiled group(s); swept: {axes}",
              f"{model_steps:,} model-steps; metrics on disk about {_mib(disk_bytes(sweep))}"]
     for i, (g, runs) in enumerate(groups):
         per_model = step_bytes(g, runs)
-        task = "s5" if g.task.op == "s5" else f"{g.task.op} mod {g.task.p}"
+        task = ("digits" if g.task.dataset == "digits" else "s5" if g.task.op == "s5"
+                else f"{g.task.op} mod {g.task.p}")
         lines.append(f"group {i + 1}: {len(runs)} runs, {task}, {g.model.arch} ({n_params(g):,} parameters), "
                      f"{g.train.steps:,} steps; about {_mib(per_model)} per model, "
                      f"{_mib(per_model * len(runs))} for all at once")

@@ -41,6 +41,12 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
         cfg, n = self.cfg, self.n_symbols
+        if jnp.issubdtype(tokens.dtype, jnp.floating):  # real-valued features (dataset=digits): a dense layer
+            h = torch_dense(cfg.d_mlp, cfg.bias, self.dtype, name="in")(tokens.astype(self.dtype))
+            h = activation(cfg.act)(h)
+            for i in range(1, cfg.n_layers):
+                h = activation(cfg.act)(torch_dense(cfg.d_mlp, cfg.bias, self.dtype, name=f"hidden_{i}")(h))
+            return torch_dense(n, cfg.bias, self.dtype, name="readout")(h)
         a, b = tokens[:, 0], tokens[:, 1]
         if cfg.mlp_input == "onehot":
             fan_in = 2 * n

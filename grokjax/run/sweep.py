@@ -42,7 +42,8 @@ def _stop_on_signals() -> Iterator[list[int]]:
 def describe(group: GroupConfig) -> str:
     """One line naming a group's task and network, for progress output."""
     m, t = group.model, group.train
-    task = "s5" if group.task.op == "s5" else f"{group.task.op} mod {group.task.p}"
+    task = ("digits" if group.task.dataset == "digits" else "s5" if group.task.op == "s5"
+            else f"{group.task.op} mod {group.task.p}")
     if m.arch == "mlp":
         net = f"MLP {m.n_layers}x{m.d_mlp} ({m.mlp_input}, {m.act})"
     else:

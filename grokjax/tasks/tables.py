@@ -42,6 +42,11 @@ class TaskTable:
     n_symbols: int
 
     @property
+    def features(self) -> bool:
+        """Whether the inputs are real-valued features (dataset=digits) rather than tokens."""
+        return self.inputs.dtype.kind == "f"
+
+    @property
     def seq_len(self) -> int:
         return int(self.inputs.shape[1])
 
@@ -51,15 +56,21 @@ class TaskTable:
 
     @property
     def n_classes(self) -> int:
-        """Outputs of the model: the symbols, or (4 tokens) the whole vocabulary."""
-        return self.n_symbols if self.seq_len == 3 else self.vocab_size
+        """Outputs of the model: the symbols (or digit classes), or (4 tokens) the whole vocabulary."""
+        return self.n_symbols if self.features or self.seq_len == 3 else self.vocab_size
 
     @property
     def n_pairs(self) -> int:
         return int(self.labels.shape[0])
 
 
-def n_pairs_of(op: str, p: int, nonzero_y: bool = False) -> int:
+DIGITS_SAMPLES = 1797  # scikit-learn's load_digits
+
+
+def n_pairs_of(op: str, p: int, nonzero_y: bool = False, dataset: str = "algorithmic") -> int:
+    """Samples in the task's table (pairs of the algorithmic table, or digit images)."""
+    if dataset == "digits":
+        return DIGITS_SAMPLES
     if op == "s5":
         return 120 * (119 if nonzero_y else 120)
     if op == "div" or nonzero_y:
@@ -75,6 +86,12 @@ def _permutations() -> tuple[tuple[int, ...], ...]:
 @lru_cache(maxsize=32)
 def make_table(task: TaskConfig) -> TaskTable:
     """The full, deterministic table of pairs for a task (same order every time)."""
+    if task.dataset == "digits":
+        from sklearn.datasets import load_digits  # bundled with scikit-learn: nothing is downloaded
+
+        digits = load_digits()
+        inputs = (np.asarray(digits.data, np.float64) / 16.0).astype(np.float32)  # pixels 0..16 -> [0, 1]
+        return TaskTable(inputs, np.asarray(digits.target, np.int32), 10)
     if task.op == "s5":
         perms = _permutations()
         index = {q: i for i, q in enumerate(perms)}
