@@ -68,7 +68,7 @@ def reference_logits(cfg: ModelConfig, params, tokens: np.ndarray) -> np.ndarray
 
         def proj(name):
             y = a_in @ p[name]["kernel"].reshape(d, d)
-            return (y + p[name]["bias"] if cfg.init == "torch" else y).reshape(*y.shape[:2], h, dh)
+            return (y + p[name]["bias"] if cfg.init == "torch" and cfg.bias else y).reshape(*y.shape[:2], h, dh)
 
         q, k, v = proj("query"), proj("key"), proj("value")
         s = np.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(dh)
@@ -76,7 +76,7 @@ def reference_logits(cfg: ModelConfig, params, tokens: np.ndarray) -> np.ndarray
         w = np.exp(s - s.max(-1, keepdims=True))
         w /= w.sum(-1, keepdims=True)
         z = np.einsum("bhqk,bkhd->bqhd", w, v).reshape(*x.shape[:2], d)
-        out = z @ p["out"]["kernel"].reshape(d, d) + (p["out"]["bias"] if cfg.init == "torch" else 0)
+        out = z @ p["out"]["kernel"].reshape(d, d) + (p["out"]["bias"] if cfg.init == "torch" and cfg.bias else 0)
         x = x + out
         if cfg.block == "postnorm":
             x = ln("ln_attn", x)
@@ -91,15 +91,17 @@ def reference_logits(cfg: ModelConfig, params, tokens: np.ndarray) -> np.ndarray
     return x @ params["unembed"]["kernel"]
 
 
-BLOCKS = [ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=24, block=b, init=i, pos=pos, act=a, layer_norm=ln)
-          for b, i, pos, a, ln in [("postnorm", "torch", "sinusoidal", "gelu", False),
-                                   ("ln_residual", "torch", "learned", "gelu", False),
-                                   ("prenorm", "torch", "learned", "gelu_tanh", True),
-                                   ("postnorm", "lecun", "learned", "relu", False),
-                                   ("ln_residual", "lecun", "sinusoidal", "quadratic", False)]]
+BLOCKS = [ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=24, block=b, init=i, pos=pos, act=a, layer_norm=ln,
+                      bias=bias)
+          for b, i, pos, a, ln, bias in [("postnorm", "torch", "sinusoidal", "relu", False, False),
+                                         ("postnorm", "torch", "sinusoidal", "gelu", False, True),
+                                         ("ln_residual", "torch", "learned", "gelu", False, True),
+                                         ("prenorm", "torch", "learned", "gelu_tanh", True, True),
+                                         ("postnorm", "lecun", "learned", "relu", False, True),
+                                         ("ln_residual", "lecun", "sinusoidal", "quadratic", False, True)]]
 
 
-@pytest.mark.parametrize("cfg", BLOCKS, ids=lambda c: f"{c.block}-{c.init}-{c.pos}-{c.act}")
+@pytest.mark.parametrize("cfg", BLOCKS, ids=lambda c: f"{c.block}-{c.init}-{c.pos}-{c.act}-{'bias' if c.bias else 'nobias'}")
 @pytest.mark.parametrize("tokens", [3, 4])
 def test_blocks_equal_the_direct_formula(cfg, tokens):
     table = make_table(TaskConfig("mul", 7, tokens=tokens, nonzero_y=True))

@@ -68,9 +68,6 @@ TRANSFORMER = ("model.arch", ("transformer",))
 class TaskConfig:
     """Which binary operation, and the modulus p (ignored by ``s5``)."""
 
-    dataset: str = key("algorithmic", "the data: the algorithmic table of op mod p, or scikit-learn's bundled 8x8 "
-                                      "digits (1,797 images, 64 inputs / 16, 10 classes; arch=mlp; Omnigrok)",
-                       choices=C.DATASETS)
     op: str = key("add", "binary operation of the task table (s5: composition in the permutation group S5)",
                   choices=C.OPS)
     p: int = key(97, "modulus of the task (ignored by s5); ops needing inverses need a prime", check=whole(3))
@@ -78,6 +75,9 @@ class TaskConfig:
                          "openai/grok and Grokfast's code)", check=lambda v: None if v in (3, 4) else "3 or 4",
                       acts_with=("model.arch", ("transformer",)))
     nonzero_y: bool = key(False, "leave out the pairs with b = 0 (for every op; Grokfast's x*y table)")
+    dataset: str = key("algorithmic", "the data: the algorithmic table of op mod p, or scikit-learn's bundled 8x8 "
+                                      "digits (1,797 images, 64 inputs / 16, 10 classes; arch=mlp; Omnigrok)",
+                       choices=C.DATASETS)
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ class ModelConfig:
                                 "x + attn(x); x + mlp(LN(x)))", choices=C.BLOCKS, acts_with=TRANSFORMER)
     init: str = key("lecun", "transformer initialisation: lecun (flax defaults, no attention biases) or torch "
                              "(PyTorch defaults: nn.Linear U(+-1/sqrt(fan_in)) with biases, attention in-"
-                             "projection xavier-uniform, zero attention biases, N(0,1) embeddings, LN eps 1e-5)",
+                             "projection xavier-uniform, zero attention biases (with bias), N(0,1) embeddings, "
+                             "LN eps 1e-5)",
                     choices=C.INITS, acts_with=TRANSFORMER)
     pos: str = key("learned", "positions: learned embeddings, or fixed sinusoidal (Vaswani et al. 2017)",
                    choices=C.POSITIONS, acts_with=TRANSFORMER)

@@ -32,7 +32,7 @@ def n_params(group: GroupConfig) -> int:
     classes = p if tokens == 3 else vocab
     norms = {"prenorm": 2 if m.layer_norm else 0, "postnorm": 2, "ln_residual": 2}[m.block]
     final_norm = m.block == "ln_residual" or (m.block == "prenorm" and m.layer_norm)
-    attention_biases = 4 * d if m.init == "torch" else 0
+    attention_biases = 4 * d if m.init == "torch" and m.bias else 0
     layer = (4 * d * d + attention_biases + 2 * d * m.d_mlp + (m.d_mlp + d if m.bias else 0) + norms * 2 * d)
     positions = tokens * d if m.pos == "learned" else 0
     return vocab * d + positions + m.n_layers * layer + d * classes + (2 * d if final_norm else 0)

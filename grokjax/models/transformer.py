@@ -11,8 +11,8 @@ The options the papers' code differs in (``ModelConfig``):
 - ``init``: ``lecun`` (flax's defaults: lecun-normal kernels, zero MLP biases, no attention biases,
   embeddings N(0, 1/d_model), LayerNorm eps 1e-6) or ``torch`` (PyTorch's: nn.Linear U(±1/sqrt(fan_in)) for
   weights and biases, nn.MultiheadAttention's in-projection xavier-uniform over the stacked [3d, d] matrix
-  with zero biases and its out-projection U(±1/sqrt(d)) with a zero bias, nn.Embedding N(0, 1), LayerNorm
-  eps 1e-5). The per-model ``embed_std`` rescales the embeddings afterwards (``engine.single``).
+  with zero biases and its out-projection U(±1/sqrt(d)) with a zero bias (the attention biases only with
+  ``bias``, as openai/grok's bias-free heads), nn.Embedding N(0, 1), LayerNorm eps 1e-5). The per-model ``embed_std`` rescales the embeddings afterwards (``engine.single``).
 - ``pos``: learned position embeddings, or the fixed sinusoids of Vaswani et al. 2017.
 - ``act``: relu, gelu (exact), gelu_tanh or quadratic (x^2); ``bias`` switches the MLP's biases.
 
@@ -114,6 +114,7 @@ class Block(nn.Module):
     def __call__(self, x: jax.Array | Embedded) -> jax.Array:  # x: [B, T, D]
         cfg = self.cfg
         torch = cfg.init == "torch"
+        biased = torch and cfg.bias  # nn.MultiheadAttention's biases (openai/grok's heads have none)
         norm = norm_of(cfg, self.dtype)
         pre = pre_norm(cfg, self.dtype) if cfg.block == "prenorm" else (lambda name: (lambda h: h))
         raw_input = cfg.block == "postnorm" or (cfg.block == "prenorm" and not cfg.layer_norm)
@@ -131,8 +132,8 @@ class Block(nn.Module):
         in_init = uniform_init(math.sqrt(6 / (4 * d))) if torch else None
 
         def heads(name: str, last_only: bool = False) -> jax.Array:  # [B, T, H, Dh]
-            made = Kernel((d, n_h, d_h), 1, self.dtype, init=in_init, with_bias=torch, name=name)()
-            y = project(made[0], last_only) + made[1] if torch else project(made, last_only)
+            made = Kernel((d, n_h, d_h), 1, self.dtype, init=in_init, with_bias=biased, name=name)()
+            y = project(made[0], last_only) + made[1] if biased else project(made, last_only)
             return y.reshape(n_b, -1, n_h, d_h)
 
         q, k, v = heads("query", self.last_only), heads("key"), heads("value")
@@ -144,10 +145,12 @@ class Block(nn.Module):
         scores = jnp.where(causal[:, :, None], scores, jnp.finfo(scores.dtype).min)
         attn = jax.nn.softmax(scores, axis=2)
         z = (attn[..., None] * v[:, None]).sum(2).reshape(n_b, t_q, n_h * d_h)  # [B, Tq, H*Dh]
-        if torch:  # out-projection: nn.Linear's U(+-1/sqrt(d)) weight, a zero bias (MultiheadAttention's reset)
+        if biased:  # out-projection: nn.Linear's U(+-1/sqrt(d)) weight, a zero bias (MultiheadAttention's reset)
             w_out, b_out = Kernel((n_h, d_h, d), 2, self.dtype, init=torch_linear_init(d), with_bias=True,
                                   name="out")()
             out = matmul(z, w_out) + b_out
+        elif torch:
+            out = matmul(z, Kernel((n_h, d_h, d), 2, self.dtype, init=torch_linear_init(d), name="out")())
         else:
             out = matmul(z, Kernel((n_h, d_h, d), 2, self.dtype, name="out")())
         x = (x[:, -1:] if self.last_only else x) + out

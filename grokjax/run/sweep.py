@@ -45,9 +45,10 @@ def describe(group: GroupConfig) -> str:
     task = ("digits" if group.task.dataset == "digits" else "s5" if group.task.op == "s5"
             else f"{group.task.op} mod {group.task.p}")
     if m.arch == "mlp":
-        net = f"MLP {m.n_layers}x{m.d_mlp} ({m.mlp_input}, {m.act})"
+        inputs = "64 pixels" if group.task.dataset == "digits" else m.mlp_input
+        net = f"MLP {m.n_layers}x{m.d_mlp} ({inputs}, {m.act})"
     else:
-        net = f"transformer {m.n_layers} layer(s) d_model={m.d_model}"
+        net = f"transformer {m.n_layers} layer(s) d_model={m.d_model}" + (f" {m.block}" if m.block != "prenorm" else "")
     extras = [t.optimizer] + (["orthograd"] if t.orthograd else []) + \
         ([f"grokfast={t.grokfast}"] if t.grokfast != "none" else []) + ([t.loss] if t.loss != "softmax" else [])
     return f"{task}, {net}, {' '.join(extras)}"
