@@ -64,6 +64,27 @@ def mse(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> tuple[jax.A
     return (per_sample * weights).sum() / total, (correct * weights).sum() / total
 
 
+def per_sample_losses(name: str, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Each sample's loss [B] in the logits' own precision (no cast): for the collapse measures."""
+    if name == "mse":
+        return jnp.mean(jnp.square(logits - jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)), -1)
+    logp = (log_stablemax if name == "stablemax" else log_softmax)(logits)
+    return -jnp.take_along_axis(logp, labels[:, None], axis=1)[:, 0]
+
+
+def collapse_fractions(name: str, logits: jax.Array, labels: jax.Array, weights: jax.Array
+                       ) -> dict[str, jax.Array]:
+    """Prieto et al. 2025's two diagnostics of softmax collapse, in the logits' precision: the weighted
+    fraction of samples whose loss is exactly 0, and (softmax only; NaN otherwise) whose softmax
+    denominator sum_k exp(z_k - max z) is exactly 1, every other class's term having rounded away."""
+    total = jnp.maximum(weights.sum(), 1)
+    zero = ((per_sample_losses(name, logits, labels) == 0) * weights).sum() / total
+    if name != "softmax":
+        return {"collapse_zero_loss": zero, "collapse_denominator_one": jnp.full((), jnp.nan, zero.dtype)}
+    denominator = jnp.exp(logits - logits.max(-1, keepdims=True)).sum(-1)
+    return {"collapse_zero_loss": zero, "collapse_denominator_one": ((denominator == 1) * weights).sum() / total}
+
+
 LOSSES: dict[str, Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]] = {
     "softmax": _cross_entropy(log_softmax),
     "stablemax": _cross_entropy(log_stablemax),

@@ -86,18 +86,29 @@ def test_presets_follow_the_papers():
     nanda = build_sweep("nanda2023").groups()[0][0]
     assert (nanda.task.p, nanda.model.n_layers, nanda.model.d_model, nanda.model.d_mlp) == (113, 1, 128, 512)
     assert nanda.model.layer_norm is False and nanda.train.batch_size == "full" and nanda.train.steps == 40_000
+    assert nanda.train.warmup_from_zero and (nanda.train.beta1, nanda.train.beta2) == (0.9, 0.98)
     power = build_sweep("power2022").groups()[0][0]
     assert (power.task.p, power.model.n_layers, power.train.batch_size, power.train.steps) == (97, 2, "auto", 100_000)
+    assert (power.model.block, power.model.init, power.model.pos, power.model.bias, power.task.tokens) == (
+        "postnorm", "torch", "sinusoidal", False, 4)
     prieto = build_sweep("prieto2025").groups()
-    assert len(prieto) == 4 and {(g.train.orthograd, g.train.loss) for g, _ in prieto} == {
-        (False, "softmax"), (False, "stablemax"), (True, "softmax"), (True, "stablemax")}
+    assert [(g.train.orthograd, g.train.loss, g.train.beta2) for g, _ in prieto] == [
+        (False, "softmax", 0.99), (False, "stablemax", 0.999), (True, "softmax", 0.99)]
     g = prieto[0][0]
     assert (g.model.arch, g.model.n_layers, g.model.d_mlp, g.model.bias, g.task.p) == ("mlp", 2, 200, False, 113)
     grokfast = build_sweep("grokfast2024").groups()
     assert [g.train.grokfast for g, _ in grokfast] == ["none", "ema"]
+    assert [runs[0].get("hp.wd") for _, runs in grokfast] == [0.0, 0.005]  # the paper's two arms
     g, runs = grokfast[1]
     assert (g.task.op, g.train.optimizer, g.model.n_layers, g.train.batch_size) == ("mul", "adam", 2, 512)
-    assert (runs[0].get("hp.grokfast_alpha"), runs[0].get("hp.grokfast_lamb"), runs[0].get("hp.wd")) == (0.98, 2.0, 0.005)
+    assert (g.model.block, g.model.init, g.model.act, g.task.tokens, g.task.nonzero_y, g.train.batching) == (
+        "ln_residual", "torch", "gelu", 4, True, "epoch")
+    assert (runs[0].get("hp.grokfast_alpha"), runs[0].get("hp.grokfast_lamb")) == (0.98, 2.0)
+    digits = build_sweep("omnigrok_digits").groups()[0]
+    assert (digits[0].task.dataset, digits[0].train.loss, digits[0].model.d_mlp, digits[0].train.batch_size) == (
+        "digits", "mse", 200, 200)
+    assert [r.get("hp.init_scale") for r in digits[1]] == [8.0, 8.0] and [r.get("hp.wd") for r in digits[1]] == [
+        0.01, 0.1]
 
 
 # Each entry: arguments, a fragment the one-line error must contain.

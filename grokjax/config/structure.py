@@ -154,6 +154,9 @@ class TrainConfig:
     grokfast_window: int = key(100, "window of the ma filter, in steps", acts_with=("train.grokfast", ("ma",)))
     loss: str = key("softmax", "cross-entropy through softmax or StableMax (Prieto et al. 2025), or mse: the mean "
                                "squared error against one-hot targets (Omnigrok)", choices=C.LOSSES)
+    loss_dtype: str = key("float32", "precision of the loss: the logits are cast to float64 before the loss "
+                                     "(as Prieto et al.'s and Nanda's code do) with float64; a float64 model's "
+                                     "loss is float64 either way", choices=C.DTYPES)
     measures: str = key("norms", "progress measures computed on the device: a +-joined set of norms, fourier, "
                                  "excluded (or none)", kind="measures", choices=C.MEASURE_NAMES)
     dtype: str = key("float32", "floating-point precision of parameters, training and stored metrics",

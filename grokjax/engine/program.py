@@ -91,7 +91,7 @@ def _in_precision(method: Callable) -> Callable:
     @functools.wraps(method)
     def wrapped(self: "Program", *args: Any, **kwargs: Any) -> Any:
         engine = self.engine if hasattr(self, "engine") else args[0]  # __init__(self, engine, n_models)
-        with jax.enable_x64(engine.dtype == jnp.float64):
+        with jax.enable_x64(engine.x64):
             return method(self, *args, **kwargs)
 
     return wrapped
@@ -285,7 +285,7 @@ class Program:
 
 def state_shapes(engine: Engine) -> list[jax.ShapeDtypeStruct]:
     """Shapes and dtypes of one model's state leaves (to check a checkpoint against), without compiling."""
-    with jax.enable_x64(engine.dtype == jnp.float64):
+    with jax.enable_x64(engine.x64):
         hps = Hparams(**{k: jax.ShapeDtypeStruct((), jnp.int32 if k in INTEGER_FIELDS else engine.dtype)
                          for k in Hparams._fields})
         return jax.tree.leaves(jax.eval_shape(engine.init_one, hps)[0])
@@ -295,7 +295,7 @@ def train_flops_per_chunk(prog: Program) -> float | None:
     """FLOPs of the training steps in one chunk (evaluation excluded), from XLA's cost analysis of one
     vmapped step times the chunk length: XLA counts a scan's body once, not once per iteration."""
     state, split, hps = prog.abstract
-    with jax.enable_x64(prog.engine.dtype == jnp.float64):
+    with jax.enable_x64(prog.engine.x64):
         return _train_flops(prog, state, split, hps)
 
 

@@ -33,7 +33,7 @@ from grokjax.engine.measures import (
     tree_norm,
 )
 from grokjax.grid.expand import Run, batch_size_of, n_train_of
-from grokjax.losses import LOSSES
+from grokjax.losses import LOSSES, collapse_fractions
 from grokjax.models.registry import make_model
 from grokjax.models.transformer import embed_std
 from grokjax.optim.factory import make_optimizer
@@ -71,6 +71,11 @@ class Engine:
     @property
     def dtype(self) -> Any:
         return jnp.float64 if self.group.train.dtype == "float64" else jnp.float32
+
+    @property
+    def x64(self) -> bool:
+        """Whether the group's programs need JAX's 64-bit mode: a float64 model, or a float64 loss."""
+        return self.dtype == jnp.float64 or self.group.train.loss_dtype == "float64"
 
     @property
     def model(self) -> nn.Module:
@@ -136,8 +141,15 @@ class Engine:
     def loss_one(self, params: Any, inputs: jax.Array, labels: jax.Array, weights: jax.Array
                  ) -> tuple[jax.Array, jax.Array]:
         """Weighted mean cross-entropy and accuracy on the answer token. inputs [B, 3], labels [B]."""
+        return LOSSES[self.group.train.loss](self.loss_logits(params, inputs), labels, weights)
+
+    def loss_logits(self, params: Any, inputs: jax.Array) -> jax.Array:
+        """The logits in the loss's precision: float64 with loss_dtype=float64 (the loss's gradient then
+        flows back in the model's dtype), else float32 or the model's float64."""
         logits = self.model.apply({"params": params}, inputs)
-        return LOSSES[self.group.train.loss](logits, labels, weights)
+        if self.group.train.loss_dtype == "float64" or logits.dtype == jnp.float64:
+            return logits.astype(jnp.float64)
+        return logits.astype(jnp.float32)
 
     def batch_one(self, split: Split, hp: Hparams, step: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Indices [B] and weights [B] of this step's batch: the whole split, or B distinct train pairs
@@ -212,7 +224,7 @@ class Engine:
             i, wt = chunk
             loss, correct = self.loss_one(params, inputs[i], labels[i], wt)
             total = wt.sum()
-            return (acc[0] + loss * total, acc[1] + correct * total), None
+            return (acc[0] + (loss * total).astype(self.dtype), acc[1] + (correct * total).astype(self.dtype)), None
 
         zero = jnp.zeros((), self.dtype)
         (loss_sum, correct_sum), _ = jax.lax.scan(body, (zero, zero), (idx, w))
@@ -249,6 +261,9 @@ class Engine:
         spectrum = jnp.zeros((self.n_freqs,), self.dtype)
         if "norms" in self.measures:
             out |= group_norms(params, self.group.model.arch)
+        if "collapse" in self.measures:  # on the training split, where collapse happens
+            idx, w = split.train_idx, split.train_w
+            out |= collapse_fractions(self.group.train.loss, self.loss_logits(params, inputs[idx]), labels[idx], w)
         if "fourier" in self.measures or "excluded" in self.measures:
             columns, norms = fourier_measures(self.number_embedding(params), jnp.asarray(self._basis))
             if "fourier" in self.measures:
