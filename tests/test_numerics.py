@@ -76,3 +76,25 @@ def test_collapse_measures_are_logged_and_a_float64_loss_trains_a_float32_model(
     zero, one = got["float32"]
     assert 0 < zero < one < 1 and abs(one * n_train - round(one * n_train)) < 1e-3
     assert got["float64"] == (0.0, 0.0)
+
+
+def test_bfloat16_and_tf32_train_and_differ_from_float32_by_their_rounding_only():
+    """The same float32 initialisation trained 20 steps: bfloat16 compute stays within bfloat16's rounding
+    of the float32 run (8 bits of mantissa: ~0.4% per operation) and really differs; tf32 equals float32
+    on a CPU, which has no TF32."""
+    args = merged(["p=23", "d_model=16", "n_heads=2", "d_mlp=32", "wd=1", "lr=1e-3", "frac=0.5", "steps=20",
+                   "eval_every=10", "seeds=1"])
+    runs = {}
+    for precision in ("float32", "tf32", "bfloat16"):
+        (group, rs), = build_sweep(None, [*args, f"precision={precision}"]).groups()
+        runs[precision] = train_alone(group, rs)
+    ref, half = runs["float32"], runs["bfloat16"]
+    for k in ("train_loss", "val_loss", "param_norm", "train_acc"):
+        assert half[k].dtype == np.float32 and np.isfinite(half[k][~np.isnan(ref[k])]).all(), k
+    for k in ("train_loss", "val_loss", "param_norm"):
+        seen = ~np.isnan(ref[k][:, 0])
+        err = np.abs(half[k][seen, 0] - ref[k][seen, 0]) / np.abs(ref[k][seen, 0])
+        assert err.max() < 2e-2, (k, err.max())
+    assert np.abs(half["train_loss"][0, 0] / ref["train_loss"][0, 0] - 1) > 1e-5  # computed in bfloat16
+    assert (half["param_norm"][0] == ref["param_norm"][0]).all()  # float32 master weights, same init
+    np.testing.assert_array_equal(runs["tf32"]["train_loss"], ref["train_loss"])

@@ -21,6 +21,7 @@ GRADIENT_FILTERS = ("none", "ema", "ma")
 LOSSES = ("softmax", "stablemax", "mse")
 DATASETS = ("algorithmic", "digits")
 DTYPES = ("float32", "float64")
+PRECISIONS = ("float32", "tf32", "bfloat16")
 DECAY_MASKS = ("all", "matrices")
 STOPS = ("budget", "resolved")
 

@@ -154,6 +154,10 @@ class TrainConfig:
     grokfast_window: int = key(100, "window of the ma filter, in steps", acts_with=("train.grokfast", ("ma",)))
     loss: str = key("softmax", "cross-entropy through softmax or StableMax (Prieto et al. 2025), or mse: the mean "
                                "squared error against one-hot targets (Omnigrok)", choices=C.LOSSES)
+    precision: str = key("float32", "compute precision of a float32 model: float32 (true float32 matmuls), tf32 "
+                                    "(TensorFloat-32 matmuls on GPUs that have them) or bfloat16 (forward and "
+                                    "backward in bfloat16; float32 master weights, optimizer state and loss)",
+                         choices=C.PRECISIONS, acts_with=("train.dtype", ("float32",)))
     loss_dtype: str = key("float32", "precision of the loss: the logits are cast to float64 before the loss "
                                      "(as Prieto et al.'s and Nanda's code do) with float64; a float64 model's "
                                      "loss is float64 either way", choices=C.DTYPES)

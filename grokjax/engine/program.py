@@ -91,7 +91,7 @@ def _in_precision(method: Callable) -> Callable:
     @functools.wraps(method)
     def wrapped(self: "Program", *args: Any, **kwargs: Any) -> Any:
         engine = self.engine if hasattr(self, "engine") else args[0]  # __init__(self, engine, n_models)
-        with jax.enable_x64(engine.x64):
+        with jax.enable_x64(engine.x64), jax.default_matmul_precision(engine.matmul_precision):
             return method(self, *args, **kwargs)
 
     return wrapped

@@ -83,6 +83,21 @@ class Engine:
                           self.table.seq_len)
 
     @property
+    def matmul_precision(self) -> str:
+        """JAX's default matmul precision for the group's programs: true float32 unless precision=tf32."""
+        return "tensorfloat32" if self.group.train.precision == "tf32" else "highest"
+
+    def forward(self, params: Any, inputs: jax.Array) -> jax.Array:
+        """The logits [B, n_classes]: in the model's dtype, or (precision=bfloat16) computed in bfloat16
+        from a bfloat16 copy of the float32 parameters, so the gradient reaches the float32 master weights."""
+        if self.group.train.precision != "bfloat16":
+            return self.model.apply({"params": params}, inputs)
+        half = make_model(self.group.model, self.table.vocab_size, self.table.n_classes, jnp.bfloat16,
+                          self.table.seq_len)
+        cast = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+        return half.apply({"params": cast}, inputs.astype(jnp.bfloat16) if self.table.features else inputs)
+
+    @property
     def batch_size(self) -> int | None:
         return batch_size_of(self.group.train, self.n_train_min)
 
@@ -146,7 +161,7 @@ class Engine:
     def loss_logits(self, params: Any, inputs: jax.Array) -> jax.Array:
         """The logits in the loss's precision: float64 with loss_dtype=float64 (the loss's gradient then
         flows back in the model's dtype), else float32 or the model's float64."""
-        logits = self.model.apply({"params": params}, inputs)
+        logits = self.forward(params, inputs)
         if self.group.train.loss_dtype == "float64" or logits.dtype == jnp.float64:
             return logits.astype(jnp.float64)
         return logits.astype(jnp.float32)
