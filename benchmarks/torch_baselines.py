@@ -44,14 +44,14 @@ HEADER = ("| date | device | torch | jax | N | eager (1 model) | torch.func | to
           "| grokjax / best PyTorch |")
 
 
-def ensemble_step(n: int, compiled: bool):
-    """One AdamW step of N stacked models (torch.func), optionally with the loss compiled; and the
-    seconds the first call took (compilation included)."""
+def ensemble_step(n: int, compiled: bool, cfg: dict | None = None):
+    """One AdamW step of N stacked models of ``cfg`` (default: the default sweep's model) with torch.func,
+    optionally with the loss compiled; and the seconds the first call took (compilation included)."""
     import torch
     from torch.func import functional_call, stack_module_state
 
     # SDPA has no vmap rule on the CPU; the answer-only last block does grokjax's FLOPs
-    make_model, x, y, _ = torch_setup(DEFAULT_MODEL, sdpa=False, answer_only=True)
+    make_model, x, y, _ = torch_setup(cfg or DEFAULT_MODEL, sdpa=False, answer_only=True)
     models = [make_model() for _ in range(n)]
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")

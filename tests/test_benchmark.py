@@ -60,3 +60,23 @@ def test_cpu_speed_before_after_runs_and_records(tmp_path, monkeypatch):
     assert len(module.VARIANTS) == 5 and min(rates) > 0 and row[10].endswith("x") and row[11].endswith("x")
     textbook, executed = (float(x) for x in row[13].split(" / "))
     assert textbook > executed > 0 and row[-1].endswith("% |")  # the lookups execute fewer FLOPs
+
+
+@pytest.mark.slow
+def test_accelerator_tiny_measures_everything_and_records_a_row(tmp_path, monkeypatch):
+    """benchmarks/accelerator.py --tiny: the one GPU command, as a smoke test on this CPU."""
+    _load_benchmark()  # registers the module 'throughput' the accelerator script imports
+    spec = importlib.util.spec_from_file_location("accelerator", REPO / "benchmarks" / "accelerator.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys.modules["throughput"], "RESULTS_MD", tmp_path / "RESULTS.md")
+    (tmp_path / "RESULTS.md").write_text("# Throughput results\n")
+    out = tmp_path / "acc.json"
+    module.main(["--tiny", "--json", str(out)])
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["precision"] == "float32" and r["models_per_batch"] == 4 and r["model_steps_per_s"] > 0
+    assert r["matmul_peak_flops"] > 0 and 0 < r["mfu"] and 0 <= r["idle_between_chunks"] < 1
+    assert 0 < r["eval_share"] < 1 and r["compile_s"] > 0 and r["projected_wall_s"] > 0
+    assert r["larger_grid"]["models_per_batch"] in (1, 2, 3)  # a quarter of the memory: fewer per batch
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert module.HEADER in table and table.count("(tiny) |") == 1
