@@ -127,7 +127,8 @@ def record(results: list[dict], device: str) -> None:
         torch_cell = f"{r['torch_func_model_steps_per_s']:,.0f}" if r["torch_func_model_steps_per_s"] else "-"
         mfu = f"{100 * r['mfu']:.0f}%" if r["mfu"] is not None else "-"
         lines.append(f"| {datetime.date.today().isoformat()} | {device} | {jax.__version__} | {r['precision']} "
-                     f"| {r['models_per_batch']} | {r['model_steps_per_s']:,.0f} | {r['projected_wall_s'] / 60:.1f} min "
+                     f"| {r['models_per_batch']} | {r['model_steps_per_s']:,.0f} "
+                     f"| {r['projected_wall_s'] / 60:.1f} min "
                      f"| {r['matmul_peak_flops'] / 1e12:.2f} | {mfu} | {r['compile_s']:.1f} "
                      f"| {100 * r['eval_share']:.2f}% | {100 * r['idle_between_chunks']:.1f}% | {torch_cell} |")
     section = ("## Accelerator (`benchmarks/accelerator.py`)\n\nThe headline grid `grokjax sweep nanda2023 "

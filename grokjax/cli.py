@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
     s = sub.add_parser("sweep", help="train a grid of models (default: a small CPU sweep)",
                        description="grokjax sweep [CONFIG] [key=value ...]: CONFIG is a TOML file or a preset "
-                                   "name (default, power2022, nanda2023, prieto2025, grokfast2024, omnigrok_digits). Values: 0.1, "
+                                   "name (default, power2022, nanda2023, prieto2025, prieto2025_collapse, "
+                                   "grokfast2024, omnigrok_digits). Values: 0.1, "
                                    "[0.1,1], 0.1,1, logspace(a,b,n), linspace(a,b,n), range(a,b[,step]); "
                                    "seeds=N. Every key, its default and meaning: grokjax keys.")
     s.add_argument("items", nargs="*", metavar="[CONFIG] key=value")

@@ -26,7 +26,6 @@ from grokjax.run.batch import train_alone
 from grokjax.tasks.tables import make_table
 
 
-
 def _layer_norm(x, p, eps):
     mu = x.mean(-1, keepdims=True)
     var = ((x - mu) ** 2).mean(-1, keepdims=True)
@@ -101,7 +100,7 @@ BLOCKS = [ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=24, block=b, init
                                          ("ln_residual", "lecun", "sinusoidal", "quadratic", False, True)]]
 
 
-@pytest.mark.parametrize("cfg", BLOCKS, ids=lambda c: f"{c.block}-{c.init}-{c.pos}-{c.act}-{'bias' if c.bias else 'nobias'}")
+@pytest.mark.parametrize("cfg", BLOCKS, ids=lambda c: f"{c.block}-{c.init}-{c.pos}-{c.act}-{'bias' * c.bias}")
 @pytest.mark.parametrize("tokens", [3, 4])
 def test_blocks_equal_the_direct_formula(cfg, tokens):
     table = make_table(TaskConfig("mul", 7, tokens=tokens, nonzero_y=True))
@@ -241,8 +240,8 @@ def test_bad_values_are_one_line_errors(tmp_path, capsys, bad, accepted):
     assert len(err.splitlines()) == 1 and bad.split("=")[0] in err and accepted in err, err
 
 
-@pytest.mark.parametrize("args, named", [(["arch=mlp", "block=postnorm"], "block"), (["arch=mlp", "init=torch"], "init"),
-                                         (["arch=mlp", "tokens=4"], "tokens"),
+@pytest.mark.parametrize("args, named", [(["arch=mlp", "block=postnorm"], "block"),
+                                         (["arch=mlp", "init=torch"], "init"), (["arch=mlp", "tokens=4"], "tokens"),
                                          (["tokens=4", "measures=excluded"], "excluded")])
 def test_options_that_do_not_apply_are_refused(tmp_path, capsys, args, named):
     assert main(["sweep", "steps=10", *args, "--out", str(tmp_path / "r"), "--quiet"]) == 2

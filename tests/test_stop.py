@@ -15,9 +15,9 @@ from conftest import REPO, run_cli
 
 import grokjax
 from grokjax.cli import main
-from grokjax.grid.expand import build_sweep
 from grokjax.engine.program import Program
 from grokjax.engine.single import engine_for
+from grokjax.grid.expand import build_sweep
 from grokjax.run.batch import BatchTrainer, Resolver, bucket_size
 from grokjax.run.sweep import run_sweep
 

@@ -12,7 +12,6 @@ from matplotlib.lines import Line2D
 
 from grokjax.analysis.plots import sweep_title
 
-
 _MARKED = 200  # a curve of at most this many points (the evaluations) shows them as markers
 
 

@@ -13,15 +13,12 @@ Initialisation follows the papers' PyTorch code: nn.Linear's default, weights an
 
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from grokjax.config.structure import ModelConfig
 from grokjax.models.layers import Dense, activation, torch_linear_init
-
 
 
 def torch_dense(features: int, use_bias: bool, dtype: jnp.dtype, name: str) -> Dense:

@@ -12,7 +12,8 @@ The options the papers' code differs in (``ModelConfig``):
   embeddings N(0, 1/d_model), LayerNorm eps 1e-6) or ``torch`` (PyTorch's: nn.Linear U(±1/sqrt(fan_in)) for
   weights and biases, nn.MultiheadAttention's in-projection xavier-uniform over the stacked [3d, d] matrix
   with zero biases and its out-projection U(±1/sqrt(d)) with a zero bias (the attention biases only with
-  ``bias``, as openai/grok's bias-free heads), nn.Embedding N(0, 1), LayerNorm eps 1e-5). The per-model ``embed_std`` rescales the embeddings afterwards (``engine.single``).
+  ``bias``, as openai/grok's bias-free heads), nn.Embedding N(0, 1), LayerNorm eps 1e-5). The per-model
+  ``embed_std`` rescales the embeddings afterwards (``engine.single``).
 - ``pos``: learned position embeddings, or the fixed sinusoids of Vaswani et al. 2017.
 - ``act``: relu, gelu (exact), gelu_tanh or quadratic (x^2); ``bias`` switches the MLP's biases.
 
@@ -98,13 +99,15 @@ class Embedded:
 
 
 class Block(nn.Module):
-    """Pre-norm attention + MLP block. With ``last_only`` it returns the last position only: [B, 1, D].
+    """An attention + MLP block (``block``: prenorm, postnorm or ln_residual, see the module docstring).
+    With ``last_only`` it returns the last position only: [B, 1, D].
 
-    The input is [B, T, D] or, for the first block, ``Embedded`` (whose projections are table lookups
-    when there is no LayerNorm). Attention over the few positions (T = 3) is written as broadcast products and sums rather than
-    per-(sample, head) einsums: XLA's CPU backend runs those as thousands of tiny [1, d_head] x [d_head,
-    T] dots with transposes around them, while products and sums fuse into one loop. Same maths, same
-    parameters (``nn.DenseGeneral``'s names, shapes and initial values)."""
+    The input is [B, T, D] or, for the first block, ``Embedded`` (whose projections are table lookups when
+    nothing normalises the embeddings first). Attention over the few positions (T = 3 or 4) is written as
+    broadcast products and sums rather than per-(sample, head) einsums: XLA's CPU backend runs those as
+    thousands of tiny [1, d_head] x [d_head, T] dots with transposes around them, while products and sums
+    fuse into one loop. Same maths, same parameters (``nn.DenseGeneral``'s names, shapes and initial
+    values)."""
 
     cfg: ModelConfig
     last_only: bool
