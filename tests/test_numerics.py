@@ -71,7 +71,7 @@ def test_collapse_measures_are_logged_and_a_float64_loss_trains_a_float32_model(
         m = train_alone(group, runs)
         assert m["train_loss"].dtype == np.float32 and np.isfinite(m["train_loss"]).all()
         got[loss_dtype] = (float(m["collapse_zero_loss"][0, 0]), float(m["collapse_denominator_one"][0, 0]))
-        assert np.isnan(m["collapse_zero_loss"][1:10]).all()  # evaluations only
+        assert not np.isnan(m["collapse_zero_loss"]).any()  # every logged step
     n_train = 265  # 0.5 * 23^2 rounded half up: the fractions are counts over 265 training pairs
     zero, one = got["float32"]
     assert 0 < zero < one < 1 and abs(one * n_train - round(one * n_train)) < 1e-3

@@ -201,8 +201,13 @@ class Engine:
                        inputs: jax.Array, labels: jax.Array) -> tuple[ModelState, dict[str, jax.Array]]:
         """One update. Returns the new state and the step's train metrics (``train_metric_names``)."""
         idx, w = self.batch_one(split, hp, step)
-        (loss, acc), grads = jax.value_and_grad(self.loss_one, has_aux=True)(state.params, inputs[idx],
-                                                                               labels[idx], w)
+
+        def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+            logits = self.loss_logits(params, inputs[idx])
+            loss, acc = LOSSES[self.group.train.loss](logits, labels[idx], w)
+            return loss, (acc, logits)
+
+        (loss, (acc, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.optimizer().update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # Divergence (DIVERGENCE_LOSS): at this step if the loss is bad, at the next one if only the updated
@@ -222,6 +227,8 @@ class Engine:
         out = {"train_loss": loss, "train_acc": acc}
         if "norms" in self.measures:  # of this step's raw gradient and of the update it applied
             out |= {"grad_norm": tree_norm(grads), "update_norm": tree_norm(updates)}
+        if "collapse" in self.measures:  # on this step's batch (the training split with full batch)
+            out |= collapse_fractions(self.group.train.loss, jax.lax.stop_gradient(logits), labels[idx], w)
         return new_state, {k: jnp.where(ok_row, v, nan).astype(self.dtype) for k, v in out.items()}
 
     def evaluate_one(self, params: Any, split: Split, inputs: jax.Array, labels: jax.Array
@@ -254,7 +261,8 @@ class Engine:
 
     @property
     def train_metric_names(self) -> tuple[str, ...]:
-        return TRAIN_COLUMNS + (("grad_norm", "update_norm") if "norms" in self.measures else ())
+        return (TRAIN_COLUMNS + (("grad_norm", "update_norm") if "norms" in self.measures else ())
+                + (("collapse_zero_loss", "collapse_denominator_one") if "collapse" in self.measures else ()))
 
     @property
     def n_freqs(self) -> int:
@@ -276,9 +284,6 @@ class Engine:
         spectrum = jnp.zeros((self.n_freqs,), self.dtype)
         if "norms" in self.measures:
             out |= group_norms(params, self.group.model.arch)
-        if "collapse" in self.measures:  # on the training split, where collapse happens
-            idx, w = split.train_idx, split.train_w
-            out |= collapse_fractions(self.group.train.loss, self.loss_logits(params, inputs[idx]), labels[idx], w)
         if "fourier" in self.measures or "excluded" in self.measures:
             columns, norms = fourier_measures(self.number_embedding(params), jnp.asarray(self._basis))
             if "fourier" in self.measures:

@@ -61,12 +61,14 @@ METRICS: dict[str, Column] = {
                            "norms over Z_p (constant left out; 1 = one frequency)", "", _EVAL_ONLY),
     "n_key_freqs": Column("measures=fourier: how many frequencies, largest first, hold 90% of the "
                           "embeddings' non-constant Fourier energy", "", _EVAL_ONLY),
-    "collapse_zero_loss": Column("measures=collapse: fraction of the training split whose loss is exactly 0 in "
-                                 "the loss's precision (Prieto et al. 2025's softmax collapse)", "fraction",
-                                 _EVAL_ONLY),
-    "collapse_denominator_one": Column("measures=collapse, loss=softmax: fraction of the training split whose "
+    "collapse_zero_loss": Column("measures=collapse: fraction of this step's batch (the training split with "
+                                 "full batch) whose loss is exactly 0 in the loss's precision (Prieto et al. "
+                                 "2025's softmax collapse)", "fraction",
+                                 "absent without that measure; NaN from divergence on"),
+    "collapse_denominator_one": Column("measures=collapse, loss=softmax: fraction of this step's batch whose "
                                        "softmax denominator sum_k exp(z_k - max z) is exactly 1 in the loss's "
-                                       "precision (NaN for other losses)", "fraction", _EVAL_ONLY),
+                                       "precision (NaN for other losses)", "fraction",
+                                       "absent without that measure; NaN from divergence on"),
     "restricted_loss": Column("measures=excluded: train loss of the logits kept to the key frequencies' "
                               "cos/sin(w(a±b)) components plus the table mean (Nanda et al. 2023)", "nats",
                               _EVAL_ONLY),
