@@ -25,13 +25,12 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import throughput  # noqa: E402
-from throughput import device_name, eval_share, time_chunks, timed_rate  # noqa: E402
+from throughput import device_name, eval_share, matmul_peak, time_chunks, timed_rate  # noqa: E402
 
 from grokjax.engine.data import hparams_for  # noqa: E402
 from grokjax.engine.memory import choose_models_per_batch  # noqa: E402
@@ -45,21 +44,6 @@ TINY = ["p=7", "d_model=16", "n_heads=2", "d_mlp=32", "wd=[0.1,1]", "seeds=2", "
 PRECISIONS = ("float32", "tf32", "bfloat16")
 HEADER = ("| date | device | jax | precision | models per batch | model-steps/s | projected 40k wall "
           "| matmul peak TFLOP/s | MFU | compile s | eval share | idle between chunks | torch.func model-steps/s |")
-
-
-def matmul_peak(precision: str, n: int, seconds: float) -> float:
-    """FLOP/s of a large square matmul: float32 at full precision, TF32, or bfloat16 inputs."""
-    dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-    with jax.default_matmul_precision("tensorfloat32" if precision == "tf32" else "highest"):
-        f = jax.jit(lambda x: x @ x)
-        f(a).block_until_ready()
-        times = []
-        while sum(times) < seconds or len(times) < 3:
-            t0 = time.perf_counter()
-            f(a).block_until_ready()
-            times.append(time.perf_counter() - t0)
-    return 2 * n**3 / min(times)
 
 
 def idle_fraction(engine, runs, per_batch: int, chunk_s: float, n_chunks: int) -> float:
@@ -101,7 +85,7 @@ def measure(precision: str, args: list[str], seconds: float, n_chunks: int, peak
     chunk_s, _, _ = time_chunks(prog, state, splits, hps, seconds, first_step=1)
     rate = per_batch * prog.chunk_steps / chunk_s
     flops = train_flops_per_chunk(prog)
-    peak = matmul_peak(precision, peak_n, seconds)
+    peak = matmul_peak(peak_n, seconds, precision)
     full, one = prog.bytes or 0, Program.get(engine, 1).bytes or 0
     # a grid 4x larger than fits: the chooser's answer for a quarter of the memory (at least 2 models' worth)
     bigger, bigger_why = (choose_models_per_batch(engine, len(runs), budget=max(full // 4, 2 * one)) if full

@@ -104,15 +104,18 @@ def sequential_rate(args: list[str], n: int, min_seconds: float) -> float:
     return steps / elapsed
 
 
-def matmul_peak(n: int, min_seconds: float = 1.0) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    times = []
-    while sum(times) < min_seconds or len(times) < 3:
-        t0 = time.perf_counter()
+def matmul_peak(n: int, min_seconds: float = 1.0, precision: str = "float32") -> float:
+    """FLOP/s of an n x n matmul: float32 at full precision, TF32 (``tf32``), or bfloat16 inputs."""
+    dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+    with jax.default_matmul_precision("tensorfloat32" if precision == "tf32" else "highest"):
+        f = jax.jit(lambda x: x @ x)
         f(a).block_until_ready()
-        times.append(time.perf_counter() - t0)
+        times = []
+        while sum(times) < min_seconds or len(times) < 3:
+            t0 = time.perf_counter()
+            f(a).block_until_ready()
+            times.append(time.perf_counter() - t0)
     return 2 * n**3 / min(times)
 
 
