@@ -283,6 +283,17 @@ class Program:
         return _to_devices(host_state, self.sharded)
 
 
+def param_names(engine: Engine) -> list[str]:
+    """The dotted paths of one model's parameters (``block_0.query.kernel``), in the order of the first
+    leaves of its state (``jax.tree.leaves(state)`` starts with the parameters)."""
+    with jax.enable_x64(engine.x64):
+        hps = Hparams(**{k: jax.ShapeDtypeStruct((), jnp.int32 if k in INTEGER_FIELDS else engine.dtype)
+                         for k in Hparams._fields})
+        params = jax.eval_shape(engine.init_one, hps)[0].params
+    paths = jax.tree_util.tree_flatten_with_path(params)[0]
+    return [".".join(str(getattr(k, "key", k)) for k in path) for path, _ in paths]
+
+
 def state_shapes(engine: Engine) -> list[jax.ShapeDtypeStruct]:
     """Shapes and dtypes of one model's state leaves (to check a checkpoint against), without compiling."""
     with jax.enable_x64(engine.x64):

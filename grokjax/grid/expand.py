@@ -149,6 +149,10 @@ def check_point(point: dict[str, Scalar]) -> None:
     if n_train < 1 or n_train >= n_pairs:
         raise UserError(f"frac={point['hp.frac']} leaves {n_train} of {n_pairs} pairs for training; "
                         f"both the train and the validation split need at least one pair")
+    every, chunk = point["train.snapshot_every"], min(point["train.chunk_steps"], point["train.steps"])
+    if every and every % chunk:
+        raise UserError(f"snapshot_every={every}: parameters are kept between chunks, so it must be a multiple "
+                        f"of chunk_steps={chunk}; use e.g. snapshot_every={chunk * max(1, round(every / chunk))}")
     batch = batch_size_of(group_config(point).train, n_train)
     if batch is not None and batch > n_train:
         raise UserError(f"batch_size={batch} is larger than the train split ({n_train} pairs at "

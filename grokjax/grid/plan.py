@@ -52,9 +52,15 @@ def step_bytes(group: GroupConfig, runs: list[Run]) -> int:
 
 
 def disk_bytes(sweep: Sweep) -> int:
-    """A generous estimate of the disk a sweep's metrics need."""
-    rows = sum(len(runs) * -(-g.train.steps // g.train.log_every) for g, runs in sweep.groups())
-    return METRIC_ROW_BYTES * rows
+    """A generous estimate of the disk a sweep's metrics and kept parameters need (each run's final
+    parameters, and those of every ``snapshot_every`` steps)."""
+    total = 0
+    for g, runs in sweep.groups():
+        t = g.train
+        kept = 1 + (t.steps // t.snapshot_every if t.snapshot_every else 0)
+        itemsize = 8 if t.dtype == "float64" else 4
+        total += len(runs) * (METRIC_ROW_BYTES * -(-t.steps // t.log_every) + kept * itemsize * n_params(g))
+    return total
 
 
 def describe_plan(sweep: Sweep) -> str:

@@ -87,6 +87,7 @@ class BatchChunk:
     reasons: list[str]
     checkpoint: Checkpoint | None
     own: np.ndarray  # [n] bool: the runs whose rows this process's devices held (it writes their metrics)
+    stopped_rows: list[np.ndarray] | None = None  # the state leaves of the ``stopped`` runs, at ``end``
 
 
 class BatchTrainer:
@@ -180,7 +181,7 @@ class BatchTrainer:
         ids = self.ids[self.live]
         own = self.prog.own_rows[: len(self.live)].copy()
         stopped, reasons = ids[:0], []
-        rows = None
+        rows = stopped_rows = None
         if self.resolver is not None and end < t.steps:
             is_eval = is_eval_steps(s, end - s, t.eval_every, t.steps)
             logged = is_logged_steps(s, end - s, t.log_every, t.eval_every, t.steps)
@@ -194,12 +195,14 @@ class BatchTrainer:
                 size = self._next_size(end)
             if done.any() or size != self.size:
                 keep = np.ones(len(ids), bool) if not done.any() else ~done
-                rows = [x[: len(ids)][keep] for x in jax.tree.leaves(self.prog.host(self.state))]
+                host = jax.tree.leaves(self.prog.host(self.state))
+                rows = [x[: len(ids)][keep] for x in host]
+                stopped_rows = [x[: len(ids)][~keep] for x in host] if done.any() else None
                 if len(self.live):
                     self._pack(rows, size, repack=size != self.size)
         self._last_fetch = time.perf_counter()
         ckpt = self._checkpoint(end, rows) if want or not len(self.live) else None
-        return BatchChunk(s, end, ids, res.metrics, res.diverged_step, stopped, reasons, ckpt, own)
+        return BatchChunk(s, end, ids, res.metrics, res.diverged_step, stopped, reasons, ckpt, own, stopped_rows)
 
 
 def train_alone(group: GroupConfig, runs: list[Run]) -> dict[str, np.ndarray]:

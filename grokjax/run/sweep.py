@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from grokjax.config.schedule import crosses
 from grokjax.config.structure import GroupConfig
 from grokjax.engine.memory import choose_models_per_batch
-from grokjax.engine.program import Program, state_shapes
+from grokjax.engine.program import Program, param_names, state_shapes
 from grokjax.engine.single import Engine, engine_for
 from grokjax.errors import Interrupted, UserError
 from grokjax.grid.expand import Sweep, changed_settings
@@ -224,19 +226,27 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
                 tracker.n_stopped += n_gone
             if resume and peers.leader:
                 rd.clear_parts_from(gi, bi, trainer.start)
+                rd.clear_params_after(gi, bi, trainer.start)
             peers.sync(f"grokjax-batch-{gi}-{bi}")  # no process writes before the leader has cleared
-            for c in trainer.chunks(want_state=lambda end: crosses(end, t.checkpoint_every, k),
+            names = param_names(engine)
+            snapshot = lambda end: bool(t.snapshot_every) and end % t.snapshot_every == 0  # noqa: E731
+            for c in trainer.chunks(want_state=lambda end: crosses(end, t.checkpoint_every, k) or snapshot(end),
                                     should_stop=lambda: peers.largest(signals[0] if signals else 0) > 0):
                 if c.own.any():
                     rd.write_chunk(gi, bi, c.start, c.ids[c.own], {k: v[:, c.own] for k, v in c.metrics.items()},
                                    t.log_every, t.eval_every, t.steps, engine.train_metric_names)
                 tracker.update(c.ids, c.start, c.metrics, c.diverged_step)
                 if len(c.stopped) and peers.leader:
+                    rd.save_params(gi, bi, c.end, c.stopped, names, c.stopped_rows[: len(names)])  # final ones
                     rd.write_stops(gi, bi, c.start, c.stopped, c.end, c.reasons)
                     tracker.n_stopped += len(c.stopped)
                     rep.drop((t.steps - c.end) * len(c.stopped))
                 if c.checkpoint is not None:
                     ck = c.checkpoint
+                    if peers.leader and (snapshot(ck.step) or ck.step == t.steps):
+                        live = range(len(batch)) if ck.live is None else ck.live
+                        rd.save_params(gi, bi, ck.step, np.array([batch[i].run_id for i in live], np.int64), names,
+                                       ck.leaves[: len(names)])
                     if peers.leader:
                         rd.save_checkpoint(gi, bi, ck.step, ck.leaves, per_batch, ck.live, ck.streak,
                                            ck.memorized)

@@ -32,6 +32,7 @@ from grokjax.store.checkpoints import CheckpointStore
 from grokjax.store.columns import describe
 from grokjax.store.files import atomic_parquet, atomic_write_bytes, read_json, write_error
 from grokjax.store.layout import CHECKPOINT_DIR, LOCK, METRICS_DIR, PART_DIRS, RUNS_PARQUET, SHARDS_DIR, SWEEP_JSON
+from grokjax.store.params import ParamsStore
 from grokjax.store.parts import PartWriter
 
 
@@ -87,7 +88,7 @@ def runs_table(sweep: Sweep) -> pd.DataFrame:
     return df
 
 
-class ResultsDir(PartWriter, CheckpointStore):
+class ResultsDir(PartWriter, CheckpointStore, ParamsStore):
     """An open results directory, locked for one writer (with ``--shard``, one writer per shard: the
     shard's lock, part and checkpoint names carry its prefix)."""
 
@@ -226,6 +227,7 @@ class ResultsDir(PartWriter, CheckpointStore):
         """Remove every metric part and checkpoint of a group (before training it again from step 0)."""
         for f in [*(p for _, p in self._batch_parts(group)), *self.group_checkpoints(group)]:
             f.unlink()
+        self.clear_group_params(group)
 
     def mark_complete(self) -> None:
         """sweep.json says complete; a shard instead leaves its marker in shards/ (load() reads them)."""

@@ -12,6 +12,7 @@ SPECTRA_DIR = "spectra"  # measures=fourier: the per-frequency embedding norms, 
 STOPS_DIR = "stops"  # stop=resolved: when and why each run left the program before its budget
 SPECTRUM = "spectrum"  # the metrics key of the [steps, models, freqs] spectra a chunk returns
 CHECKPOINT_DIR = "checkpoints"
+PARAMS_DIR = "params"  # parameters by run and step (store.params)
 FITS_PARQUET = "fits.parquet"
 CELLS_PARQUET = "cells.parquet"
 LAWS_PARQUET = "laws.parquet"

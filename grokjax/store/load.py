@@ -58,6 +58,42 @@ class Results:
         """The swept keys, as the runs table names its columns (``wd``, ``seed``, ``p``...)."""
         return [a.rsplit(".", 1)[-1] for a in self.sweep["spec"]["axes"]]
 
+    def params(self, run_id: int, step: int | None = None) -> dict[str, Any]:
+        """A run's parameters as nested dicts of NumPy arrays (``{"block_0": {"query": {"kernel": ...}}}``):
+        the last kept ones by default (its final parameters: at its budget, or at its stop under
+        stop=resolved), or those at ``step``, one of the ``snapshot_every`` steps the sweep kept."""
+        return self._params(run_id, step)[1]
+
+    def _params(self, run_id: Any, step: Any) -> tuple[int, dict[str, Any]]:
+        from grokjax.store.params import read_params
+
+        ids = self.runs["run_id"].tolist()
+        if not isinstance(run_id, int) or isinstance(run_id, bool) or run_id not in ids:
+            raise UserError(f"run_id={run_id!r}: not a run of {self.path}; accepted: 0 to {max(ids)}")
+        if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+            raise UserError(f"step={step!r}: expected a whole number of steps, or None for the last kept")
+        try:
+            at, tree, _ = read_params(self.path, run_id, step)
+        except KeyError:
+            raise UserError(f"run {run_id} of {self.path} has no kept parameters (a sweep written before "
+                            f"grokjax kept them, or stopped before its first chunk ended)") from None
+        except LookupError:
+            kept = read_params(self.path, run_id, None)[2]
+            raise UserError(f"step={step}: run {run_id}'s parameters were not kept then; kept steps: "
+                            f"{', '.join(map(str, kept))} (snapshot_every=K keeps more)") from None
+        return at, tree
+
+    def model(self, run_id: int, step: int | None = None) -> Any:
+        """A run's network at its last kept (or a kept ``step``'s) parameters, as a function of NumPy
+        operands: ``f(a, b)`` -> logits [N, classes] for operand arrays a, b [N] of an algorithmic task
+        (the inputs built as the run was trained: ``a b =`` or ``a op b =``), ``f(x)`` for digits images
+        x [N, 64]."""
+        _, tree = self._params(run_id, step)
+        row = self.runs.set_index("run_id").loc[run_id]
+        from grokjax.run.opened import network
+
+        return network(row.to_dict(), tree)
+
     def frame(self, columns: str | list[str] | None = None) -> pd.DataFrame:
         """The metrics joined with each run's hyperparameters: one row per (run, logged step), columns
         ``run_id step`` + metric columns + runs-table columns: by default the swept keys (``wd seed ...``),

@@ -1,0 +1,102 @@
+"""Parameters kept by run and step: ``DIR/params/[prefix]g<group>-b<batch>-s<step>.npz``.
+
+Each file holds, for the runs ``run_ids`` [L] of one model batch at one step, every parameter as an [L, ...]
+array named by its path in the model (``param:block_0.query.kernel``). A run's parameters are written at
+every multiple of ``snapshot_every`` (if set), at its stop (stop=resolved) and at its budget's end, so every
+run's final parameters are kept. NumPy archives, written whole and renamed into place (atomic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from grokjax.store.files import atomic_file
+from grokjax.store.layout import PARAMS_DIR
+
+PARAMS_NAME = re.compile(r"(?P<prefix>(?:shard\d+of\d+-)?)g(?P<group>\d+)-b(?P<batch>\d+)-s(?P<step>\d+)\.npz")
+_KEY = "param:"
+
+
+class ParamsStore:
+    """Saves and clears one writer's parameter files. Needs ``path``, ``prefix`` and ``_guard``."""
+
+    path: Path
+    prefix: str
+
+    def _guard(self, write: Any) -> None:  # pragma: no cover - ResultsDir's
+        raise NotImplementedError
+
+    def save_params(self, group: int, batch: int, step: int, run_ids: np.ndarray, names: list[str],
+                    leaves: list[np.ndarray]) -> None:
+        """The parameters (``names`` and their [L, ...] ``leaves``) of the runs ``run_ids`` [L] at ``step``."""
+        if not len(run_ids):
+            return
+        path = self.path / PARAMS_DIR / f"{self.prefix}g{group:03d}-b{batch:03d}-s{step:09d}.npz"
+        arrays = {_KEY + n: np.ascontiguousarray(np.asarray(x)[: len(run_ids)]) for n, x in zip(names, leaves)}
+
+        def write() -> None:
+            path.parent.mkdir(exist_ok=True)
+            with atomic_file(path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, run_ids=np.asarray(run_ids, np.int64), step=np.int64(step), **arrays)
+
+        self._guard(write)
+
+    def _params_files(self, group: int, batch: int | None = None) -> list[tuple[int, Path]]:
+        folder = self.path / PARAMS_DIR
+        if not folder.is_dir():
+            return []
+        out = []
+        for p in folder.iterdir():
+            m = PARAMS_NAME.fullmatch(p.name)
+            if m and m["prefix"] == self.prefix and int(m["group"]) == group and (
+                    batch is None or int(m["batch"]) == batch):
+                out.append((int(m["step"]), p))
+        return out
+
+    def clear_params_after(self, group: int, batch: int, step: int) -> None:
+        """Remove this batch's parameter files after ``step`` (written after the checkpoint resumed from)."""
+        for s, p in self._params_files(group, batch):
+            if s > step:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+    def clear_group_params(self, group: int) -> None:
+        for _, p in self._params_files(group):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def read_params(path: Path, run_id: int, step: int | None) -> tuple[int, dict[str, Any], list[int]]:
+    """(step, nested dict of NumPy arrays, every kept step) of ``run_id``'s parameters: at ``step``, or the
+    last kept one. KeyError when the run has no kept parameters; LookupError when ``step`` was not kept."""
+    found: dict[int, tuple[Path, int]] = {}
+    folder = Path(path) / PARAMS_DIR
+    files = sorted(p for p in folder.iterdir() if PARAMS_NAME.fullmatch(p.name)) if folder.is_dir() else []
+    for p in files:
+        with np.load(p) as z:
+            ids = z["run_ids"]
+            hit = np.flatnonzero(ids == run_id)
+            if hit.size:
+                found[int(z["step"])] = (p, int(hit[0]))
+    if not found:
+        raise KeyError(run_id)
+    kept = sorted(found)
+    at = kept[-1] if step is None else step
+    if at not in found:
+        raise LookupError(at)
+    p, row = found[at]
+    tree: dict[str, Any] = {}
+    with np.load(p) as z:
+        for key in z.files:
+            if key.startswith(_KEY):
+                *parents, leaf = key[len(_KEY):].split(".")
+                node = tree
+                for name in parents:
+                    node = node.setdefault(name, {})
+                node[leaf] = np.array(z[key][row])
+    return at, tree, kept
