@@ -40,7 +40,7 @@ from grokjax.grid.expand import build_sweep  # noqa: E402
 from grokjax.run.batch import BatchTrainer  # noqa: E402
 
 HEADLINE = ["wd=logspace(-3,1,32)", "seeds=16", "chunk_steps=100"]
-TINY = ["p=7", "d_model=16", "n_heads=2", "d_mlp=32", "wd=[0.1,1]", "seeds=2", "chunk_steps=10", "steps=1000"]
+TINY = ["p=7", "d_model=16", "n_heads=2", "d_mlp=32", "wd=[0.1,1]", "chunk_steps=10", "steps=1000"]
 PRECISIONS = ("float32", "tf32", "bfloat16")
 HEADER = ("| date | device | jax | precision | models per batch | model-steps/s | projected 40k wall "
           "| matmul peak TFLOP/s | MFU | compile s | eval share | idle between chunks | torch.func model-steps/s |")
@@ -87,8 +87,8 @@ def measure(precision: str, args: list[str], seconds: float, n_chunks: int, peak
     flops = train_flops_per_chunk(prog)
     peak = matmul_peak(peak_n, seconds, precision)
     full, one = prog.bytes or 0, Program.get(engine, 1).bytes or 0
-    # a grid 4x larger than fits: the chooser's answer for a quarter of the memory (at least 2 models' worth)
-    bigger, bigger_why = (choose_models_per_batch(engine, len(runs), budget=max(full // 4, 2 * one)) if full
+    # a grid 4x larger than fits: the chooser's answer for a quarter of the memory (at least 1 model's worth)
+    bigger, bigger_why = (choose_models_per_batch(engine, len(runs), budget=max(full // 4, one)) if full
                           else (None, "no memory analysis on this backend"))
     cfg = dict(op=group.task.op, p=group.task.p, frac=runs[0].get("hp.frac"), n_layers=group.model.n_layers,
                d_model=group.model.d_model, n_heads=group.model.n_heads, d_mlp=group.model.d_mlp,

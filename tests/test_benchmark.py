@@ -74,9 +74,9 @@ def test_accelerator_tiny_measures_everything_and_records_a_row(tmp_path, monkey
     out = tmp_path / "acc.json"
     module.main(["--tiny", "--json", str(out)])
     (r,) = json.loads(out.read_text())["results"]
-    assert r["precision"] == "float32" and r["models_per_batch"] == 4 and r["model_steps_per_s"] > 0
+    assert r["precision"] == "float32" and r["models_per_batch"] == 2 and r["model_steps_per_s"] > 0
     assert r["matmul_peak_flops"] > 0 and 0 < r["mfu"] and 0 <= r["idle_between_chunks"] < 1
     assert 0 < r["eval_share"] < 1 and r["compile_s"] > 0 and r["projected_wall_s"] > 0
-    assert r["larger_grid"]["models_per_batch"] in (1, 2, 3)  # a quarter of the memory: fewer per batch
+    assert r["larger_grid"]["models_per_batch"] == 1  # a quarter of the memory (1 model's worth at least)
     table = (tmp_path / "RESULTS.md").read_text()
     assert module.HEADER in table and table.count("(tiny) |") == 1

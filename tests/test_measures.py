@@ -219,7 +219,7 @@ def test_plot_measures_draws_the_logged_measures_and_checks_runs_first(tmp_path,
     fits = grokjax.fit(r)
     fig = plot_measures(r.metrics, fits, [1, 0])
     labels = {ax.get_ylabel() for ax in fig.axes}
-    assert {"accuracy", "loss", "parameter norms", "gradient and update norms", "Fourier: embedding spectrum",
+    assert {"accuracy", "loss", "parameter norms", "gradient and update norms", "Fourier Gini (embedding)",
             "Fourier: key frequencies"} <= labels
     assert [ax.get_title().split(":")[0] for ax in fig.axes[:2]] == ["run 1", "run 0"]
     fits.loc[:, "phase"] = ["memorization", "grokking"]

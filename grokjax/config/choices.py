@@ -24,6 +24,7 @@ DTYPES = ("float32", "float64")
 PRECISIONS = ("float32", "tf32", "bfloat16")
 DECAY_MASKS = ("all", "matrices")
 STOPS = ("budget", "resolved")
+REPACKS = ("auto", "always")
 
 # Tasks (Power et al. 2022, appendix A.1.1): tasks.tables implements them.
 OPS = ("add", "sub", "mul", "div", "x2_y2", "x2_xy_y2", "x2_xy_y2_x", "x3_xy", "x3_xy2_y", "s5")

@@ -218,7 +218,7 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
             # A checkpoint may come from another number of devices: the trainer re-pads the models axis.
             # Re-packs wait for a background compile on one process; several processes must agree on them.
             trainer = BatchTrainer(engine, batch, per_batch, program, ckpt,
-                                   repack="auto" if peers.count == 1 else "always")
+                                   repack=t.repack if peers.count == 1 else "always")
             if ckpt is not None:
                 rep.skip(ckpt.step * len(batch))
                 n_gone = len(batch) - len(trainer.live)
