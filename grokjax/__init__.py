@@ -3,7 +3,8 @@
 Public API: ``sweep`` (``grokjax sweep`` from Python, returns ``Results``), ``build_sweep`` and
 ``run_sweep`` (its two halves), ``load`` (a results
 directory as pandas DataFrames), ``fit`` (grokking times and phases per run), ``cells`` and ``fit_law``
-(per-cell statistics and the wd law), ``plot_phase_diagram`` (a matplotlib Figure).
+(per-cell statistics and the wd law), ``plot_phase_diagram`` (a matplotlib Figure),
+``hooked_transformer`` (a model exported with ``grokjax export DIR --to transformerlens OUT``, loaded).
 
 Names are imported on first use, so ``import grokjax`` to load and fit results does not import JAX.
 """
@@ -27,6 +28,7 @@ _LAZY = {
     "cells": "grokjax.analysis.survival",
     "fit_law": "grokjax.analysis.law",
     "plot_phase_diagram": "grokjax.analysis.plots",
+    "hooked_transformer": "grokjax.store.export",
 }
 
 
@@ -40,4 +42,5 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["Results", "UserError", "build_sweep", "cells", "fit", "fit_law", "load", "plot_phase_diagram", "run_sweep", "sweep"]
+__all__ = ["Results", "UserError", "build_sweep", "cells", "fit", "fit_law", "hooked_transformer", "load",
+           "plot_phase_diagram", "run_sweep", "sweep"]

@@ -85,16 +85,23 @@ def _parser() -> argparse.ArgumentParser:
                                 "side by side -> DIR/measures.FORMAT")
             c.add_argument("--runs", default=None, metavar="ID,ID",
                            help="with --measures: these run_ids instead (comma-separated)")
-    e = sub.add_parser("export", help="write a results directory as TensorBoard event files or offline W&B runs",
-                       description="grokjax export DIR --to tensorboard|wandb OUT: one TensorBoard run directory "
-                                   "(or one offline W&B run) per model, every metric per step, the run's "
-                                   "hyperparameters (HParams plugin / W&B config) and, if grokjax fit ran, its "
-                                   "times. Needs pip install 'grokjax[tensorboard]' or 'grokjax[wandb]'. "
-                                   "Sync W&B runs later with: wandb sync OUT/wandb/offline-run-*")
+    e = sub.add_parser("export", help="write a results directory as TensorBoard event files, offline W&B runs "
+                                      "or TransformerLens models",
+                       description="grokjax export DIR --to tensorboard|wandb|transformerlens OUT: one TensorBoard "
+                                   "run directory (or one offline W&B run) per model, every metric per step, the "
+                                   "run's hyperparameters (HParams plugin / W&B config) and, if grokjax fit ran, "
+                                   "its times; needs pip install 'grokjax[tensorboard]' or 'grokjax[wandb]'. Sync "
+                                   "W&B runs later with: wandb sync OUT/wandb/offline-run-*. --to transformerlens: "
+                                   "per run and kept step, OUT/run_XXXXX/step_S/ with config.json "
+                                   "(HookedTransformerConfig's arguments) and state_dict.npz; load it with "
+                                   "grokjax.hooked_transformer(folder) (pip install 'grokjax[transformerlens]')")
     e.add_argument("dir", type=Path, help="a results directory")
-    e.add_argument("--to", required=True, choices=("tensorboard", "wandb"), help="the tracker")
+    e.add_argument("--to", required=True, choices=("tensorboard", "wandb", "transformerlens"), help="the target")
     e.add_argument("out", type=Path, help="a new (or empty) directory to write into")
     e.add_argument("--project", default="grokjax", help="W&B project name (default grokjax)")
+    e.add_argument("--runs", default=None, metavar="ID,ID", help="--to transformerlens: these run_ids (default all)")
+    e.add_argument("--step", default=None, metavar="STEP|all",
+                   help="--to transformerlens: this kept step, or all kept steps (default: the last kept)")
     k = sub.add_parser("keys", help="list every sweep key with its default, group and meaning",
                        description="Every key grokjax sweep accepts: default, group (per-model: a vmapped "
                                    "array, never a recompile; structural: its own compiled group), accepted "
@@ -208,12 +215,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "keys":
             return _keys(args.key)
         if args.command == "export":
+            from grokjax.analysis.console import parse_run_ids
             from grokjax.store.export import export
 
-            n = export(args.dir, args.to, args.out, args.project, say=print)
-            print(f"exported {n} runs to {args.out}" + (f"; upload with: wandb sync {args.out}/wandb/offline-run-*"
-                                                          if args.to == "wandb" else
-                                                          f"; view with: tensorboard --logdir {args.out}"))
+            runs = None if args.runs is None else parse_run_ids(args.runs)
+            if args.step not in (None, "all") and not args.step.strip().isdigit():
+                raise UserError(f"--step {args.step}: expected a kept step (a whole number) or 'all'")
+            step = args.step if args.step in (None, "all") else int(args.step)
+            n = export(args.dir, args.to, args.out, args.project, say=print, runs=runs, step=step)
+            print(f"exported {n} {'models' if args.to == 'transformerlens' else 'runs'} to {args.out}" + {
+                "wandb": f"; upload with: wandb sync {args.out}/wandb/offline-run-*",
+                "tensorboard": f"; view with: tensorboard --logdir {args.out}",
+                "transformerlens": "; load one with grokjax.hooked_transformer(OUT/run_XXXXX/step_S)"}[args.to])
             return 0
         from grokjax.analysis import console
 

@@ -94,3 +94,32 @@ def test_bad_run_ids_and_steps_are_one_line_errors(tmp_path):
         p.unlink()
     with pytest.raises(UserError, match="no kept parameters"):
         r.params(0)
+
+
+def test_a_damaged_parameters_file_is_a_one_line_error(tmp_path):
+    sweep = build_sweep(None, merged(TINY, ["steps=10", "seeds=1", "wd=1"]))
+    run_sweep(sweep, tmp_path / "r", quiet=True)
+    (part,) = (tmp_path / "r" / "params").iterdir()
+    part.write_bytes(part.read_bytes()[:100])
+    with pytest.raises(UserError, match=f"{part.name}: not a readable parameters file"):
+        grokjax.load(tmp_path / "r").params(0)
+
+
+@pytest.mark.slow
+def test_transition_snapshots_hold_the_parameters_their_metrics_were_measured_with(tmp_path):
+    """snapshot_at_transitions keeps each run's parameters at the fit's t_train: with an evaluation at
+    every step, those parameters reproduce the stored val_loss of that step (those after its update
+    would not)."""
+    args = ["p=23", "d_model=32", "n_heads=2", "d_mlp=64", "frac=0.8", "lr=3e-3", "wd=1", "seeds=2",
+            "eval_every=1", "chunk_steps=100", "dtype=float64", "steps=200", "snapshot_at_transitions=true"]
+    sweep = build_sweep(None, args)
+    run_sweep(sweep, tmp_path / "r", quiet=True)
+    r = grokjax.load(tmp_path / "r")
+    fits = grokjax.fit(r.path)
+    assert fits.t_train.notna().all()
+    for row in fits.itertuples():
+        t = int(row.t_train)
+        assert r.kept_steps(row.run_id) == [t, 200]
+        stored = r.metrics[(r.metrics.run_id == row.run_id) & (r.metrics.step == t)].iloc[0]
+        acc, loss = _val_acc(sweep, row.run_id, r.model(row.run_id, step=t))
+        assert acc == pytest.approx(stored.val_acc, abs=1e-12) and loss == pytest.approx(stored.val_loss, rel=1e-9)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,7 +25,8 @@ from grokjax.run.sweep import run_sweep
 # Two of the four runs grok (at steps 225 and 900), two only memorize within the budget. float64: the
 # re-packed programs have other shapes than the budget run's, which round differently in float32.
 GROKS = ["op=add", "p=23", "d_model=32", "n_heads=2", "d_mlp=64", "frac=0.8", "lr=3e-3", "wd=[1,3]", "seeds=2",
-         "steps=1500", "eval_every=25", "chunk_steps=100", "checkpoint_every=100", "dtype=float64"]
+         "steps=1500", "eval_every=25", "chunk_steps=100", "checkpoint_every=100", "dtype=float64",
+         "snapshot_every=500", "snapshot_at_transitions=true"]
 TIMES = ["t_train", "t_val", "t_val_first", "phase"]
 
 
@@ -85,6 +87,19 @@ def test_resolved_runs_stop_with_the_times_of_a_budget_run(budget_and_resolved):
     kept = ~mb.run_id.isin(stops.run_id)
     pd.testing.assert_frame_equal(mb[kept].reset_index(drop=True),
                                   m[~m.run_id.isin(stops.run_id)].reset_index(drop=True), rtol=1e-9, atol=1e-12)
+    # the parameters kept (every 500 steps, at t_train and t_val_first, at the stop or the budget): the
+    # same at the same steps in both, the transitions at the fit's times
+    rb, rr = grokjax.load(budget.path), grokjax.load(resolved.path)
+    for row in fb.itertuples():
+        kept_b, kept_r = rb.kept_steps(row.run_id), rr.kept_steps(row.run_id)
+        transitions = [int(t) for t in (row.t_train, row.t_val_first) if np.isfinite(t)]
+        assert set(transitions) <= set(kept_b) & set(kept_r) and len(transitions) == 1 + grokked[row.Index]
+        assert kept_b == sorted({500, 1000, 1500, *transitions})
+        stop = fr.stop_step[row.Index]
+        assert kept_r == (kept_b if not grokked[row.Index] else [s for s in kept_b if s < stop] + [int(stop)])
+        for step in set(kept_b) & set(kept_r):
+            for x, y in zip(*(jax.tree.leaves(r.params(row.run_id, step)) for r in (rb, rr))):
+                np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12)
     # fewer model-steps computed (counted by the trainer, padding included)
     assert budget.model_steps == 4 * 1500
     assert resolved.model_steps < budget.model_steps
@@ -122,6 +137,11 @@ def test_resume_across_a_repack_equals_an_uninterrupted_run(tmp_path, budget_and
     got = grokjax.load(out)
     pd.testing.assert_frame_equal(got.metrics, reference.metrics, check_exact=True)
     pd.testing.assert_frame_equal(got.stops, reference.stops)
+    for run_id in range(4):  # the kept parameters too, those at the transitions included
+        assert got.kept_steps(run_id) == reference.kept_steps(run_id)
+        for step in reference.kept_steps(run_id):
+            for x, y in zip(*(jax.tree.leaves(r.params(run_id, step)) for r in (got, reference))):
+                np.testing.assert_array_equal(x, y)
 
 
 def _decide(monkeypatch, repack, n_live, size, step_s, compile_s, cached=False, steps=1000, end=200):

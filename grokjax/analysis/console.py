@@ -99,14 +99,19 @@ def fits_for_plot(path: Path, opts: FitOptions | None = None, say: Say = print) 
     return fits
 
 
+def parse_run_ids(text: str) -> list[int]:
+    """``--runs 0,5`` -> [0, 5] (not yet checked against a sweep)."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--runs {text}: expected run_ids separated by commas, e.g. --runs 0,5") from None
+
+
 def run_ids(text: str | None, fits: pd.DataFrame) -> list[int] | None:
     """``--runs 0,5`` -> [0, 5], each checked against the sweep's run_ids."""
     if text is None:
         return None
-    try:
-        ids = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--runs {text}: expected run_ids separated by commas, e.g. --runs 0,5") from None
+    ids = parse_run_ids(text)
     known = set(fits["run_id"].tolist())
     bad = [i for i in ids if i not in known]
     if not ids or bad:

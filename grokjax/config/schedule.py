@@ -30,9 +30,14 @@ def is_eval_steps(start: int, k: int, eval_every: int, steps: int) -> np.ndarray
     return is_eval_step(np.arange(start, start + k), eval_every, steps)
 
 
+def is_logged_step(step: Any, log_every: int, eval_every: int, steps: int) -> Any:
+    """Whether ``step`` (an int, a NumPy or a JAX array) gets a metrics row."""
+    return (step % log_every == 0) | is_eval_step(step, eval_every, steps)
+
+
 def is_logged_steps(start: int, k: int, log_every: int, eval_every: int, steps: int) -> np.ndarray:
     """[k] bool: which of the steps start..start+k-1 get a metrics row."""
-    return (np.arange(start, start + k) % log_every == 0) | is_eval_steps(start, k, eval_every, steps)
+    return is_logged_step(np.arange(start, start + k), log_every, eval_every, steps)
 
 
 def evals_between(start: int, steps: int, eval_every: int) -> int:

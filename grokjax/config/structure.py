@@ -169,6 +169,9 @@ class TrainConfig:
     chunk_steps: int = key(500, "steps per compiled call; the host sees data only between chunks")
     snapshot_every: int = key(0, "keep every run's parameters every this many steps (a multiple of chunk_steps) "
                                  "under DIR/params; 0: only each run's final parameters", check=whole(0))
+    snapshot_at_transitions: bool = key(False, "also keep every run's parameters at its t_train (first logged train "
+                                               "accuracy >= 0.99) and t_val_first (first evaluation at validation "
+                                               "accuracy >= 0.99), the steps grokjax fit names so")
     checkpoint_every: int = key(5000, "steps between checkpoints (for --resume)")
     models_per_batch: int = key(0, "models per compiled program; 0 = as many as fit in memory", check=whole(0))
     stop: str = key("budget", "budget: every run trains all steps; resolved: a run stops once grokked or diverged",

@@ -29,6 +29,8 @@ def _chunk_fn(engine: Engine, chunk_steps: int) -> Callable:
     v_step = jax.vmap(engine.train_step_one, in_axes=(0, 0, 0, None, None, None))
     v_eval = jax.vmap(engine.evaluate_one, in_axes=(0, 0, None, None))
     v_measure = jax.vmap(engine.measure_one, in_axes=(0, 0, None, None))
+    v_note = jax.vmap(engine.note_transitions, in_axes=(0, None, 0, 0))
+    tracking = engine.group.train.snapshot_at_transitions
 
     def evaluate(params: Any, splits: Split, inputs: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
         val_loss, val_acc, norm = v_eval(params, splits, inputs, labels)
@@ -44,13 +46,20 @@ def _chunk_fn(engine: Engine, chunk_steps: int) -> Callable:
             do_eval = is_eval_step(step, eval_every, steps)
             evaluated = jax.lax.cond(do_eval, lambda: evaluate(states.params, splits, inputs, labels),
                                      lambda: skipped)
+            before = states
             states, trained = v_step(states, splits, hps, step, inputs, labels)
             dead = is_dead(states.diverged_step, step)  # after the step: it may have found this row bad
             evaluated = {k: jnp.where(dead.reshape(dead.shape + (1,) * (v.ndim - 1)), jnp.nan, v)
                          for k, v in evaluated.items()}
+            if tracking:  # the metrics were measured with the parameters before the update
+                states = states._replace(transitions=v_note(before, step, trained["train_acc"],
+                                                            evaluated["val_acc"]))
             return states, {k: v.astype(engine.dtype) for k, v in (trained | evaluated).items()}
 
         states, metrics = jax.lax.scan(body, states, start + jnp.arange(chunk_steps, dtype=jnp.int32))
+        if tracking:  # [3, N]: diverged step, t_train, t_val_first
+            tr = states.transitions
+            return states, metrics, jnp.stack([states.diverged_step, tr.train_step, tr.val_step])
         return states, metrics, states.diverged_step + 0
 
     return train_chunk
@@ -59,12 +68,14 @@ def _chunk_fn(engine: Engine, chunk_steps: int) -> Callable:
 @dataclass
 class ChunkResult:
     """What the host receives at a chunk boundary. metrics: name -> [K, n_real] (the group's dtype) for the steps
-    start..start+K-1 (K cut at the budget); diverged_step: [n_real] (-1 healthy)."""
+    start..start+K-1 (K cut at the budget); diverged_step: [n_real] (-1 healthy); with
+    snapshot_at_transitions, transition_steps [2, n_real]: t_train and t_val_first (-1 not yet)."""
 
     start: int
     end: int
     metrics: dict[str, np.ndarray]
     diverged_step: np.ndarray
+    transition_steps: np.ndarray | None = None
 
 
 def _program_bytes(compiled: Any) -> int | None:
@@ -259,7 +270,7 @@ class Program:
                     n_steps: int | None = None) -> tuple[ModelState, dict[str, jax.Array], jax.Array]:
         """One compiled chunk of ``n_steps`` (default ``chunk_steps``) steps from ``start`` (state is
         donated): the new state, metrics name -> [n_steps, n_models], and each model's diverged step
-        (-1 healthy)."""
+        (-1 healthy) [n_models], or with snapshot_at_transitions [3, n_models]: that, t_train, t_val_first."""
         n_steps = n_steps or self.chunk_steps
         self.steps_computed += n_steps
         return self._compiled(n_steps)(state, splits, hps, start, self.inputs, self.labels)
@@ -268,9 +279,11 @@ class Program:
     def fetch(self, start: int, end: int, metrics: dict[str, jax.Array], dead: jax.Array, n_real: int
               ) -> ChunkResult:
         """A dispatched chunk's results on the host (waits for it), cut to its steps and real models."""
-        host, dead = _to_host((metrics, dead))
+        host, marks = _to_host((metrics, dead))
+        marks = np.asarray(marks)[..., :n_real]
+        dead, transitions = (marks[0], marks[1:]) if marks.ndim == 2 else (marks, None)
         return ChunkResult(start, end, {name: np.asarray(v)[: end - start, :n_real] for name, v in host.items()},
-                           np.asarray(dead)[:n_real])
+                           dead, transitions)
 
     @_in_precision
     def host(self, state: ModelState) -> ModelState:

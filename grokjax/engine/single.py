@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from grokjax.config.choices import MEASURE_NAMES
-from grokjax.config.schedule import TRAIN_COLUMNS
+from grokjax.config.schedule import THRESHOLD, TRAIN_COLUMNS, is_logged_step
 from grokjax.config.structure import DIVERGENCE_LOSS, OPTIMIZER_HPARAMS, GroupConfig
 from grokjax.engine.data import Hparams, Split
 from grokjax.engine.measures import (
@@ -45,10 +45,22 @@ def is_dead(diverged_step: jax.Array, step: jax.Array) -> jax.Array:
     return (diverged_step >= 0) & (step >= diverged_step)
 
 
+class Transitions(NamedTuple):
+    """ONE model's parameters at its t_train (the first logged step with train_acc >= THRESHOLD) and its
+    t_val_first (the first evaluation with val_acc >= THRESHOLD): those the step's metrics were measured
+    with, before its update. Steps -1 until reached (``snapshot_at_transitions``)."""
+
+    train_step: jax.Array  # int32
+    val_step: jax.Array  # int32
+    train_params: Any
+    val_params: Any
+
+
 class ModelState(NamedTuple):
     params: Any
     opt_state: Any
     diverged_step: jax.Array  # int32, -1 while the run is healthy
+    transitions: Transitions | None = None  # with snapshot_at_transitions (None adds no leaves)
 
 
 def param_norm(params: Any) -> jax.Array:
@@ -138,7 +150,11 @@ class Engine:
         params = jax.tree.map(lambda x: x * hp.init_scale.astype(x.dtype), params)
         params = self._rescale_embeddings(params, hp.embed_std)
         opt_state = self.optimizer(hp).init(params)
-        return ModelState(params, opt_state, jnp.array(-1, jnp.int32)), split
+        transitions = None
+        if self.group.train.snapshot_at_transitions:
+            never, zeros = jnp.array(-1, jnp.int32), jax.tree.map(jnp.zeros_like, params)
+            transitions = Transitions(never, never, zeros, zeros)
+        return ModelState(params, opt_state, jnp.array(-1, jnp.int32), transitions), split
 
     def _rescale_embeddings(self, params: Any, std: jax.Array) -> Any:
         """Token (and learned position) embeddings drawn at the init's own std, rescaled to ``std`` where it
@@ -221,7 +237,8 @@ class Engine:
         pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, old)  # noqa: E731
         newly = healthy & active & ~(loss_ok & params_ok)
         diverged = jnp.where(newly, jnp.where(loss_ok, step + 1, step), state.diverged_step).astype(jnp.int32)
-        new_state = ModelState(pick(params, state.params), pick(opt_state, state.opt_state), diverged)
+        new_state = state._replace(params=pick(params, state.params), opt_state=pick(opt_state, state.opt_state),
+                                   diverged_step=diverged)
         nan = jnp.array(jnp.nan, loss.dtype)
         ok_row = ~is_dead(diverged, step)
         out = {"train_loss": loss, "train_acc": acc}
@@ -230,6 +247,20 @@ class Engine:
         if "collapse" in self.measures:  # on this step's batch (the training split with full batch)
             out |= collapse_fractions(self.group.train.loss, jax.lax.stop_gradient(logits), labels[idx], w)
         return new_state, {k: jnp.where(ok_row, v, nan).astype(self.dtype) for k, v in out.items()}
+
+    def note_transitions(self, state: ModelState, step: jax.Array, train_acc: jax.Array, val_acc: jax.Array
+                         ) -> Transitions:
+        """``state.transitions`` after ``step``, whose metrics (NaN where not logged, not evaluated or dead)
+        were measured with ``state.params``: those parameters kept where the step is the first to reach
+        THRESHOLD."""
+        tr = state.transitions
+        t = self.group.train
+        logged = is_logged_step(step, t.log_every, t.eval_every, t.steps)
+        at_train = (tr.train_step < 0) & logged & (train_acc >= THRESHOLD)
+        at_val = (tr.val_step < 0) & (val_acc >= THRESHOLD)
+        keep = lambda hit, new, old: jax.tree.map(lambda a, b: jnp.where(hit, a, b), new, old)  # noqa: E731
+        return Transitions(jnp.where(at_train, step, tr.train_step), jnp.where(at_val, step, tr.val_step),
+                           keep(at_train, state.params, tr.train_params), keep(at_val, state.params, tr.val_params))
 
     def evaluate_one(self, params: Any, split: Split, inputs: jax.Array, labels: jax.Array
                      ) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -48,16 +48,17 @@ def step_bytes(group: GroupConfig, runs: list[Run]) -> int:
     batch = batch_size_of(t, n_train) or n_train
     width = (m.d_model * 8 + m.d_mlp * 2) * 3 if m.arch == "transformer" else m.d_mlp * 3
     activations = batch * width * m.n_layers + batch * n_symbols_of(group) * 2
-    return itemsize * (4 * n_params(group) + activations)
+    copies = 4 + (2 if t.snapshot_at_transitions else 0)  # + the parameters kept at t_train and t_val_first
+    return itemsize * (copies * n_params(group) + activations)
 
 
 def disk_bytes(sweep: Sweep) -> int:
     """A generous estimate of the disk a sweep's metrics and kept parameters need (each run's final
-    parameters, and those of every ``snapshot_every`` steps)."""
+    parameters, those of every ``snapshot_every`` steps and those at t_train and t_val_first)."""
     total = 0
     for g, runs in sweep.groups():
         t = g.train
-        kept = 1 + (t.steps // t.snapshot_every if t.snapshot_every else 0)
+        kept = 1 + (t.steps // t.snapshot_every if t.snapshot_every else 0) + 2 * t.snapshot_at_transitions
         itemsize = 8 if t.dtype == "float64" else 4
         total += len(runs) * (METRIC_ROW_BYTES * -(-t.steps // t.log_every) + kept * itemsize * n_params(g))
     return total

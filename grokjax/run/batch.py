@@ -88,6 +88,9 @@ class BatchChunk:
     checkpoint: Checkpoint | None
     own: np.ndarray  # [n] bool: the runs whose rows this process's devices held (it writes their metrics)
     stopped_rows: list[np.ndarray] | None = None  # the state leaves of the ``stopped`` runs, at ``end``
+    # snapshot_at_transitions: (run_ids [R], steps [R], parameter leaves [R, ...]) of the t_train and
+    # t_val_first the chunk reached
+    transitions: tuple[np.ndarray, np.ndarray, list[np.ndarray]] | None = None
 
 
 class BatchTrainer:
@@ -127,6 +130,9 @@ class BatchTrainer:
             real = [x[: len(self.live)] for x in rows]
             host = pad_models(jax.tree.unflatten(jax.tree.structure(self.state), real), self.prog.n_models)
             self.state = self.prog.restore(host)
+        if self.state.transitions is not None:  # the transitions already reached (and written)
+            tr = self.prog.host((self.state.transitions.train_step, self.state.transitions.val_step))
+            self._reached = np.stack(tr)[:, : len(self.live)] >= 0
 
     def _next_size(self, end: int) -> int:
         """The program size for the live runs after the chunk ending at ``end``: their bucket, or, with
@@ -180,6 +186,9 @@ class BatchTrainer:
             self.step_s = (now - self._last_fetch) / (end - s)
         ids = self.ids[self.live]
         own = self.prog.own_rows[: len(self.live)].copy()
+        transitions = None
+        if res.transition_steps is not None:
+            transitions = self._transitions(ids, res.transition_steps)
         stopped, reasons = ids[:0], []
         rows = stopped_rows = None
         if self.resolver is not None and end < t.steps:
@@ -202,7 +211,22 @@ class BatchTrainer:
                     self._pack(rows, size, repack=size != self.size)
         self._last_fetch = time.perf_counter()
         ckpt = self._checkpoint(end, rows) if want or not len(self.live) else None
-        return BatchChunk(s, end, ids, res.metrics, res.diverged_step, stopped, reasons, ckpt, own, stopped_rows)
+        return BatchChunk(s, end, ids, res.metrics, res.diverged_step, stopped, reasons, ckpt, own, stopped_rows,
+                          transitions)
+
+    def _transitions(self, ids: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, list] | None:
+        """The transitions (t_train, t_val_first: ``steps`` [2, L], live order) first reached in the last
+        chunk: their runs, steps and parameters, fetched from the device only when there are some."""
+        new = (steps >= 0) & ~self._reached
+        self._reached = steps >= 0
+        if not new.any():
+            return None
+        tr = self.prog.host(self.state.transitions)
+        kinds = [jax.tree.leaves(tr.train_params), jax.tree.leaves(tr.val_params)]
+        rows = [np.flatnonzero(new[k]) for k in range(2)]
+        leaves = [np.concatenate([kinds[k][j][rows[k]] for k in range(2)]) for j in range(len(kinds[0]))]
+        return (np.concatenate([ids[r] for r in rows]), np.concatenate([steps[k][rows[k]] for k in range(2)]),
+                leaves)
 
 
 def train_alone(group: GroupConfig, runs: list[Run]) -> dict[str, np.ndarray]:

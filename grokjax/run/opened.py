@@ -13,14 +13,23 @@ from grokjax.config.fields import FIELDS
 from grokjax.grid.expand import Run, group_config
 
 
-def network(row: dict[str, Any], params: dict[str, Any]) -> Callable[..., np.ndarray]:
-    """``f(a, b)`` (algorithmic tasks) or ``f(x)`` (digits) -> logits as NumPy, for the run whose
-    runs.parquet row (short key names -> values) is ``row``."""
+def _engine(row: dict[str, Any]) -> Any:
+    """The engine of the run whose runs.parquet row (short key names -> values) is ``row``."""
     from grokjax.engine.single import engine_for
 
-    point = {path: _plain(row[f.short]) for path, f in FIELDS.items()}
-    run = Run(-1, 0, tuple(sorted(point.items())))
-    engine = engine_for(group_config(point), [run])
+    point = _point(row)
+    return engine_for(group_config(point), [Run(-1, 0, tuple(sorted(point.items())))])
+
+
+def model_config(row: dict[str, Any]) -> Any:
+    """The ModelConfig of the run whose runs.parquet row is ``row``."""
+    return group_config(_point(row)).model
+
+
+def network(row: dict[str, Any], params: dict[str, Any]) -> Callable[..., np.ndarray]:
+    """``f(a, b)`` (algorithmic tasks) or ``f(x)`` (digits) -> logits as NumPy, for the run whose
+    runs.parquet row is ``row``."""
+    engine = _engine(row)
     table = engine.table
 
     def tokens(a: Any, b: Any) -> np.ndarray:
@@ -41,6 +50,23 @@ def network(row: dict[str, Any], params: dict[str, Any]) -> Callable[..., np.nda
             return np.asarray(engine.forward(jax.tree.map(jnp.asarray, params), inputs))
 
     return f
+
+
+def hooked(row: dict[str, Any], params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(HookedTransformerConfig keyword arguments, state dict) of the run whose runs.parquet row is ``row``
+    (``models.transformerlens``); UserError naming the option TransformerLens cannot express."""
+    from grokjax.models.transformerlens import hooked_config, hooked_state_dict
+
+    engine = _engine(row)
+    cfg, table = engine.group.model, engine.table
+    config = hooked_config(cfg, table.vocab_size, table.n_classes, table.seq_len)
+    return config, hooked_state_dict(cfg, params, table.seq_len)
+
+
+def _point(row: dict[str, Any]) -> dict[str, Any]:
+    """The configuration of a runs.parquet row: every key by path; a key newer than the sweep (no column)
+    at its default, which is what that sweep trained with."""
+    return {path: _plain(row[f.short]) if f.short in row else f.default for path, f in FIELDS.items()}
 
 
 def _plain(v: Any) -> Any:

@@ -236,8 +236,10 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
                     rd.write_chunk(gi, bi, c.start, c.ids[c.own], {k: v[:, c.own] for k, v in c.metrics.items()},
                                    t.log_every, t.eval_every, t.steps, engine.train_metric_names)
                 tracker.update(c.ids, c.start, c.metrics, c.diverged_step)
+                if c.transitions is not None and peers.leader:  # before the checkpoint that counts them as kept
+                    rd.save_params(gi, bi, c.end, c.transitions[0], names, c.transitions[2], steps=c.transitions[1])
                 if len(c.stopped) and peers.leader:
-                    rd.save_params(gi, bi, c.end, c.stopped, names, c.stopped_rows[: len(names)])  # final ones
+                    rd.save_params(gi, bi, c.end, c.stopped, names, c.stopped_rows[: len(names)], stopped=True)
                     rd.write_stops(gi, bi, c.start, c.stopped, c.end, c.reasons)
                     tracker.n_stopped += len(c.stopped)
                     rep.drop((t.steps - c.end) * len(c.stopped))

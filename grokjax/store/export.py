@@ -1,9 +1,12 @@
-"""Export a results directory to the trackers people already use: TensorBoard event files (one run
-directory per model, scalars per step, hyperparameters through the HParams plugin) or offline W&B runs
-(synced later with ``wandb sync``). Both writers are optional extras, imported only here."""
+"""Export a results directory to the tools people already use: TensorBoard event files (one run directory
+per model, scalars per step, hyperparameters through the HParams plugin), offline W&B runs (synced later
+with ``wandb sync``), or TransformerLens models (per run and kept step: the HookedTransformerConfig and the
+state dict, loaded by ``hooked_transformer``). The trackers' writers are optional extras, imported only
+here; the TransformerLens files are written with NumPy alone (the extra is needed to load them)."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -11,15 +14,18 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from grokjax.errors import UserError
 from grokjax.store.files import atomic_write_bytes, write_error
 from grokjax.store.load import Results, load, saved_fits
 
-TARGETS = ("tensorboard", "wandb")
+TARGETS = ("tensorboard", "wandb", "transformerlens")
 SUMMARY_COLUMNS = ("t_train", "t_val", "delay", "t_val_first", "final_train_acc", "final_val_acc")
-_EXTRA = {"tensorboard": ("tensorboardX", "grokjax[tensorboard]"), "wandb": ("wandb", "grokjax[wandb]")}
+_EXTRA = {"tensorboard": ("tensorboardX", "grokjax[tensorboard]"), "wandb": ("wandb", "grokjax[wandb]"),
+          "transformerlens": ("transformer_lens", "grokjax[transformerlens]")}
+TL_CONFIG, TL_STATE, TL_ABOUT = "config.json", "state_dict.npz", "grokjax.json"  # one exported model's files
 
 
 def run_name(run_id: int) -> str:
@@ -104,15 +110,95 @@ def _to_wandb(results: Results, out: Path, project: str, say: Callable[[str], No
     return n
 
 
+def _selected(results: Results, runs: list[int] | None, step: int | str | None) -> list[tuple[int, list[int]]]:
+    """(run_id, steps to export) for ``--runs`` (default every run) and ``--step`` (an int, ``all`` or the
+    last kept); UserError for a run or step that is not there, or a run TransformerLens cannot express."""
+    from grokjax.models.transformerlens import refusal, unsupported
+    from grokjax.run.opened import model_config
+
+    ids = results.runs["run_id"].tolist() if runs is None else runs
+    if not ids:
+        raise UserError("--runs: no run_id given; e.g. --runs 0,5 (or leave --runs out for every run)")
+    rows = results.runs.set_index("run_id")
+    chosen = []
+    for rid in ids:
+        kept = results.kept_steps(rid)  # UserError for a bad run id or one without kept parameters
+        if (what := unsupported(model_config(rows.loc[rid].to_dict()))) is not None:
+            raise UserError(f"run {rid}: {refusal(what)} (choose runs with --runs)")
+        if step == "all":
+            chosen.append((rid, kept))
+        elif step is None:
+            chosen.append((rid, kept[-1:]))
+        else:
+            results.params(rid, int(step))  # UserError naming the kept steps
+            chosen.append((rid, [int(step)]))
+    return chosen
+
+
+def _npz_bytes(arrays: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _to_transformerlens(results: Results, out: Path, chosen: list[tuple[int, list[int]]],
+                        say: Callable[[str], None]) -> int:
+    n = 0
+    rows = results.runs.set_index("run_id")
+    for rid, steps in chosen:
+        for step in steps:
+            config, state = results.hooked_transformer(rid, step)
+            folder = out / run_name(rid) / f"step_{step}"
+            folder.mkdir(parents=True)
+            about = {"run_id": rid, "step": step, "source": str(Path(results.path).resolve()),
+                     "hyperparameters": {k: _plain(v) for k, v in rows.loc[rid].items()},
+                     "inputs": "tokens [a, b, '='] with '=' = d_vocab_out (tokens=3), or [a, op, b, '='] with "
+                               "'=' = p and op = p + 1 (tokens=4); the answer is read at the last position"}
+            atomic_write_bytes(folder / TL_CONFIG, json.dumps(config, indent=1).encode())
+            atomic_write_bytes(folder / TL_STATE, _npz_bytes(state))
+            atomic_write_bytes(folder / TL_ABOUT, json.dumps(about, indent=1).encode())
+            n += 1
+        if n and n % 50 == 0:
+            say(f"exported {n} models")
+    return n
+
+
+def hooked_transformer(folder: str | os.PathLike, device: str = "cpu") -> Any:
+    """The HookedTransformer exported to ``folder`` (``OUT/run_XXXXX/step_S``), its weights loaded. Needs
+    ``pip install 'grokjax[transformerlens]'`` (TransformerLens 2.x or 3.x: 4.0 removed HookedTransformer)."""
+    try:
+        import torch
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError:
+        raise UserError("loading a TransformerLens export needs transformer_lens<4 and torch: "
+                        "pip install 'grokjax[transformerlens]'") from None
+    folder = Path(folder)
+    if not (folder / TL_CONFIG).is_file() or not (folder / TL_STATE).is_file():
+        raise UserError(f"{folder}: not an exported model (no {TL_CONFIG} and {TL_STATE}); expected a folder "
+                        f"OUT/run_XXXXX/step_S written by grokjax export DIR --to transformerlens OUT")
+    cfg = HookedTransformerConfig(**json.loads((folder / TL_CONFIG).read_text()), device=device)
+    model = HookedTransformer(cfg)
+    with np.load(folder / TL_STATE) as z:
+        state = {k: torch.from_numpy(z[k]) for k in z.files}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    weights = {k for k, _ in model.named_parameters()}
+    if unexpected or weights & set(missing):
+        raise UserError(f"{folder}: this TransformerLens version names the weights otherwise (missing "
+                        f"{sorted(weights & set(missing))[:3]}, unexpected {sorted(unexpected)[:3]})")
+    return model.eval()
+
+
 IN_PROGRESS = "export-in-progress.json"  # in OUT while an export writes; replaced by DONE at its end
 DONE = "export.json"
 _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def export(path: str | os.PathLike, to: str, out: str | os.PathLike, project: str = "grokjax",
-           say: Callable[[str], None] = lambda s: None) -> int:
+           say: Callable[[str], None] = lambda s: None, runs: list[int] | None = None,
+           step: int | str | None = None) -> int:
     """Write every run of the results directory ``path`` to ``out`` (a new or empty directory) as
-    TensorBoard event files or offline W&B runs. Returns the number of runs exported.
+    TensorBoard event files, offline W&B runs or (``runs`` or every run, at ``step``: a kept step, ``all``
+    or by default the last kept) TransformerLens models. Returns the number of runs (models) exported.
 
     ``out/export-in-progress.json`` marks an export being written; a finished one leaves ``out/export.json``
     (source, target, runs) instead, so a killed export never looks finished."""
@@ -121,14 +207,20 @@ def export(path: str | os.PathLike, to: str, out: str | os.PathLike, project: st
     if to == "wandb" and not _PROJECT.fullmatch(project):
         raise UserError(f"--project {project!r}: a W&B project name is 1 to 128 letters, digits, '_', '-' or '.', "
                         f"starting with a letter or digit")
-    module, extra = _EXTRA[to]
-    try:
-        __import__(module)
-    except ImportError:
-        raise UserError(f"--to {to} needs the {module} package: pip install '{extra}'") from None
+    if to != "transformerlens":
+        module, extra = _EXTRA[to]
+        try:
+            __import__(module)
+        except ImportError:
+            raise UserError(f"--to {to} needs the {module} package: pip install '{extra}'") from None
+    elif step is not None and step != "all" and not (isinstance(step, int) and not isinstance(step, bool)):
+        raise UserError(f"--step {step!r}: expected a kept step (a whole number), 'all', or none for the last kept")
+    if to != "transformerlens" and (runs is not None or step is not None):
+        raise UserError(f"--runs and --step choose models for --to transformerlens; --to {to} exports every run")
     results = load(path)
     if results.metrics.empty:
         raise UserError(f"{path}: no metrics written yet; nothing to export")
+    chosen = _selected(results, runs, step) if to == "transformerlens" else []
     out = Path(out)
     if (out / IN_PROGRESS).exists():
         raise UserError(f"{out}: holds an export that did not finish ({IN_PROGRESS}); remove {out} and export again")
@@ -141,7 +233,10 @@ def export(path: str | os.PathLike, to: str, out: str | os.PathLike, project: st
     except OSError as e:
         raise UserError(f"{out}: cannot write there ({e.strerror}); choose a writable directory") from None
     try:
-        n = _to_tensorboard(results, out, say) if to == "tensorboard" else _to_wandb(results, out, project, say)
+        if to == "transformerlens":
+            n = _to_transformerlens(results, out, chosen, say)
+        else:
+            n = _to_tensorboard(results, out, say) if to == "tensorboard" else _to_wandb(results, out, project, say)
     except OSError as e:
         raise write_error(out, e, f"the runs written so far are in {out}; remove it and export again") from e
     if to == "wandb":  # wandb falls back to a temporary directory where it cannot write: check it wrote here

@@ -41,6 +41,7 @@ class Results:
     spectra: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run_id", "step", "freq", "norm"]))
     stops: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         {"run_id": pd.Series(dtype="int64"), "stop_step": pd.Series(dtype="int64"), "reason": pd.Series(dtype=str)}))
+    _params_index: Any = field(default=None, repr=False, compare=False)  # store.params.params_index, when read
 
     @property
     def complete(self) -> bool:
@@ -73,12 +74,15 @@ class Results:
         if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
             raise UserError(f"step={step!r}: expected a whole number of steps, or None for the last kept")
         try:
-            at, tree, _ = read_params(self.path, run_id, step)
+            try:
+                at, tree, _ = read_params(self._index(), run_id, step)
+            except (KeyError, LookupError, FileNotFoundError):  # the sweep wrote or resumed since: read again
+                at, tree, _ = read_params(self._index(fresh=True), run_id, step)
         except KeyError:
             raise UserError(f"run {run_id} of {self.path} has no kept parameters (a sweep written before "
                             f"grokjax kept them, or stopped before its first chunk ended)") from None
         except LookupError:
-            kept = read_params(self.path, run_id, None)[2]
+            kept = read_params(self._index(), run_id, None)[2]
             raise UserError(f"step={step}: run {run_id}'s parameters were not kept then; kept steps: "
                             f"{', '.join(map(str, kept))} (snapshot_every=K keeps more)") from None
         return at, tree
@@ -93,6 +97,33 @@ class Results:
         from grokjax.run.opened import network
 
         return network(row.to_dict(), tree)
+
+    def _index(self, fresh: bool = False) -> Any:
+        from grokjax.store.params import params_index
+
+        if fresh or self._params_index is None:
+            self._params_index = params_index(self.path)
+        return self._params_index
+
+    def kept_steps(self, run_id: int) -> list[int]:
+        """The steps at which ``run_id``'s parameters were kept (``params(run_id, step)`` opens each)."""
+        from grokjax.store.params import read_params
+
+        self._params(run_id, None)  # checks the run id, and that something was kept
+        return read_params(self._index(), run_id, None)[2]
+
+    def hooked_transformer(self, run_id: int, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A transformer run (at its last kept or a kept ``step``) in TransformerLens's layout:
+        (``HookedTransformerConfig`` keyword arguments, state dict of NumPy arrays). UserError naming the
+        option HookedTransformer has no equivalent for (arch=mlp, block=postnorm|ln_residual,
+        act=quadratic). ``grokjax export DIR --to transformerlens OUT`` writes these to files."""
+        _, tree = self._params(run_id, step)
+        from grokjax.run.opened import hooked
+
+        try:
+            return hooked(self.runs.set_index("run_id").loc[run_id].to_dict(), tree)
+        except UserError as e:
+            raise UserError(f"run {run_id}: {e}") from None
 
     def frame(self, columns: str | list[str] | None = None) -> pd.DataFrame:
         """The metrics joined with each run's hyperparameters: one row per (run, logged step), columns

@@ -3,22 +3,26 @@
 Each file holds, for the runs ``run_ids`` [L] of one model batch at one step, every parameter as an [L, ...]
 array named by its path in the model (``param:block_0.query.kernel``). A run's parameters are written at
 every multiple of ``snapshot_every`` (if set), at its stop (stop=resolved) and at its budget's end, so every
-run's final parameters are kept. NumPy archives, written whole and renamed into place (atomic).
+run's final parameters are kept (a stop's in ``...-s<step>-stop.npz``). With ``snapshot_at_transitions``, ``...-s<end>-at.npz`` holds those at the
+t_train and t_val_first reached in the chunk ending at <end>, each row at its own step (``steps`` [L]).
+NumPy archives, written whole and renamed into place (atomic).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from grokjax.errors import UserError
 from grokjax.store.files import atomic_file
 from grokjax.store.layout import PARAMS_DIR
 
-PARAMS_NAME = re.compile(r"(?P<prefix>(?:shard\d+of\d+-)?)g(?P<group>\d+)-b(?P<batch>\d+)-s(?P<step>\d+)\.npz")
+PARAMS_NAME = re.compile(r"(?P<prefix>(?:shard\d+of\d+-)?)g(?P<group>\d+)-b(?P<batch>\d+)-s(?P<step>\d+)(?:-at|-stop)?\.npz")
 _KEY = "param:"
 
 
@@ -32,17 +36,21 @@ class ParamsStore:
         raise NotImplementedError
 
     def save_params(self, group: int, batch: int, step: int, run_ids: np.ndarray, names: list[str],
-                    leaves: list[np.ndarray]) -> None:
-        """The parameters (``names`` and their [L, ...] ``leaves``) of the runs ``run_ids`` [L] at ``step``."""
+                    leaves: list[np.ndarray], steps: np.ndarray | None = None, stopped: bool = False) -> None:
+        """The parameters (``names`` and their [L, ...] ``leaves``) of the runs ``run_ids`` [L] at ``step``
+        (``stopped``: the runs that stopped there, kept apart from the live runs' snapshot of that step), or
+        (snapshots at transitions, found in the chunk ending at ``step``) each at its own ``steps`` [L]."""
         if not len(run_ids):
             return
-        path = self.path / PARAMS_DIR / f"{self.prefix}g{group:03d}-b{batch:03d}-s{step:09d}.npz"
+        kind = "-at" if steps is not None else "-stop" if stopped else ""
+        path = self.path / PARAMS_DIR / f"{self.prefix}g{group:03d}-b{batch:03d}-s{step:09d}{kind}.npz"
         arrays = {_KEY + n: np.ascontiguousarray(np.asarray(x)[: len(run_ids)]) for n, x in zip(names, leaves)}
+        when = {"step": np.int64(step)} if steps is None else {"steps": np.asarray(steps, np.int64)}
 
         def write() -> None:
             path.parent.mkdir(exist_ok=True)
             with atomic_file(path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, run_ids=np.asarray(run_ids, np.int64), step=np.int64(step), **arrays)
+                np.savez(f, run_ids=np.asarray(run_ids, np.int64), **when, **arrays)
 
         self._guard(write)
 
@@ -71,18 +79,34 @@ class ParamsStore:
                 p.unlink()
 
 
-def read_params(path: Path, run_id: int, step: int | None) -> tuple[int, dict[str, Any], list[int]]:
-    """(step, nested dict of NumPy arrays, every kept step) of ``run_id``'s parameters: at ``step``, or the
-    last kept one. KeyError when the run has no kept parameters; LookupError when ``step`` was not kept."""
-    found: dict[int, tuple[Path, int]] = {}
+ParamsIndex = dict[int, dict[int, tuple[Path, int]]]  # run_id -> step -> (file, row)
+
+
+def params_index(path: Path) -> ParamsIndex:
+    """Where each run's kept parameters are: run_id -> step -> (file, row). A file holds one step for
+    all its rows (``step``) or one per row (``steps``: the snapshots at transitions)."""
+    index: ParamsIndex = {}
     folder = Path(path) / PARAMS_DIR
     files = sorted(p for p in folder.iterdir() if PARAMS_NAME.fullmatch(p.name)) if folder.is_dir() else []
     for p in files:
-        with np.load(p) as z:
-            ids = z["run_ids"]
-            hit = np.flatnonzero(ids == run_id)
-            if hit.size:
-                found[int(z["step"])] = (p, int(hit[0]))
+        try:
+            with np.load(p) as z:
+                ids = z["run_ids"]
+                steps = z["steps"] if "steps" in z.files else np.full(len(ids), int(z["step"]))
+        except FileNotFoundError:  # removed by a resume since the listing
+            continue
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise UserError(f"{p}: not a readable parameters file ({type(e).__name__}); remove it (the "
+                            f"parameters it kept are lost) or train the sweep again") from None
+        for row, (rid, step) in enumerate(zip(ids.tolist(), steps.tolist())):
+            index.setdefault(rid, {})[step] = (p, row)
+    return index
+
+
+def read_params(index: ParamsIndex, run_id: int, step: int | None) -> tuple[int, dict[str, Any], list[int]]:
+    """(step, nested dict of NumPy arrays, every kept step) of ``run_id``'s parameters: at ``step``, or the
+    last kept one. KeyError when the run has no kept parameters; LookupError when ``step`` was not kept."""
+    found = index.get(run_id)
     if not found:
         raise KeyError(run_id)
     kept = sorted(found)
