@@ -32,6 +32,21 @@ TINY = ["op=add", "p=11", "d_model=16", "n_heads=2", "d_mlp=32", "n_layers=1", "
         "chunk_steps=20", "frac=0.5", "wd=1", "lr=3e-3", "seeds=1"]
 
 
+def assert_same_params(got, want, rtol: float = 0.0) -> None:
+    """Two results directories keep the same steps of every run, with the same parameters at each: bitwise,
+    or to ``rtol``."""
+    import numpy as np
+
+    for run_id in want.runs.run_id.tolist():
+        assert got.kept_steps(run_id) == want.kept_steps(run_id), run_id
+        for step in want.kept_steps(run_id):
+            for x, y in zip(*(jax.tree.leaves(r.params(run_id, step)) for r in (got, want))):
+                if rtol:
+                    np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-12)
+                else:
+                    np.testing.assert_array_equal(x, y)
+
+
 def merged(*lists: list[str]) -> list[str]:
     """key=value lists merged left to right: a later key replaces an earlier one. An MLP drops TINY's
     n_heads (a key given where it has no effect is refused)."""

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, TINY, run_cli, snapshot
+from conftest import REPO, TINY, assert_same_params, run_cli, snapshot
 
 import grokjax
 from grokjax.cli import main
@@ -25,7 +25,7 @@ from grokjax.run.cluster import ClusterSpec, _probe, detect_launcher, parse_clus
 # one-process reference visits the program sizes a multi-process sweep does (program shapes round apart).
 ARGS = ["op=add", "p=23", "d_model=32", "n_heads=2", "d_mlp=64", "frac=0.8", "lr=3e-3", "wd=[1,3]", "seeds=2",
         "steps=1100", "eval_every=25", "chunk_steps=100", "checkpoint_every=100", "dtype=float64",
-        "stop=resolved", "repack=always"]
+        "stop=resolved", "repack=always", "snapshot_every=500", "snapshot_at_transitions=true"]
 
 
 def _free_port() -> int:
@@ -75,6 +75,7 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path, one_process)
     pd.testing.assert_frame_equal(r.runs, one_process.runs)
     pd.testing.assert_frame_equal(r.metrics, one_process.metrics, check_exact=True)
     pd.testing.assert_frame_equal(r.stops, one_process.stops)
+    assert_same_params(r, one_process)  # process 0 wrote every run's parameters, those at transitions too
     assert len(r.stops) == 2  # the re-packs happened
     writers = {p.name.split("-")[0] for p in (out / "metrics").glob("*.parquet")}
     assert writers == {"proc00000of00002", "proc00001of00002"}  # each process wrote its own models' parts
@@ -108,6 +109,7 @@ def test_an_interrupted_multi_process_sweep_resumes(tmp_path, one_process):
     assert got.complete and not got.metrics.duplicated(["run_id", "step"]).any()
     pd.testing.assert_frame_equal(got.metrics, one_process.metrics, check_exact=True)
     pd.testing.assert_frame_equal(got.stops, one_process.stops)
+    assert_same_params(got, one_process)
 
 
 def test_an_unreachable_coordinator_is_a_one_line_error_in_bounded_time(tmp_path):

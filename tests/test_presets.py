@@ -14,9 +14,9 @@ from grokjax.config.presets import named_sweeps
 @pytest.mark.parametrize("name", named_sweeps())
 def test_every_preset_runs_sweep_fit_and_plot(name, tmp_path, capsys):
     out = tmp_path / name
-    # The preset's grid, options and task at 3 steps; narrower layers only to keep the compilation short.
+    # The preset's grid, options and task at 3 steps; fewer, narrower layers only to keep the compilation short.
     transformer = grokjax.build_sweep(name).groups()[0][0].model.arch == "transformer"
-    narrow = ["d_model=16", "n_heads=2", "d_mlp=32"] if transformer else ["d_mlp=32"]
+    narrow = ["d_model=16", "n_heads=2", "d_mlp=32", "n_layers=1"] if transformer else ["d_mlp=32"]
     assert main(["sweep", name, "steps=3", "eval_every=1", *narrow, "--out", str(out), "--quiet"]) == 0, \
         capsys.readouterr().err
     printed = capsys.readouterr().out

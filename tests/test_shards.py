@@ -10,7 +10,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import REPO, TINY, merged, run_cli, snapshot
+from conftest import REPO, TINY, assert_same_params, merged, run_cli, snapshot
 
 import grokjax
 from grokjax.cli import main
@@ -65,6 +65,7 @@ def test_three_concurrent_shards_equal_one_sweep(tmp_path, unsharded):
     assert r.complete and r.shards == ([0, 1, 2], 3)
     pd.testing.assert_frame_equal(r.runs, unsharded.runs)
     pd.testing.assert_frame_equal(r.metrics, unsharded.metrics, rtol=1e-10, atol=1e-12)
+    assert_same_params(r, unsharded, rtol=1e-10)  # each shard kept its runs' final parameters
     assert sorted(p.name.split("-")[0] for p in (out / "metrics").glob("*.parquet")) == sorted(
         f"shard{i:05d}of00003" for i in range(3) for _ in range(3))  # 3 chunks each
     assert not list(out.glob(".lock*"))  # each shard removed its own lock

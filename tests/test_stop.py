@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, assert_same_params, run_cli
 
 import grokjax
 from grokjax.cli import main
@@ -137,11 +137,7 @@ def test_resume_across_a_repack_equals_an_uninterrupted_run(tmp_path, budget_and
     got = grokjax.load(out)
     pd.testing.assert_frame_equal(got.metrics, reference.metrics, check_exact=True)
     pd.testing.assert_frame_equal(got.stops, reference.stops)
-    for run_id in range(4):  # the kept parameters too, those at the transitions included
-        assert got.kept_steps(run_id) == reference.kept_steps(run_id)
-        for step in reference.kept_steps(run_id):
-            for x, y in zip(*(jax.tree.leaves(r.params(run_id, step)) for r in (got, reference))):
-                np.testing.assert_array_equal(x, y)
+    assert_same_params(got, reference)  # the kept parameters too, those at the transitions included
 
 
 def _decide(monkeypatch, repack, n_live, size, step_s, compile_s, cached=False, steps=1000, end=200):

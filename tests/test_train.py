@@ -166,7 +166,7 @@ def test_cpu_programs_are_compiled_without_ynnpack_fusions():
 
 @pytest.mark.slow
 def test_memory_aware_batching_picks_a_batch_that_fits():
-    group, runs = _group(TINY + ["wd=[0.1,0.3,1,3]", "seeds=4"])
+    group, runs = _group(TINY + ["wd=[0.1,0.3,1,3]", "seeds=4", "arch=mlp"])  # the MLP compiles faster
     eng = engine_for(group, runs)
     m_all, why = choose_models_per_batch(eng, 16)
     assert m_all == 16 and "one batch" in why
@@ -182,8 +182,8 @@ def test_memory_aware_batching_picks_a_batch_that_fits():
 def test_a_budget_that_chunks_do_not_divide_computes_no_extra_step():
     """steps=50 in chunks of 20: the last chunk runs 10 steps, so the final state is the 50-step state
     (float64: equal to the same run in one 50-step chunk), not a 60-step one."""
-    base = ["op=add", "p=11", "d_model=16", "n_heads=2", "d_mlp=32", "frac=0.5", "wd=1", "lr=3e-3",
-            "steps=50", "eval_every=10", "dtype=float64"]
+    base = ["op=add", "p=11", "arch=mlp", "d_mlp=32", "frac=0.5", "wd=1", "lr=3e-3", "steps=50", "eval_every=10",
+            "dtype=float64"]
     finals = []
     for chunk in (20, 50):
         group, runs = build_sweep(None, [*base, f"chunk_steps={chunk}"]).groups()[0]

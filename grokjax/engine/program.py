@@ -196,8 +196,9 @@ class Program:
         if n_steps not in self._chunks:
             state, split, hps = self.abstract
             by_model = NamedSharding(self.sharded.mesh, PartitionSpec(None, "models"))
+            marks = by_model if self.engine.group.train.snapshot_at_transitions else self.sharded  # [3, N] or [N]
             self._chunks[n_steps] = jax.jit(_chunk_fn(self.engine, n_steps), donate_argnums=(0,),
-                                            out_shardings=(self.sharded, by_model, self.sharded)).lower(
+                                            out_shardings=(self.sharded, by_model, marks)).lower(
                 state, split, hps, jax.ShapeDtypeStruct((), jnp.int32), self.inputs, self.labels).compile(
                 compiler_options=self.compiler_options)
         return self._chunks[n_steps]
