@@ -10,11 +10,13 @@ import pytest
 from conftest import merged
 
 import grokjax
+from grokjax.cli import main
 from grokjax.engine.data import hparams_for
 from grokjax.engine.single import engine_for
 from grokjax.errors import UserError
 from grokjax.grid.expand import build_sweep
 from grokjax.run.sweep import run_sweep
+from grokjax.store.export import export
 
 ARMS = ["block=postnorm init=torch tokens=4", "arch=mlp"]
 TINY = ["p=11", "d_model=8", "n_heads=2", "d_mlp=16", "frac=0.5", "lr=1e-2", "eval_every=10", "chunk_steps=10",
@@ -123,3 +125,24 @@ def test_transition_snapshots_hold_the_parameters_their_metrics_were_measured_wi
         stored = r.metrics[(r.metrics.run_id == row.run_id) & (r.metrics.step == t)].iloc[0]
         acc, loss = _val_acc(sweep, row.run_id, r.model(row.run_id, step=t))
         assert acc == pytest.approx(stored.val_acc, abs=1e-12) and loss == pytest.approx(stored.val_loss, rel=1e-9)
+
+
+def test_models_transformerlens_cannot_express_are_refused_in_one_line(mixed, tmp_path, capsys):
+    """grokjax export --to transformerlens (tests/test_transformerlens.py) refuses, before writing, a run
+    whose model has no HookedTransformer equivalent, naming the option; and bad --runs/--step values."""
+    _, r = mixed
+    path = str(r.path)
+    with pytest.raises(UserError, match="run 0: block=postnorm has no TransformerLens"):
+        r.hooked_transformer(0)
+    with pytest.raises(UserError, match="run 2: arch=mlp has no TransformerLens"):
+        r.hooked_transformer(2)
+    assert main(["export", path, "--to", "transformerlens", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "run 0: block=postnorm has no TransformerLens" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()  # refused before anything was written
+    for args, message in ((["--runs", "9"], "run_id=9: not a run"), (["--step", "x"], "--step x: expected"), (["--runs", "a"], "--runs a: expected"),
+                          (["--runs", ","], "--runs: no run_id given")):
+        assert main(["export", path, "--to", "transformerlens", str(tmp_path / "b"), *args]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(UserError, match="--runs and --step choose models for --to transformerlens"):
+        export(path, "tensorboard", tmp_path / "c", runs=[0])
