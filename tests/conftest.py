@@ -21,21 +21,11 @@ for _name in list(os.environ):
 REPO = Path(__file__).resolve().parent.parent
 
 # The grokjax processes the tests launch share a persistent XLA compilation cache: most of them compile the
-# same tiny programs (a CLI sweep of TINY took 10 s uncached, 4 s cached). The test processes (the xdist
-# workers) share it too: they compile many of the same programs. A CompileCounter turns it off while it
-# counts (a cache hit is no compilation), until the end of its test.
+# same tiny programs (a CLI sweep of TINY took 10 s uncached, 4 s cached). Set after JAX was imported, so it
+# applies to those processes only; this process counts compilations in some tests.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-@pytest.fixture(autouse=True)
-def _compilation_cache_back_on():
-    yield
-    jax.config.update("jax_enable_compilation_cache", True)
 
 # A model small enough to train in seconds on 2 CPU cores.
 TINY = ["op=add", "p=11", "d_model=16", "n_heads=2", "d_mlp=32", "n_layers=1", "steps=60", "eval_every=20",
@@ -75,7 +65,6 @@ class CompileCounter:
 
     def __init__(self, name: str):
         self.name, self.count = name, 0
-        jax.config.update("jax_enable_compilation_cache", False)  # every compilation counted happens
         jax.monitoring.register_event_duration_secs_listener(self)
 
     def __call__(self, event: str, duration: float, **kw: object) -> None:
