@@ -200,7 +200,7 @@ def test_mlp_works_for_s5_and_without_bias(mlp_input):
 MEMBERS = {
     "mlp-onehot-gelu": ["arch=mlp", "n_layers=2", "d_mlp=24", "act=gelu"],
     "mlp-embed-quadratic-nobias": ["arch=mlp", "mlp_input=embed", "act=quadratic", "bias=false", "d_mlp=24"],
-    "transformer-adam-l2-nobias": ["optimizer=adam", "bias=false"],
+    "adam-l2-nobias": ["arch=mlp", "optimizer=adam", "bias=false"],  # the transformer: test_train, test_cli
     # the optimizers and filters act on any parameter tree: on the MLP, which compiles in half the time
     "sgd-momentum": ["arch=mlp", "optimizer=sgd", "lr=0.3", "momentum=[0,0.9]"],
     "orthograd-stablemax": ["arch=mlp", "orthograd=true", "loss=stablemax"],

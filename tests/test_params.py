@@ -3,6 +3,8 @@ function (Results.model), kept at its end, at its stop, and every snapshot_every
 
 from __future__ import annotations
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,31 +82,26 @@ def test_snapshots_equal_an_uninterrupted_run_at_those_steps(mixed, tmp_path):
             np.testing.assert_array_equal(x, y)
 
 
-def test_bad_run_ids_and_steps_are_one_line_errors(tmp_path):
-    sweep = build_sweep(None, merged(TINY, ["steps=10", "seeds=1", "wd=1"]))
-    run_sweep(sweep, tmp_path / "r", quiet=True)
-    r = grokjax.load(tmp_path / "r")
+def test_bad_run_ids_and_steps_are_one_line_errors(mixed, tmp_path):
+    out = tmp_path / "r"
+    shutil.copytree(mixed[1].path, out)  # a copy: its files are removed below
+    r = grokjax.load(out)
     assert set(r.params(0)) >= {"embed", "block_0", "unembed"}
     for bad, match in ((7, "not a run"), ("0", "not a run"), (True, "not a run")):
         with pytest.raises(UserError, match=match):
             r.params(bad)
-    with pytest.raises(UserError, match="kept steps: 10"):
+    with pytest.raises(UserError, match="kept steps: 20, 40"):
         r.model(0, step=5)
     with pytest.raises(UserError, match="whole number"):
         r.params(0, step=1.5)
-    for p in (tmp_path / "r" / "params").iterdir():  # a sweep whose parameters were not kept
+    part = sorted((out / "params").iterdir())[0]  # a damaged parameters file
+    part.write_bytes(part.read_bytes()[:100])
+    with pytest.raises(UserError, match=f"{part.name}: not a readable parameters file"):
+        grokjax.load(out).params(0)
+    for p in (out / "params").iterdir():  # a sweep whose parameters were not kept
         p.unlink()
     with pytest.raises(UserError, match="no kept parameters"):
         r.params(0)
-
-
-def test_a_damaged_parameters_file_is_a_one_line_error(tmp_path):
-    sweep = build_sweep(None, merged(TINY, ["steps=10", "seeds=1", "wd=1"]))
-    run_sweep(sweep, tmp_path / "r", quiet=True)
-    (part,) = (tmp_path / "r" / "params").iterdir()
-    part.write_bytes(part.read_bytes()[:100])
-    with pytest.raises(UserError, match=f"{part.name}: not a readable parameters file"):
-        grokjax.load(tmp_path / "r").params(0)
 
 
 @pytest.mark.slow
