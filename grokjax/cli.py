@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -98,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("dir", type=Path, help="a results directory")
     e.add_argument("--to", required=True, choices=("tensorboard", "wandb", "transformerlens"), help="the target")
     e.add_argument("out", type=Path, help="a new (or empty) directory to write into")
-    e.add_argument("--project", default="grokjax", help="W&B project name (default grokjax)")
+    e.add_argument("--project", default=None, help="--to wandb: the W&B project name (default grokjax)")
     e.add_argument("--runs", default=None, metavar="ID,ID", help="--to transformerlens: these run_ids (default all)")
     e.add_argument("--step", default=None, metavar="STEP|all",
                    help="--to transformerlens: this kept step, or all kept steps (default: the last kept)")
@@ -204,7 +205,15 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _stopping(as_program: bool) -> None:
+    """The command is ending on a signal: a second SIGINT or SIGTERM is ignored from here on, so the exit
+    status stays 130 (143) instead of the process dying by the signal mid-message."""
+    for s in () if not as_program else (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
+    as_program = argv is None  # the process's own command (not a call from Python, which keeps its handlers)
     argv = list(sys.argv[1:] if argv is None else argv)
     from grokjax.store.files import StorageError
 
@@ -218,11 +227,14 @@ def main(argv: list[str] | None = None) -> int:
             from grokjax.analysis.console import parse_run_ids
             from grokjax.store.export import export
 
+            if args.project is not None and args.to != "wandb":
+                raise UserError(f"--project {args.project}: names a W&B project, so it goes with --to wandb, "
+                                f"not --to {args.to}")
             runs = None if args.runs is None else parse_run_ids(args.runs)
             if args.step not in (None, "all") and not args.step.strip().isdigit():
                 raise UserError(f"--step {args.step}: expected a kept step (a whole number) or 'all'")
             step = args.step if args.step in (None, "all") else int(args.step)
-            n = export(args.dir, args.to, args.out, args.project, say=print, runs=runs, step=step)
+            n = export(args.dir, args.to, args.out, "grokjax" if args.project is None else args.project, say=print, runs=runs, step=step)
             print(f"exported {n} {'models' if args.to == 'transformerlens' else 'runs'} to {args.out}" + {
                 "wandb": f"; upload with: wandb sync {args.out}/wandb/offline-run-*",
                 "tensorboard": f"; view with: tensorboard --logdir {args.out}",
@@ -237,9 +249,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 console.fit_many(paths, _options(args))
         elif len(paths) == 1:
+            if args.output is not None:
+                raise UserError(f"--output {args.output}: places the comparison of several DIRs; one DIR's "
+                                f"figures go into it (DIR/phase_diagram.{args.format})")
             fits = console.fits_for_plot(paths[0], _options(args) if _options_given(args) else None)
             console.plot_dir(paths[0], fits, args.format, args.curves, args.measures, args.runs)
         else:
+            for flag in ("curves", "measures", "runs"):
+                if getattr(args, flag):
+                    raise UserError(f"--{flag}: draws one results directory's runs, not a comparison of "
+                                    f"{len(paths)} directories; give one DIR with --{flag}")
             console.plot_many(paths, _options(args) if _options_given(args) else None, args.format, args.output)
         return 0
     except UserError as e:
@@ -249,9 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grokjax: error: {e}", file=sys.stderr)
         return 1
     except Interrupted as e:
+        _stopping(as_program)
         print(f"grokjax: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
+        _stopping(as_program)
         print("grokjax: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into e.g. head, which stopped reading: not an error

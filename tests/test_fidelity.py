@@ -196,20 +196,27 @@ def test_warmup_factors(from_zero, factors):
 
 
 def test_data_seed_moves_the_split_and_seed_the_initialisation():
-    group, runs, engine = _engine(["seeds=[0,1]", "data_seed=[-1,0,5]", "batch_size=8"])
-    hps = hparams_for(runs, engine.table.n_pairs)
-    by = {(r.get("hp.seed"), r.get("hp.data_seed")): i for i, r in enumerate(runs)}
+    # (seed 0, data_seed -1) and (seed 0, data_seed 0) are the same run: one grid refuses the pair, so two grids
     out = {}
-    for key, i in by.items():
-        hp = jax.tree.map(lambda x: jnp.asarray(x[i]), hps)
-        state, split = engine.init_one(hp)
-        out[key] = (np.asarray(split.train_idx), np.asarray(engine.batch_one(split, hp, jnp.int32(3))[0]),
-                    np.asarray(state.params["embed"]["embedding"]))
+    for grid in (["seeds=[0,1]", "data_seed=[-1,5]"], ["seed=1", "data_seed=0"]):
+        _collect(out, _engine([*grid, "batch_size=8"]))
     same = lambda a, b, k: np.array_equal(out[a][k], out[b][k])  # noqa: E731
     assert same((0, -1), (1, 0), 0) and same((0, -1), (1, 0), 1)  # -1 means: the seed's own
     assert same((0, 5), (1, 5), 0) and same((0, 5), (1, 5), 1)  # data_seed fixes the split and batches
     assert not same((0, 5), (1, 5), 2)  # ... while seed still moves the initialisation
     assert same((0, -1), (0, 5), 2) and not same((0, -1), (0, 5), 0)  # and the reverse
+
+
+def _collect(out: dict, built: tuple) -> None:
+    """(split, a batch, embedding) of every run of ``built`` (``_engine``'s), by (seed, data_seed)."""
+    group, runs, engine = built
+    hps = hparams_for(runs, engine.table.n_pairs)
+    by = {(r.get("hp.seed"), r.get("hp.data_seed")): i for i, r in enumerate(runs)}
+    for key, i in by.items():
+        hp = jax.tree.map(lambda x: jnp.asarray(x[i]), hps)
+        state, split = engine.init_one(hp)
+        out[key] = (np.asarray(split.train_idx), np.asarray(engine.batch_one(split, hp, jnp.int32(3))[0]),
+                    np.asarray(state.params["embed"]["embedding"]))
 
 
 @pytest.mark.parametrize("args", [
@@ -241,7 +248,8 @@ def test_bad_values_are_one_line_errors(tmp_path, capsys, bad, accepted):
 
 
 @pytest.mark.parametrize("args, named", [(["arch=mlp", "block=postnorm"], "block"),
-                                         (["arch=mlp", "init=torch"], "init"), (["arch=mlp", "tokens=4"], "tokens"),
+                                         (["arch=mlp", "init=torch"], "init"),
+                                         (["arch=mlp", "dataset=digits", "tokens=4"], "tokens"),
                                          (["tokens=4", "measures=excluded"], "excluded")])
 def test_options_that_do_not_apply_are_refused(tmp_path, capsys, args, named):
     assert main(["sweep", "steps=10", *args, "--out", str(tmp_path / "r"), "--quiet"]) == 2

@@ -193,6 +193,9 @@ def _figure_path(output: Path, name: str, fmt: str) -> Path:
     .FORMAT; any other suffix must be a figure format."""
     if output.is_dir():
         return output / f"{name}.{fmt}"
+    if output.exists() and not output.is_file():
+        raise UserError(f"--output {output}: neither a directory nor a file (a device?); give a directory or a "
+                        f"figure file such as comparison.{fmt}")
     if not output.suffix:
         return output.with_name(f"{output.name}.{fmt}")
     if output.suffix[1:].lower() not in FIGURE_FORMATS:

@@ -117,14 +117,15 @@ def _first(steps: np.ndarray, mask: np.ndarray) -> float:
     return float(steps[hit[0]]) if hit.size else math.nan
 
 
-def fit_run(m: pd.DataFrame, opts: FitOptions = FitOptions(), skipped_evals: int = 0
+def fit_run(m: pd.DataFrame, opts: FitOptions = FitOptions(), skipped_evals: int = 0, steps: int | None = None
             ) -> dict[str, float | bool | str]:
     """Times and phase of one run from its metric rows (columns step, train_loss, train_acc, val_acc).
     ``skipped_evals``: evaluations a run stopped as grokked (stop=resolved) did not have before its budget;
     the kept rule counts them as kept, the assumption the run stopped under, so its t_val is that of the
-    same run trained to the budget whenever it would have stayed grokked."""
+    same run trained to the budget whenever it would have stayed grokked. ``steps``: the run's budget
+    (its ``budget`` is the updates observed: at most ``steps``, whose row measures the final parameters)."""
     m = m.sort_values("step")
-    steps = m["step"].to_numpy()
+    budget_steps, steps = steps, m["step"].to_numpy()
     train_acc = m["train_acc"].to_numpy(dtype=float)
     loss = m["train_loss"].to_numpy(dtype=float)
     bad = ~np.isfinite(loss) | (np.nan_to_num(loss, nan=np.inf) > DIVERGENCE_LOSS)
@@ -166,7 +167,7 @@ def fit_run(m: pd.DataFrame, opts: FitOptions = FitOptions(), skipped_evals: int
     return dict(
         t_train=t_train, t_val=t_val, delay=delay, censored=bool(not np.isfinite(t_val)), unconfirmed=unconfirmed,
         phase=phase,
-        budget=float(steps.max() + 1) if steps.size else math.nan,
+        budget=float(min(steps.max() + 1, budget_steps or math.inf)) if steps.size else math.nan,
         t_val_first=_first(ev_steps, reached), t_val_interp=t_val_interp, t_diverged=t_div,
         mid_step=mid, width_decades=width,
         final_train_acc=float(train_acc[healthy][-1]) if healthy.any() else math.nan,
@@ -176,7 +177,7 @@ def fit_run(m: pd.DataFrame, opts: FitOptions = FitOptions(), skipped_evals: int
 
 
 def _evals_between(stop_step: int, runs: pd.DataFrame, run_id: int) -> int:
-    """Evaluation steps in [stop_step, steps) of a run."""
+    """Evaluation steps in [stop_step, steps] of a run (``config.schedule.evals_between``)."""
     row = runs.loc[runs["run_id"] == run_id].iloc[0]
     return evals_between(stop_step, int(row["steps"]), int(row["eval_every"]))
 
@@ -192,7 +193,8 @@ def fit_results(results: Results, opts: FitOptions = FitOptions()) -> pd.DataFra
                for r in grokked.itertuples()}
     for rid in results.runs["run_id"]:
         if rid in by_run:
-            rows.append({"run_id": int(rid)} | fit_run(by_run[rid], opts, skipped.get(int(rid), 0))
+            budget = int(results.runs.loc[results.runs["run_id"] == rid, "steps"].iloc[0])
+            rows.append({"run_id": int(rid)} | fit_run(by_run[rid], opts, skipped.get(int(rid), 0), budget)
                         | {"stop_step": float(stopped.get(int(rid), math.nan))})
     fits = pd.DataFrame(rows, columns=["run_id", *FIT_COLUMNS])
     fits = fits.merge(results.runs, on="run_id", how="left")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from grokjax.config.structure import SECTIONS, Check, Scalar
+from grokjax.config.structure import SECTIONS, ActsWith, Check, Scalar
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class Field:
     check: Check | None
     choices: tuple[str, ...]
     meaning: str
-    acts_with: tuple[str, tuple[Scalar, ...]] | None = None  # (path, values) where the key has an effect
+    acts_with: ActsWith | None = None  # (path, values) pairs: the key has an effect where any one holds
 
     @property
     def short(self) -> str:

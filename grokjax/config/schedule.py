@@ -3,8 +3,9 @@ logged, how a budget is cut into chunks, the accuracy threshold that makes a run
 the metric columns every run has.
 
 Step convention: the row for step s holds the metrics of the parameters after s updates. A run evaluates
-at the multiples of ``eval_every`` and at its last step ``steps - 1``; it logs train metrics at the
-multiples of ``log_every`` and at every evaluation step.
+at the multiples of ``eval_every``, at its last step ``steps - 1`` and at ``steps``, the row of its final
+parameters (after the last update: the ones ``Results.params`` opens by default); it logs train metrics at
+the multiples of ``log_every`` and at every evaluation step.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ METRIC_COLUMNS = TRAIN_COLUMNS + EVAL_COLUMNS
 
 def is_eval_step(step: Any, eval_every: int, steps: int) -> Any:
     """Whether ``step`` (an int, a NumPy or a JAX array) is an evaluation step."""
-    return (step % eval_every == 0) | (step == steps - 1)
+    return (step % eval_every == 0) | (step == steps - 1) | (step == steps)
 
 
 def is_eval_steps(start: int, k: int, eval_every: int, steps: int) -> np.ndarray:
@@ -41,11 +42,13 @@ def is_logged_steps(start: int, k: int, log_every: int, eval_every: int, steps: 
 
 
 def evals_between(start: int, steps: int, eval_every: int) -> int:
-    """How many evaluation steps lie in [start, steps)."""
-    if start >= steps:
+    """How many evaluation steps lie in [start, steps]: the multiples of eval_every, steps - 1 and steps."""
+    if start > steps:
         return 0
+    if start == steps:
+        return 1
     multiples = (steps - 1) // eval_every - (start - 1) // eval_every  # multiples of eval_every in [start, steps)
-    return multiples + (0 if (steps - 1) % eval_every == 0 else 1)
+    return multiples + (0 if (steps - 1) % eval_every == 0 else 1) + 1
 
 
 def chunk_end(start: int, chunk_steps: int, steps: int) -> int:

@@ -44,24 +44,31 @@ def in_unit(v: Any) -> str | None:
     return None if 0 <= v < 1 else "a number in [0, 1)"
 
 
+ActsWith = tuple[tuple[str, tuple[Scalar, ...]], ...]  # (path, values) pairs: the key acts if any one holds
+
+
 def key(default: Scalar, meaning: str, *, choices: tuple[str, ...] = (), check: Check | None = None,
-        kind: str | None = None, optimizer: bool = False, acts_with: tuple[str, tuple[Scalar, ...]] | None = None
-        ) -> Any:
+        kind: str | None = None, optimizer: bool = False,
+        acts_with: tuple[str, tuple[Scalar, ...]] | ActsWith | None = None) -> Any:
     """Declare one sweep key as a dataclass field. ``kind`` (int, float, bool, choice, batch, measures)
     follows from the default and ``choices`` unless given; a whole number is checked to lie in [1, INT32_MAX]
     unless ``check`` says otherwise. ``optimizer``: a per-model number the optimizer keeps in its state.
     ``acts_with=(path, values)``: the key has an effect only where the key ``path`` takes one of ``values``
-    (a value given for it on the command line where it never does is refused)."""
+    (a value given for it on the command line where it never does is refused); several such pairs, in a
+    tuple, mean that any one of them suffices."""
     if kind is None:
         kind = ("choice" if choices else "bool" if isinstance(default, bool) else
                 "int" if isinstance(default, int) else "float")
     if check is None and kind == "int":
         check = whole(1)
+    if acts_with is not None and isinstance(acts_with[0], str):
+        acts_with = (acts_with,)
     return dataclasses.field(default=default, metadata=dict(meaning=meaning, kind=kind, choices=choices,
                                                             check=check, optimizer=optimizer, acts_with=acts_with))
 
 
 TRANSFORMER = ("model.arch", ("transformer",))
+ALGORITHMIC = ("task.dataset", ("algorithmic",))  # the mod-p and S5 tables (not dataset=digits)
 
 
 @dataclass(frozen=True)
@@ -69,12 +76,14 @@ class TaskConfig:
     """Which binary operation, and the modulus p (ignored by ``s5``)."""
 
     op: str = key("add", "binary operation of the task table (s5: composition in the permutation group S5)",
-                  choices=C.OPS)
-    p: int = key(97, "modulus of the task (ignored by s5); ops needing inverses need a prime", check=whole(3))
+                  choices=C.OPS, acts_with=ALGORITHMIC)
+    p: int = key(97, "modulus of the task (ignored by s5); ops needing inverses need a prime", check=whole(3),
+                 acts_with=ALGORITHMIC)
     tokens: int = key(3, "input sequence: 3 (a b =) or 4 (a op b =, vocabulary and output classes p+2, as "
-                         "openai/grok and Grokfast's code)", check=lambda v: None if v in (3, 4) else "3 or 4",
-                      acts_with=("model.arch", ("transformer",)))
-    nonzero_y: bool = key(False, "leave out the pairs with b = 0 (for every op; Grokfast's x*y table)")
+                         "openai/grok and Grokfast's code; the MLP reads a and b and predicts p+2 classes)",
+                      check=lambda v: None if v in (3, 4) else "3 or 4", acts_with=ALGORITHMIC)
+    nonzero_y: bool = key(False, "leave out the pairs with b = 0 (for every op; Grokfast's x*y table)",
+                          acts_with=ALGORITHMIC)
     dataset: str = key("algorithmic", "the data: the algorithmic table of op mod p, or scikit-learn's bundled 8x8 "
                                       "digits (1,797 images, 64 inputs / 16, 10 classes; arch=mlp; Omnigrok)",
                        choices=C.DATASETS)
@@ -139,7 +148,8 @@ class TrainConfig:
                                         "default min((u+1)/W, 1)")
     batching: str = key("random", "minibatches: random (B distinct train pairs drawn afresh each step) or "
                                   "epoch (a fresh permutation each epoch, split in order, the last batch "
-                                  "short, as torch.split or a DataLoader)", choices=C.BATCHINGS)
+                                  "short, as torch.split or a DataLoader); no effect with batch_size=full",
+                        choices=C.BATCHINGS)
     beta1: float = key(0.9, "Adam first-moment decay (momentum for sgd is the key momentum)", check=in_unit)
     beta2: float = key(0.98, "Adam second-moment decay", check=in_unit)
     eps: float = key(1e-8, "Adam epsilon", check=positive)
@@ -196,7 +206,9 @@ class PerModel:
                     check=whole(0))
     data_seed: int = key(-1, "random seed of the split and the minibatches; -1: seed", check=whole(-1))
     embed_std: float = key(0.0, "std of the token and position embeddings' normal init; 0: the init's own "
-                                "(1/sqrt(d_model) for init=lecun, 1 for init=torch)", check=at_least(0))
+                                "(1/sqrt(d_model) for init=lecun, 1 for init=torch); the transformer's and "
+                                "mlp_input=embed's embeddings", check=at_least(0),
+                          acts_with=(TRANSFORMER, ("model.mlp_input", ("embed",))))
     init_scale: float = key(1.0, "multiplies every initial weight (Omnigrok's alpha)", check=positive)
     momentum: float = key(0.0, "SGD momentum (sgd only)", check=in_unit, optimizer=True,
                           acts_with=("train.optimizer", ("sgd",)))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import resource
+from pathlib import Path
 
 import jax
 
@@ -12,15 +14,75 @@ from grokjax.errors import UserError
 
 
 def device_memory_budget(device: jax.Device) -> int:
-    """Bytes a program may use on this device: free accelerator memory, or half the free host memory."""
+    """Bytes a program may use on this device: free accelerator memory, or half the free host memory (the
+    process's own limits included: ``host_memory_free``)."""
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(0.9 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
+    return int(0.5 * host_memory_free())
+
+
+UNLIMITED = 1 << 60  # a cgroup limit at or above this is "max" (cgroup v1 writes 2^63 rounded to pages)
+
+
+def host_memory_free(cgroup_root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self")) -> int:
+    """Host memory this process can still take: the machine's free memory, or less where the process is
+    limited, by its address-space limit (RLIMIT_AS, ``ulimit -v``: minus what it has mapped) or by its
+    cgroup's (SLURM's ``--mem``, a container's): cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes``
+    minus the usage, the tightest over the cgroup and its ancestors."""
     try:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
         free = 8 << 30
-    return int(0.5 * free)
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY:
+        free = min(free, max(soft - _mapped_bytes(proc), 0))
+    for limit, used in _cgroup_limits(cgroup_root, proc):
+        free = min(free, max(limit - used, 0))
+    return free
+
+
+def _mapped_bytes(proc: Path) -> int:
+    """The process's virtual size (VmSize), which RLIMIT_AS bounds."""
+    try:
+        for line in (proc / "status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _cgroup_limits(root: Path, proc: Path) -> list[tuple[int, int]]:
+    """(limit, usage) in bytes of every memory-limited cgroup above this process (v2 and v1)."""
+    try:
+        lines = (proc / "cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        _, controllers, rel = line.split(":", 2)
+        if controllers == "":  # v2: 0::/path
+            base, files = root, ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):
+            base, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        parts = [p for p in rel.split("/") if p]
+        for depth in range(len(parts), -1, -1):
+            folder = base.joinpath(*parts[:depth])
+            limit, used = (_read_bytes(folder / f) for f in files)
+            if limit is not None and limit < UNLIMITED:
+                out.append((limit, used or 0))
+    return out
+
+
+def _read_bytes(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max": no limit
 
 
 def choose_models_per_batch(engine: Engine, n_models: int, requested: int = 0,

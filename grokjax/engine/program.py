@@ -2,7 +2,8 @@
 
 ``Program`` vmaps ``Engine.train_step_one``/``evaluate_one`` over a batch of models and scans
 ``chunk_steps`` steps in one compiled call; the host only sees data at chunk boundaries. Evaluation
-happens at steps that are multiples of ``eval_every`` and at the last step.
+happens at steps that are multiples of ``eval_every``, at the last step ``steps - 1`` and, after the last
+update, at ``steps`` (``config.schedule``).
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ def _chunk_fn(engine: Engine, chunk_steps: int) -> Callable:
         shapes = jax.eval_shape(evaluate, states.params, splits, inputs, labels)
         skipped = {k: jnp.full(v.shape, jnp.nan, v.dtype) for k, v in shapes.items()}
 
-        def body(states: ModelState, step: jax.Array):
+        def body(states: ModelState, step: jax.Array, final: bool = False):
             do_eval = is_eval_step(step, eval_every, steps)
-            evaluated = jax.lax.cond(do_eval, lambda: evaluate(states.params, splits, inputs, labels),
-                                     lambda: skipped)
+            evaluated = evaluate(states.params, splits, inputs, labels) if final else jax.lax.cond(
+                do_eval, lambda: evaluate(states.params, splits, inputs, labels), lambda: skipped)
             before = states
             states, trained = v_step(states, splits, hps, step, inputs, labels)
             dead = is_dead(states.diverged_step, step)  # after the step: it may have found this row bad
@@ -56,7 +57,21 @@ def _chunk_fn(engine: Engine, chunk_steps: int) -> Callable:
                                                             evaluated["val_acc"]))
             return states, {k: v.astype(engine.dtype) for k, v in (trained | evaluated).items()}
 
+        def measure_final(states: ModelState) -> tuple[ModelState, dict[str, jax.Array]]:
+            after, row = body(states, jnp.int32(steps), final=True)
+            if "update_norm" in row:  # the update this step would make: none is made past the budget
+                row["update_norm"] = jnp.full_like(row["update_norm"], jnp.nan)
+            return states._replace(transitions=after.transitions), row
+
         states, metrics = jax.lax.scan(body, states, start + jnp.arange(chunk_steps, dtype=jnp.int32))
+        # The chunk that ends at the budget also measures the final parameters (after `steps` updates, the
+        # ones kept as final): the row of step `steps`, train metrics on that step's batch and an evaluation;
+        # nothing is updated (the step is past the budget). Elsewhere the row is skipped (NaN, not written).
+        at_end = start + chunk_steps == steps
+        final_states, final = jax.lax.cond(at_end, lambda: measure_final(states), lambda: (
+            states, {k: jnp.full(v.shape[1:], jnp.nan, v.dtype) for k, v in metrics.items()}))
+        states = final_states
+        metrics = {k: jnp.concatenate([v, final[k][None]]) for k, v in metrics.items()}
         if tracking:  # [3, N]: diverged step, t_train, t_val_first
             tr = states.transitions
             return states, metrics, jnp.stack([states.diverged_step, tr.train_step, tr.val_step])
@@ -68,7 +83,8 @@ def _chunk_fn(engine: Engine, chunk_steps: int) -> Callable:
 @dataclass
 class ChunkResult:
     """What the host receives at a chunk boundary. metrics: name -> [K, n_real] (the group's dtype) for the steps
-    start..start+K-1 (K cut at the budget); diverged_step: [n_real] (-1 healthy); with
+    start..start+K-1 (K cut at the budget; the chunk that ends at the budget has K+1 rows, the last one
+    measuring the final parameters at step ``steps``); diverged_step: [n_real] (-1 healthy); with
     snapshot_at_transitions, transition_steps [2, n_real]: t_train and t_val_first (-1 not yet)."""
 
     start: int
@@ -283,7 +299,8 @@ class Program:
         host, marks = _to_host((metrics, dead))
         marks = np.asarray(marks)[..., :n_real]
         dead, transitions = (marks[0], marks[1:]) if marks.ndim == 2 else (marks, None)
-        return ChunkResult(start, end, {name: np.asarray(v)[: end - start, :n_real] for name, v in host.items()},
+        rows = end - start + (end == self.engine.group.train.steps)  # the budget's chunk: + the final row
+        return ChunkResult(start, end, {name: np.asarray(v)[:rows, :n_real] for name, v in host.items()},
                            dead, transitions)
 
     @_in_precision

@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -58,10 +58,28 @@ class Sweep:
         """The keys whose value differs between runs: the axes, then the keys the arms set."""
         return self.axes + list(dict.fromkeys(k for arm in self.arms for k in arm if k not in self.axes))
 
-    def points(self) -> list[dict[str, Scalar]]:
+    def points(self, crossing: Callable[[str], bool] | None = None) -> Iterator[dict[str, Scalar]]:
+        """The grid's points in run_id order. With ``crossing``, only the axes it accepts are crossed (the
+        others stay at their first value): a projection of the grid that keeps the order of first
+        appearance, for checks and counts that read only those keys."""
         fixed = {k: v[0] for k, v in self.values.items() if k not in self.axes}
-        return [fixed | arm | dict(zip(self.axes, combo)) for arm in (self.arms or [{}])
-                for combo in itertools.product(*(self.values[a] for a in self.axes))]
+        axes = [a for a in self.axes if crossing is None or crossing(a)]
+        fixed |= {a: self.values[a][0] for a in self.axes if a not in axes}
+        for arm in self.arms or [{}]:
+            for combo in itertools.product(*(self.values[a] for a in axes)):
+                yield fixed | arm | dict(zip(axes, combo))
+
+    def group_sizes(self) -> list[tuple[GroupConfig, int, float]]:
+        """Each static group with its number of runs and its largest frac, in order of first appearance,
+        without enumerating the per-model axes (a dry run of a million runs stays instant)."""
+        crossed = lambda a: not FIELDS[a].per_model or a == "hp.frac"  # noqa: E731
+        repeat = math.prod(len(self.values[a]) for a in self.axes if not crossed(a))
+        out: dict[GroupConfig, list[float]] = {}
+        for point in self.points(crossed):
+            count_frac = out.setdefault(group_config(point), [0, 0.0])
+            count_frac[0] += repeat
+            count_frac[1] = max(count_frac[1], float(point["hp.frac"]))
+        return [(g, int(n), frac) for g, (n, frac) in out.items()]
 
     def groups(self) -> list[tuple[GroupConfig, list[Run]]]:
         """Split the grid into static groups, in order of first appearance. run_id follows grid order."""
@@ -162,14 +180,17 @@ def check_point(point: dict[str, Scalar]) -> None:
 def _check_effect(key: str, text: str, values: dict[str, list[Scalar]]) -> None:
     """Refuse a key the user gave that acts nowhere in this grid (``momentum`` with adamw only, say): it would
     silently train identical runs. A sweep file's own values are not checked."""
-    acts_with = FIELDS[resolve_key(key)].acts_with
-    if acts_with is None:
+    path = resolve_key(key)
+    if path == "train.batching" and all(v == "full" for v in values["train.batch_size"]):
+        raise UserError(f"{key}={text}: has no effect with batch_size=full (every step takes the whole train "
+                        f"split); it acts only with minibatches (batch_size=auto or a number; or drop {key})")
+    acts_with = FIELDS[path].acts_with
+    if acts_with is None or any(v in accepted for other, accepted in acts_with for v in values[other]):
         return
-    other, accepted = acts_with
-    if not any(v in accepted for v in values[other]):
-        have = ",".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values[other])
-        raise UserError(f"{key}={text}: has no effect with {SHORT_NAMES[other]}={have}; it acts only with "
-                        f"{SHORT_NAMES[other]}={'|'.join(map(str, accepted))} (give that too, or drop {key})")
+    have = " ".join(f"{SHORT_NAMES[o]}={shown_value(values[o])}" for o in dict.fromkeys(o for o, _ in acts_with))
+    needs = " or ".join(f"{SHORT_NAMES[o]}={'|'.join(map(str, a))}" for o, a in acts_with)
+    raise UserError(f"{key}={text}: has no effect with {have}; it acts only with {needs} (give that too, or "
+                    f"drop {key})")
 
 
 def shown_value(values: list[Scalar]) -> str:
@@ -286,10 +307,64 @@ def parse_arm(arm: str | Mapping[str, Any], values: dict[str, list[Scalar]]) -> 
                             f"a key for every arm with {key}=[...] outside the arms)")
         axes: list[str] = []
         _apply(scratch, axes, key, parsed, False, str(text))
+        if len(scratch[path]) > 1:  # seeds=N counts N seeds
+            raise UserError(f"arm {arm!r}: {key}={text} is {len(scratch[path])} seeds; an arm sets one value per "
+                            f"key (for several seeds in every arm, give seeds={text} outside the arms; for one "
+                            f"arm only, give it one arm per seed with seed=0, seed=1, ...)")
         out[path] = scratch[path][0]
     for key, text in items:
         _check_effect(key, str(text), scratch)
     return out
+
+
+def _take_axes_from_arms(values: dict[str, list[Scalar]], axes: list[str], seen: set[str], name: str,
+                         arms: list[dict[str, Scalar]], specs: list[Any]) -> None:
+    """A key the sweep file sweeps and the arms set is no longer an axis: the arms give its values. Every arm
+    must then set it (an arm that did not would silently take the file's first value, which nobody typed).
+    A key swept on the command line and set by an arm is refused."""
+    for p in dict.fromkeys(p for arm in arms for p in arm):
+        if p in axes and p in seen:
+            raise UserError(f"{SHORT_NAMES[p]} is both swept ({SHORT_NAMES[p]}=[...]) and set by an arm; "
+                            f"set it in every arm, or sweep it outside the arms")
+        if p in axes:
+            unset = [i for i, arm in enumerate(arms) if p not in arm]
+            if unset:
+                i = unset[0]
+                raise UserError(f"arm {i + 1} ({_arm_text(specs[i])}) leaves {SHORT_NAMES[p]} unset, which "
+                                f"{name} sweeps ({SHORT_NAMES[p]}={shown_value(values[p])}) and another arm sets; "
+                                f"set {SHORT_NAMES[p]} in every arm, or in none (then every arm crosses "
+                                f"{name}'s {SHORT_NAMES[p]} values)")
+            axes.remove(p)
+
+
+def _arm_text(spec: Any) -> str:
+    return spec if isinstance(spec, str) else " ".join(f"{k}={v}" for k, v in dict(spec).items())
+
+
+def _check_duplicates(sweep: Sweep) -> None:
+    """Refuse a grid that would train the same run twice: two arms that resolve to the same settings, or
+    data_seed=-1 (the run's own seed) beside a data_seed equal to one of the seeds."""
+    fixed = {k: v[0] for k, v in sweep.values.items() if k not in sweep.axes}
+    seen: dict[tuple, int] = {}
+    for i, arm in enumerate(sweep.arms):
+        point = fixed | arm
+        if "hp.data_seed" not in sweep.axes and point["hp.data_seed"] == -1 and "hp.seed" not in sweep.axes:
+            point = point | {"hp.data_seed": point["hp.seed"]}
+        key = tuple(sorted(point.items()))
+        if key in seen:
+            raise UserError(f"arms {seen[key] + 1} and {i + 1} resolve to the same settings "
+                            f"({' '.join(f'{SHORT_NAMES[k]}={shown_value([v])}' for k, v in arm.items())}): "
+                            f"they would train the same runs twice; drop one or make them differ")
+        seen[key] = i
+    for arm in sweep.arms or [{}]:
+        point = fixed | arm
+        seeds = sweep.values["hp.seed"] if "hp.seed" in sweep.axes else [point["hp.seed"]]
+        data_seeds = sweep.values["hp.data_seed"] if "hp.data_seed" in sweep.axes else [point["hp.data_seed"]]
+        same = sorted(set(seeds) & set(data_seeds) - {-1}) if -1 in data_seeds else []
+        if same:
+            raise UserError(f"data_seed={shown_value(data_seeds)} with seed={shown_value(seeds)}: data_seed=-1 "
+                            f"means the run's own seed, so for seed={same[0]} data_seed=-1 and data_seed="
+                            f"{same[0]} would train the same run twice; drop -1 or {same[0]} from data_seed")
 
 
 def build_sweep(config: str | None = None, overrides: Iterable[str] = (),
@@ -332,13 +407,7 @@ def build_sweep(config: str | None = None, overrides: Iterable[str] = (),
         given.append((key, text.strip()))
     arm_specs = list(arms) if arms is not None else read_sweep_file(path_of_config).get("arms", [])
     parsed_arms = [parse_arm(a, values) for a in arm_specs]
-    for arm in parsed_arms:
-        for p in arm:
-            if p in axes and p in seen:
-                raise UserError(f"{SHORT_NAMES[p]} is both swept ({SHORT_NAMES[p]}=[...]) and set by an arm; "
-                                f"set it in every arm, or sweep it outside the arms")
-            if p in axes:  # swept by the sweep file: the arms set it instead
-                axes.remove(p)
+    _take_axes_from_arms(values, axes, seen, name, parsed_arms, arm_specs)
     arm_keys = {p for arm in parsed_arms for p in arm}
     for key, text in given:
         if resolve_key(key) not in arm_keys:
@@ -349,6 +418,11 @@ def build_sweep(config: str | None = None, overrides: Iterable[str] = (),
         sizes = " x ".join(f"{SHORT_NAMES[a]}={len(values[a])}" for a in axes)
         raise UserError(f"the grid has {n_runs:,} runs ({sizes}); at most {MAX_RUNS:,} runs per sweep: "
                         f"split it into several sweeps")
-    for point in sweep.points():
-        check_point(point)
+    _check_duplicates(sweep)
+    checked: set[tuple] = set()
+    for point in sweep.points(lambda a: not FIELDS[a].per_model or a == "hp.frac"):  # what check_point reads
+        key = tuple(sorted(point.items()))
+        if key not in checked:
+            checked.add(key)
+            check_point(point)
     return sweep

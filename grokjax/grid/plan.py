@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from grokjax.config.fields import SHORT_NAMES
 from grokjax.config.structure import GroupConfig
-from grokjax.grid.expand import Run, Sweep, batch_size_of, n_train_of
+from grokjax.grid.expand import Sweep, batch_size_of, n_train_of
 from grokjax.tasks.tables import n_pairs_of
 
 METRIC_ROW_BYTES = 16  # a generous size of one compressed metric row on disk
@@ -22,8 +22,10 @@ def n_params(group: GroupConfig) -> int:
     """Parameters of one model of the group (the models' own definitions, counted from the shapes)."""
     m, p = group.model, n_symbols_of(group)
     if m.arch == "mlp":
-        embed = 0 if m.mlp_input == "onehot" or group.task.dataset == "digits" else p * m.d_model
-        d_in = 64 if group.task.dataset == "digits" else 2 * p if m.mlp_input == "onehot" else 2 * m.d_model
+        digits = group.task.dataset == "digits"
+        p = p if digits or group.task.tokens == 3 else p + 2  # 4 tokens: the p + 2 classes of the vocabulary
+        embed = 0 if m.mlp_input == "onehot" or digits else p * m.d_model
+        d_in = 64 if digits else 2 * p if m.mlp_input == "onehot" else 2 * m.d_model
         weights = d_in * m.d_mlp + (m.n_layers - 1) * m.d_mlp * m.d_mlp + m.d_mlp * p
         biases = m.n_layers * m.d_mlp + p if m.bias else 0
         return embed + weights + biases
@@ -38,13 +40,14 @@ def n_params(group: GroupConfig) -> int:
     return vocab * d + positions + m.n_layers * layer + d * classes + (2 * d if final_norm else 0)
 
 
-def step_bytes(group: GroupConfig, runs: list[Run]) -> int:
-    """Estimated device bytes of one model in the group's program: parameters, gradients and two Adam
-    moments, plus the activations of one step (every position's residual, attention and MLP activations)."""
+def step_bytes(group: GroupConfig, max_frac: float) -> int:
+    """Estimated device bytes of one model in the group's program (its largest train split at ``max_frac``):
+    parameters, gradients and two Adam moments, plus the activations of one step (every position's
+    residual, attention and MLP activations)."""
     m, t = group.model, group.train
     itemsize = 8 if t.dtype == "float64" else 4
     n_pairs = n_pairs_of(group.task.op, group.task.p, group.task.nonzero_y, group.task.dataset)
-    n_train = max(n_train_of(float(r.get("hp.frac")), n_pairs) for r in runs)
+    n_train = n_train_of(max_frac, n_pairs)
     batch = batch_size_of(t, n_train) or n_train
     width = (m.d_model * 8 + m.d_mlp * 2) * 3 if m.arch == "transformer" else m.d_mlp * 3
     activations = batch * width * m.n_layers + batch * n_symbols_of(group) * 2
@@ -52,34 +55,38 @@ def step_bytes(group: GroupConfig, runs: list[Run]) -> int:
     return itemsize * (copies * n_params(group) + activations)
 
 
+def run_disk_bytes(group: GroupConfig) -> int:
+    """A generous estimate of the disk one run of the group needs: a metric row per logged step, and its
+    kept parameters (final, every ``snapshot_every`` steps, at t_train and t_val_first)."""
+    t = group.train
+    kept = 1 + (t.steps // t.snapshot_every if t.snapshot_every else 0) + 2 * t.snapshot_at_transitions
+    itemsize = 8 if t.dtype == "float64" else 4
+    return METRIC_ROW_BYTES * -(-t.steps // t.log_every) + kept * itemsize * n_params(group)
+
+
 def disk_bytes(sweep: Sweep) -> int:
-    """A generous estimate of the disk a sweep's metrics and kept parameters need (each run's final
-    parameters, those of every ``snapshot_every`` steps and those at t_train and t_val_first)."""
-    total = 0
-    for g, runs in sweep.groups():
-        t = g.train
-        kept = 1 + (t.steps // t.snapshot_every if t.snapshot_every else 0) + 2 * t.snapshot_at_transitions
-        itemsize = 8 if t.dtype == "float64" else 4
-        total += len(runs) * (METRIC_ROW_BYTES * -(-t.steps // t.log_every) + kept * itemsize * n_params(g))
-    return total
+    """A generous estimate of the disk a sweep's metrics and kept parameters need (``run_disk_bytes``)."""
+    return sum(n * run_disk_bytes(g) for g, n, _ in sweep.group_sizes())
 
 
 def describe_plan(sweep: Sweep) -> str:
-    """The grid in a few lines: runs, groups, the keys that vary, model-steps, memory and disk."""
-    groups = sweep.groups()
+    """The grid in a few lines: runs, groups, the keys that vary, model-steps, memory and disk. Counts per
+    group, never the runs themselves: a dry run of the largest grid allowed stays instant."""
+    groups = sweep.group_sizes()
     axes = ", ".join(f"{SHORT_NAMES[a]} ({len(sweep.values[a])})" for a in sweep.axes) or "none"
     if sweep.arms:
         axes += f"; {len(sweep.arms)} arms setting " + ", ".join(SHORT_NAMES[k] for k in sweep.swept[len(sweep.axes):])
-    model_steps = sum(g.train.steps * len(runs) for g, runs in groups)
+    model_steps = sum(g.train.steps * n for g, n, _ in groups)
+    disk = sum(n * run_disk_bytes(g) for g, n, _ in groups)
     lines = [f"{sweep.name}: {sweep.n_runs():,} runs in {len(groups)} compiled group(s); swept: {axes}",
-             f"{model_steps:,} model-steps; metrics on disk about {_mib(disk_bytes(sweep))}"]
-    for i, (g, runs) in enumerate(groups):
-        per_model = step_bytes(g, runs)
+             f"{model_steps:,} model-steps; metrics on disk about {_mib(disk)}"]
+    for i, (g, n, max_frac) in enumerate(groups):
+        per_model = step_bytes(g, max_frac)
         task = ("digits" if g.task.dataset == "digits" else "s5" if g.task.op == "s5"
                 else f"{g.task.op} mod {g.task.p}")
-        lines.append(f"group {i + 1}: {len(runs)} runs, {task}, {g.model.arch} ({n_params(g):,} parameters), "
+        lines.append(f"group {i + 1}: {n:,} runs, {task}, {g.model.arch} ({n_params(g):,} parameters), "
                      f"{g.train.steps:,} steps; about {_mib(per_model)} per model, "
-                     f"{_mib(per_model * len(runs))} for all at once")
+                     f"{_mib(per_model * n)} for all at once")
     return "\n".join(lines)
 
 

@@ -1,6 +1,8 @@
 """The "2-hot" MLP of Liu et al. 2022 / Omnigrok, Gromov 2023 and Prieto et al. 2025, for ONE model.
 
-Input: tokens [B, 3] (``a b =``; the ``=`` token is ignored). ``mlp_input="onehot"``: the concatenated
+Input: tokens [B, T], ``a b =`` (T = 3) or ``a op b =`` (T = 4): the MLP reads a (column 0) and b (column
+T - 2); the ``op`` and ``=`` tokens are ignored, and with 4 tokens it predicts over the same p + 2 classes
+as the transformer. ``mlp_input="onehot"``: the concatenated
 one-hot codes of a and b (2 * n_symbols features), so the first layer is W[a] + W[n_symbols + b], a
 gather of two rows rather than a matmul with one-hot vectors. ``mlp_input="embed"``: learned embeddings
 of size d_model for a and b, concatenated (2 * d_model features) into the first layer. Then ``n_layers``
@@ -28,7 +30,8 @@ def torch_dense(features: int, use_bias: bool, dtype: jnp.dtype, name: str) -> D
 
 
 class MLP(nn.Module):
-    """tokens [B, 3] int -> logits [B, n_symbols]."""
+    """tokens [B, T] int (T = 3 or 4), or features [B, 64] float (digits) -> logits [B, n_symbols]
+    (n_symbols: the table's output classes)."""
 
     cfg: ModelConfig
     vocab_size: int
@@ -44,7 +47,7 @@ class MLP(nn.Module):
             for i in range(1, cfg.n_layers):
                 h = activation(cfg.act)(torch_dense(cfg.d_mlp, cfg.bias, self.dtype, name=f"hidden_{i}")(h))
             return torch_dense(n, cfg.bias, self.dtype, name="readout")(h)
-        a, b = tokens[:, 0], tokens[:, 1]
+        a, b = tokens[:, 0], tokens[:, -2]  # a b = or a op b =
         if cfg.mlp_input == "onehot":
             fan_in = 2 * n
             w = self.param("in_kernel", torch_linear_init(fan_in), (fan_in, cfg.d_mlp), self.dtype)

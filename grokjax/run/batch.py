@@ -231,8 +231,8 @@ class BatchTrainer:
 
 def train_alone(group: GroupConfig, runs: list[Run]) -> dict[str, np.ndarray]:
     """Train some runs in one program through the sweep's own loop (``BatchTrainer``), without writing,
-    and return stacked metrics name -> [steps, N, ...] (NaN after a run left the program under
-    stop=resolved). For tests and notebooks; the sweep streams its chunks instead of holding them."""
+    and return stacked metrics name -> [steps + 1, N, ...] (row s: after s updates; the last row measures the
+    final parameters; NaN after a run left the program under stop=resolved). For tests and notebooks; the sweep streams its chunks instead of holding them."""
     engine = engine_for(group, runs)
     trainer = BatchTrainer(engine, runs, len(runs), lambda n, repack=False: Program.get(engine, n))
     column = {r.run_id: j for j, r in enumerate(runs)}
@@ -241,6 +241,6 @@ def train_alone(group: GroupConfig, runs: list[Run]) -> dict[str, np.ndarray]:
         cols = [column[i] for i in c.ids.tolist()]
         for name, v in c.metrics.items():
             if name not in out:
-                out[name] = np.full((group.train.steps, len(runs), *v.shape[2:]), np.nan, v.dtype)
-            out[name][c.start: c.end, cols] = v
+                out[name] = np.full((group.train.steps + 1, len(runs), *v.shape[2:]), np.nan, v.dtype)
+            out[name][c.start: c.start + len(v), cols] = v
     return out

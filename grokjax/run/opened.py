@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grokjax.config.fields import FIELDS
+from grokjax.errors import UserError
 from grokjax.grid.expand import Run, group_config
 
 
@@ -33,23 +34,42 @@ def network(row: dict[str, Any], params: dict[str, Any]) -> Callable[..., np.nda
     table = engine.table
 
     def tokens(a: Any, b: Any) -> np.ndarray:
-        a, b = np.asarray(a, np.int32).ravel(), np.asarray(b, np.int32).ravel()
-        if a.shape != b.shape or (a.size and (min(a.min(), b.min()) < 0 or max(a.max(), b.max()) >= table.n_symbols)):
-            raise ValueError(f"a and b: equal-length arrays of operands in [0, {table.n_symbols})")
+        a, b = _operands(a, "a", table.n_symbols), _operands(b, "b", table.n_symbols)
+        if a.shape != b.shape:
+            raise UserError(f"a and b: {a.size} and {b.size} operands; give equal-length arrays")
         eq = np.full_like(a, table.n_symbols)
         cols = [a, b, eq] if table.seq_len == 3 else [a, np.full_like(a, table.n_symbols + 1), b, eq]
         return np.stack(cols, axis=1)
 
     def f(*operands: Any) -> np.ndarray:
+        if len(operands) != (1 if table.features else 2):
+            raise UserError(f"model(...)({len(operands)} arrays): expected " + (
+                "f(x), images x [N, 64]" if table.features else "f(a, b), operand arrays a and b [N]"))
         if table.features:
-            (x,) = operands
-            inputs = jnp.asarray(np.asarray(x, np.float32).reshape(-1, table.seq_len), engine.dtype)
+            x = np.asarray(operands[0], np.float32)
+            if x.size % table.seq_len:
+                raise UserError(f"x: {x.size} values are not whole images of {table.seq_len} pixels")
+            inputs = jnp.asarray(x.reshape(-1, table.seq_len), engine.dtype)
         else:
             inputs = jnp.asarray(tokens(*operands))
+        if not len(inputs):
+            return np.zeros((0, table.n_classes), np.dtype(engine.dtype))
         with jax.enable_x64(engine.x64):
             return np.asarray(engine.forward(jax.tree.map(jnp.asarray, params), inputs))
 
     return f
+
+
+def _operands(x: Any, name: str, n_symbols: int) -> np.ndarray:
+    """Operands as int32 [N]: whole numbers in [0, n_symbols); floats only where they are whole (1.0)."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "iub" and not (x.dtype.kind == "f" and np.all(np.isfinite(x)) and np.all(x == np.round(x))):
+        what = "fractional or non-finite floats" if x.dtype.kind == "f" else f"{x.dtype} values"
+        raise UserError(f"{name}: operands are whole numbers in [0, {n_symbols}), not {what}")
+    x = x.astype(np.int64).ravel()
+    if x.size and (x.min() < 0 or x.max() >= n_symbols):
+        raise UserError(f"{name}: operands are whole numbers in [0, {n_symbols}); got {x.min()} to {x.max()}")
+    return x.astype(np.int32)
 
 
 def hooked(row: dict[str, Any], params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -97,15 +97,39 @@ def _resume_point(rd: ResultsDir, group: int, batch: int, engine: Engine, rep: R
     step = -1
     if peers.leader:
         ckpt = _usable_checkpoint(rd, group, batch, state_shapes(engine), rep)
-        damaged = rd.first_damaged_part(group, batch)
-        if ckpt is not None and damaged is not None and damaged[0] < ckpt.step:
-            rep.warn(f"{damaged[1]} is damaged and its checkpoint is later: training group {group + 1} "
-                     f"batch {batch + 1} again from step 0")
-            ckpt = None
+        part, params = rd.first_damaged_part(group, batch), rd.first_damaged_params(group, batch)
+        # A damaged file from before the checkpoint is not written again by resuming from it: the batch trains
+        # again from step 0 (later files are cleared, and written again, either way).
+        for damaged, before in ((part, part is not None and ckpt is not None and part[0] < ckpt.step),
+                                (params, params is not None and ckpt is not None and params[0] <= ckpt.step)):
+            if before:
+                rep.warn(f"{damaged[1]} is damaged and its checkpoint is later: training group {group + 1} "
+                         f"batch {batch + 1} again from step 0")
+                ckpt = None
         step = -1 if ckpt is None else ckpt.step
     if peers.agree(step) < 0:
         return None
     return ckpt if peers.leader else rd.load_checkpoint(group, batch)
+
+
+@contextlib.contextmanager
+def _out_of_memory_is_one_line(path: Path | None) -> Iterator[None]:
+    """An allocation that fails while compiling or training (XLA's RESOURCE_EXHAUSTED, or MemoryError on the
+    host) becomes one line: what ran out and how to go on. The results directory (``path``, once open) is
+    closed on the way out, its lock released; what was checkpointed stays, so --resume continues."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:  # jaxlib's XlaRuntimeError is a RuntimeError
+        if not isinstance(e, MemoryError) and "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(
+                e).lower():
+            raise
+        what = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        if path is None:
+            raise UserError(f"out of memory while compiling: {what}; nothing was written: use fewer models per "
+                            f"program (models_per_batch=N), a smaller model, or more memory") from None
+        raise UserError(f"out of memory while training: {what}; what was checkpointed is kept: with more memory, "
+                        f"continue with grokjax sweep ... --out {path} --resume (or train again into a new --out "
+                        f"with models_per_batch=N or a smaller model)") from None
 
 
 @dataclass
@@ -135,8 +159,8 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
     total = sum(g.train.steps * len(runs) for g, runs in groups)
     tracker = Tracker(sum(len(runs) for _, runs in groups))
     t0 = time.perf_counter()
+    ResultsDir.preflight(path, sweep, resume, shard, needed_bytes=disk_bytes(sweep))  # before anything compiles
     engines = [engine_for(group, runs) if runs else None for group, runs in groups]
-    ResultsDir.preflight(path, sweep, resume, shard)  # refused before anything compiles
     peers.sync("grokjax-preflight")  # no process judges DIR after process 0 has started writing there
     with Reporter(total, quiet) as rep:
         rep.say(changed_settings(sweep))
@@ -145,11 +169,13 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
         plans = {}
         for gi, (e, (g, runs)) in enumerate(zip(engines, groups)):
             if not resume and runs:
-                with rep.compiling(f"group {gi + 1} of {len(groups)} ({len(runs)} models)"):
+                with rep.compiling(f"group {gi + 1} of {len(groups)} ({len(runs)} models)"), \
+                        _out_of_memory_is_one_line(None):
                     n, why = choose_models_per_batch(e, len(runs), g.train.models_per_batch)
                 # Free memory may differ between hosts: every process takes process 0's batch size.
                 plans[gi] = (peers.agree(n), why)
-        with _open(path, sweep, resume, command or [], shard, peers) as rd, _stop_on_signals() as signals:
+        with _open(path, sweep, resume, command or [], shard, peers) as rd, _stop_on_signals() as signals, \
+                _out_of_memory_is_one_line(path):
             model_steps = _train_groups(sweep, groups, engines, plans, rd, rep, tracker, resume, signals, path,
                                         shard, peers)
             peers.sync("grokjax-trained")  # every process's parts are written

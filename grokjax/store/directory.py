@@ -127,12 +127,7 @@ class ResultsDir(PartWriter, CheckpointStore, ParamsStore):
         same sweep split into as many shards."""
         path = Path(path)
         lock = _lock_name(shard)
-        cls.preflight(path, sweep, resume, shard, judge=False)
-        parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
-        if parent.is_dir() and needed_bytes and shutil.disk_usage(parent).free < needed_bytes:
-            free = shutil.disk_usage(parent).free
-            raise UserError(f"--out {path}: {_size(free)} free, the sweep needs about {_size(needed_bytes)}; free "
-                            f"space or choose another --out")
+        cls.preflight(path, sweep, resume, shard, judge=False, needed_bytes=needed_bytes)
         created_dir = not path.exists()
         created_lock = not (path / lock).exists()
         try:
@@ -181,10 +176,10 @@ class ResultsDir(PartWriter, CheckpointStore, ParamsStore):
         return rd
 
     @staticmethod
-    def preflight(path: Path, sweep: Sweep, resume: bool, shard: Shard | None = None, judge: bool = True
-                  ) -> None:
+    def preflight(path: Path, sweep: Sweep, resume: bool, shard: Shard | None = None, judge: bool = True,
+                  needed_bytes: int = 0) -> None:
         """The checks of ``open`` that need no lock and write nothing, so a sweep can be refused before it
-        compiles (``open`` repeats them under the lock)."""
+        compiles (``open`` repeats them under the lock): among them, ``needed_bytes`` of free space."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path}: exists and is not a directory; choose a new directory")
@@ -192,6 +187,10 @@ class ResultsDir(PartWriter, CheckpointStore, ParamsStore):
         if parent.is_dir() and shutil.disk_usage(parent).total == 0:  # /proc, /sys: no disk behind them
             raise UserError(f"--out {path}: {parent} is not on a disk file system (it holds no space); choose a "
                             f"writable directory")
+        if parent.is_dir() and needed_bytes and shutil.disk_usage(parent).free < needed_bytes:
+            free = shutil.disk_usage(parent).free
+            raise UserError(f"--out {path}: {_size(free)} free, the sweep needs about {_size(needed_bytes)}; free "
+                            f"space or choose another --out")
         # One listing, judged once: a writer that starts at this moment creates its lock before anything else.
         names = [p.name for p in path.iterdir()] if path.is_dir() else []
         ours = any(n == SWEEP_JSON or n.startswith(LOCK) for n in names)

@@ -119,6 +119,9 @@ def _selected(results: Results, runs: list[int] | None, step: int | str | None) 
     ids = results.runs["run_id"].tolist() if runs is None else runs
     if not ids:
         raise UserError("--runs: no run_id given; e.g. --runs 0,5 (or leave --runs out for every run)")
+    twice = sorted({rid for rid in ids if ids.count(rid) > 1})
+    if twice:
+        raise UserError(f"--runs: run {twice[0]} is given twice; give each run_id once")
     rows = results.runs.set_index("run_id")
     chosen = []
     for rid in ids:

@@ -42,6 +42,25 @@ def atomic_file(path: Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_files(paths: list[Path]) -> Iterator[list[Path]]:
+    """``atomic_file`` for several files written as one: all are written under temporary names and fsynced
+    before any is renamed into place, so a failed write (a full disk) leaves every previous file as it was."""
+    tmps = [tmp_name(p) for p in paths]
+    try:
+        yield tmps
+        for tmp in tmps:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in tmps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -69,10 +71,11 @@ class Results:
         from grokjax.store.params import read_params
 
         ids = self.runs["run_id"].tolist()
-        if not isinstance(run_id, int) or isinstance(run_id, bool) or run_id not in ids:
+        if not _whole(run_id) or int(run_id) not in ids:
             raise UserError(f"run_id={run_id!r}: not a run of {self.path}; accepted: 0 to {max(ids)}")
-        if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+        if step is not None and not _whole(step):
             raise UserError(f"step={step!r}: expected a whole number of steps, or None for the last kept")
+        run_id, step = int(run_id), None if step is None else int(step)
         try:
             try:
                 at, tree, _ = read_params(self._index(), run_id, step)
@@ -131,6 +134,8 @@ class Results:
         ``columns="all"`` every one (``p op d_model ...``), or the ones named. The joined columns are
         categoricals (a key takes few values): for the default sweep the frame takes 1.1x the metrics'
         memory, 2.2x with ``columns="all"`` (every key as a plain column took 11.6x)."""
+        if isinstance(columns, str) and columns != "all":
+            columns = [columns]  # frame("wd"): one column, not the letters of its name
         if columns is None:
             columns = [a for a in self.axes if a in self.runs.columns]
         elif columns == "all":
@@ -142,6 +147,11 @@ class Results:
         runs = self.runs[["run_id", *[c for c in columns if c != "run_id"]]]
         runs = runs.astype({c: "category" for c in runs.columns if c != "run_id"})
         return self.metrics.merge(runs, on="run_id", how="left", validate="many_to_one")
+
+
+def _whole(x: Any) -> bool:
+    """A whole number: an int or a NumPy integer (``np.int64(0)``), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
 
 
 def _read_parts(parts: list[Path], sweep_path: Path) -> Iterator[pa.Table]:

@@ -10,9 +10,10 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from grokjax.store.columns import describe
-from grokjax.store.files import atomic_file, atomic_parquet, write_error
+from grokjax.store.files import atomic_file, atomic_files, write_error
 from grokjax.store.layout import (
     CELLS_PARQUET,
     FIT_OPTIONS_KEY,
@@ -21,17 +22,12 @@ from grokjax.store.layout import (
 )
 
 
-def _save_table(target: Path, df: pd.DataFrame, kind: str, options: dict[str, Any]) -> Path:
+def _table(df: pd.DataFrame, kind: str, options: dict[str, Any]) -> pa.Table:
     out = df.copy()
     out.attrs = {}
     table = describe(pa.Table.from_pandas(out, preserve_index=False), kind)
-    table = table.replace_schema_metadata((table.schema.metadata or {}) |
-                                          {FIT_OPTIONS_KEY: json.dumps(options).encode()})
-    try:
-        atomic_parquet(target, table)
-    except OSError as e:
-        raise write_error(target, e, "nothing else was changed") from e
-    return target
+    return table.replace_schema_metadata((table.schema.metadata or {}) |
+                                         {FIT_OPTIONS_KEY: json.dumps(options).encode()})
 
 
 def fit_options_of(fits: pd.DataFrame) -> dict[str, Any]:
@@ -41,15 +37,19 @@ def fit_options_of(fits: pd.DataFrame) -> dict[str, Any]:
 
 def save_fits(path: Path, fits: pd.DataFrame, cells: pd.DataFrame | None = None,
               laws: pd.DataFrame | None = None) -> Path:
-    """Write DIR/fits.parquet (and cells.parquet, laws.parquet when given), each under a temporary name
-    then renamed. Raises StorageError on a failed write, leaving the previous files as they were."""
+    """Write DIR/fits.parquet (and cells.parquet, laws.parquet when given) all or nothing: every table under
+    a temporary name first, then all renamed. Raises StorageError on a failed write, leaving the previous
+    files as they were."""
     options = fit_options_of(fits)
-    target = _save_table(Path(path) / FITS_PARQUET, fits, "fits", options)
-    if cells is not None:
-        _save_table(Path(path) / CELLS_PARQUET, cells, "cells", options)
-    if laws is not None:
-        _save_table(Path(path) / LAWS_PARQUET, laws, "laws", options)
-    return target
+    tables = [(FITS_PARQUET, fits, "fits"), (CELLS_PARQUET, cells, "cells"), (LAWS_PARQUET, laws, "laws")]
+    tables = [(Path(path) / name, _table(df, kind, options)) for name, df, kind in tables if df is not None]
+    try:
+        with atomic_files([target for target, _ in tables]) as tmps:
+            for tmp, (_, table) in zip(tmps, tables):
+                pq.write_table(table, tmp)
+    except OSError as e:
+        raise write_error(Path(path) / FITS_PARQUET, e, "the previous fits, cells and laws were kept") from e
+    return Path(path) / FITS_PARQUET
 
 
 def save_figure(fig: Any, path: Path) -> Path:

@@ -66,6 +66,13 @@ class ParamsStore:
                 out.append((int(m["step"]), p))
         return out
 
+    def first_damaged_params(self, group: int, batch: int) -> tuple[int, Path] | None:
+        """(step, file) of this batch's earliest parameters file that cannot be read, if any."""
+        for step, p in sorted(self._params_files(group, batch)):
+            if not params_file_ok(p):
+                return step, p
+        return None
+
     def clear_params_after(self, group: int, batch: int, step: int) -> None:
         """Remove this batch's parameter files after ``step`` (written after the checkpoint resumed from)."""
         for s, p in self._params_files(group, batch):
@@ -77,6 +84,22 @@ class ParamsStore:
         for _, p in self._params_files(group):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+
+def damaged(path: Path, e: BaseException) -> UserError:
+    return UserError(f"{path}: not a readable parameters file ({type(e).__name__}); remove it (the parameters "
+                     f"it kept are lost) or resume the sweep (--resume trains them again)")
+
+
+def params_file_ok(path: Path) -> bool:
+    """Whether a parameters file opens and holds its run ids, step(s) and arrays whole."""
+    try:
+        with np.load(path) as z:
+            ids = z["run_ids"]
+            _ = z["steps"] if "steps" in z.files else z["step"]
+            return all(len(z[k]) >= len(ids) for k in z.files if k.startswith(_KEY))
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+        return False
 
 
 ParamsIndex = dict[int, dict[int, tuple[Path, int]]]  # run_id -> step -> (file, row)
@@ -95,9 +118,8 @@ def params_index(path: Path) -> ParamsIndex:
                 steps = z["steps"] if "steps" in z.files else np.full(len(ids), int(z["step"]))
         except FileNotFoundError:  # removed by a resume since the listing
             continue
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            raise UserError(f"{p}: not a readable parameters file ({type(e).__name__}); remove it (the "
-                            f"parameters it kept are lost) or train the sweep again") from None
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:  # a zero-byte file: EOFError
+            raise damaged(p, e) from None
         for row, (rid, step) in enumerate(zip(ids.tolist(), steps.tolist())):
             index.setdefault(rid, {})[step] = (p, row)
     return index
@@ -115,12 +137,15 @@ def read_params(index: ParamsIndex, run_id: int, step: int | None) -> tuple[int,
         raise LookupError(at)
     p, row = found[at]
     tree: dict[str, Any] = {}
-    with np.load(p) as z:
-        for key in z.files:
-            if key.startswith(_KEY):
-                *parents, leaf = key[len(_KEY):].split(".")
-                node = tree
-                for name in parents:
-                    node = node.setdefault(name, {})
-                node[leaf] = np.array(z[key][row])
+    try:
+        with np.load(p) as z:
+            for key in z.files:
+                if key.startswith(_KEY):
+                    *parents, leaf = key[len(_KEY):].split(".")
+                    node = tree
+                    for name in parents:
+                        node = node.setdefault(name, {})
+                    node[leaf] = np.array(z[key][row])
+    except (EOFError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as e:  # damaged since indexed
+        raise damaged(p, e) from None
     return at, tree, kept
