@@ -104,12 +104,15 @@ def test_two_processes_interrupted_and_resumed_equal_one_process_with_two_device
     assert writers == {"proc00000of00002", "proc00001of00002"}  # each process wrote its own models' parts
 
 
+@pytest.mark.slow
 def test_an_unreachable_coordinator_is_a_one_line_error_in_bounded_time(tmp_path):
+    """Bounded, not fast: the 2 s cluster timeout plus a Python and JAX start-up, which on a loaded 2-core
+    machine (the other xdist worker compiling) took up to ~45 s; the bound is what a hang would exceed."""
     out = tmp_path / "r"
     t0 = time.time()
     proc = run_cli(["sweep", *TINY, "--out", str(out), "--coordinator", f"localhost:{_free_port()}",
-                    "--num-processes", "2", "--process-id", "1", "--cluster-timeout", "2"], env=_env(1), timeout=60)
-    assert time.time() - t0 < 40
+                    "--num-processes", "2", "--process-id", "1", "--cluster-timeout", "2"], env=_env(1), timeout=240)
+    assert time.time() - t0 < 180
     assert proc.returncode == 2, proc.stderr
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "no coordinator answered within 2 s" in err, err

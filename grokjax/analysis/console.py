@@ -67,7 +67,11 @@ def fit_and_report(path: Path, opts: FitOptions = FitOptions(), say: Say = print
     say(summary_table(report.cells, opts.threshold))
     misses = near_misses(fits, opts.threshold, NEAR)
     if misses:
-        say(f"near misses (best val acc within {NEAR:g} of {opts.threshold:g}, never kept): " + "; ".join(misses))
+        shown = misses[:MAX_NEAR_MISSES_SHOWN]
+        more = (f"; and {len(misses) - len(shown)} more (every run's max_val_acc is in fits.parquet)"
+                if len(misses) > len(shown) else "")
+        say(f"near misses (best val acc within {NEAR:g} of {opts.threshold:g}, never kept), {len(misses)}: "
+            + "; ".join(shown) + more)
     for law in report.laws:
         say(str(law))
     say(f"phases: {', '.join(f'{k} {v}' for k, v in fits['phase'].value_counts().items())}; "
@@ -97,6 +101,9 @@ def fits_for_plot(path: Path, opts: FitOptions | None = None, say: Say = print) 
     say(f"fitted for this plot ({why}): threshold {opts.threshold:g}, keep {opts.keep:g}, slack "
         f"{opts.slack:g}, gap {opts.gap:g}; fits.parquet not changed (grokjax fit writes it)")
     return fits
+
+
+MAX_NEAR_MISSES_SHOWN = 5  # the summary names this many; a long list is summarised
 
 
 def parse_run_ids(text: str) -> list[int]:

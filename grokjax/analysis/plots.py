@@ -23,6 +23,7 @@ from grokjax.config.structure import PER_MODEL_FIELDS
 
 PHASE_COLORS = {"comprehension": "#cfe8cf", "grokking": "#fbe3b5", "memorization": "#f6c9c4",
                 "confusion": "#dddddd", "diverged": "#c9c4f6"}
+MANY_BANDS = 12  # more wd cells than this: their labels are drawn upright, so 32 or 64 stay readable
 _FIXED_IN_TITLE = ("op", "p", "arch", "n_layers", "d_model", "n_heads", "d_mlp", "frac", "lr", "wd",
                    "batch_size", "steps", "init_scale")
 
@@ -54,7 +55,9 @@ def sweep_title(fits: pd.DataFrame) -> str:
     if mlp:  # an MLP has no heads, and no d_model unless it embeds its inputs
         axes |= {"n_heads"} | ({"d_model"} if "mlp_input" not in fits.columns or (fits["mlp_input"] != "embed").all()
                                else set())
-    parts = []
+    if "dataset" in fits.columns and (fits["dataset"] == "digits").all():  # no op, no modulus
+        axes |= {"op", "p"}
+    parts = [] if "dataset" not in fits.columns or (fits["dataset"] != "digits").all() else ["digits"]
     for col in _FIXED_IN_TITLE:
         if col in fits.columns and col not in axes and fits[col].nunique() == 1:
             parts.append(f"{col}={fits[col].iloc[0]}")
@@ -96,8 +99,10 @@ def _draw_cells(ax: Axes, fits: pd.DataFrame, cell: pd.DataFrame, x_name: str, p
             r = row.iloc[0]
             ax.axvspan(edges[i], edges[i + 1], color=PHASE_COLORS[r["phase"]], alpha=0.6, lw=0, zorder=0)
             n_grok = int(r["n_grokking"] + r["n_comprehension"])
-            ax.text(pos[k], 0.99, f"{n_grok}/{int(r['n_seeds'])}\ngrokked", transform=ax.get_xaxis_transform(),
-                    ha="center", va="top", fontsize=7, color="#444444")
+            many = len(keys) > MANY_BANDS  # narrow bands: the label turned upright, one line
+            ax.text(pos[k], 0.99, f"{n_grok}/{int(r['n_seeds'])}" + (" grokked" if many else "\ngrokked"),
+                    transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=6 if many else 7,
+                    color="#444444", rotation=90 if many else 0)
     ax.scatter(xj, fits["t_train"], marker="o", facecolors="none", edgecolors="tab:blue", s=28, zorder=3,
                label=f"t_train per seed (train acc ≥ {thr:g})")
     grokked = ~fits["censored"].to_numpy(bool)
@@ -109,10 +114,13 @@ def _draw_cells(ax: Axes, fits: pd.DataFrame, cell: pd.DataFrame, x_name: str, p
         cx = counts.index.to_numpy(float) * 10 ** 0.07 if log_x else counts.index.to_numpy(float) + 0.25
         ax.scatter(cx, np.full(len(counts), budget * 1.25), marker=r"$\uparrow$", color="tab:red", s=110,
                    zorder=5, label="censored: no t_val within budget (count)")
-        for xv, n in zip(cx, counts.to_numpy()):
-            ax.annotate(f"×{n}", (xv, budget * 1.25), xytext=(6, -3), textcoords="offset points", fontsize=7,
-                        color="tab:red")
+        many = len(keys) > MANY_BANDS
+        for xv, n in zip(cx, counts.to_numpy()):  # narrow bands: the count under its arrow, upright
+            ax.annotate(f"×{n}", (xv, budget * 1.25), xytext=(0, -6) if many else (6, -3), textcoords="offset points",
+                        fontsize=6 if many else 7, color="tab:red", rotation=90 if many else 0,
+                        ha="center" if many else "left", va="top" if many else "baseline")
     n_seeds = int(cell["n_seeds"].max()) if len(cell) else 0
+    open_said = False
     for col, lo, hi, marker, face, name in (
             ("median_t_val", "ci_low", "ci_high", "s", "black", "t_val"),
             ("median_delay", "delay_ci_low", "delay_ci_high", "D", "white", "delay")):
@@ -129,8 +137,9 @@ def _draw_cells(ax: Axes, fits: pd.DataFrame, cell: pd.DataFrame, x_name: str, p
         for xv, m in zip(cx[open_top] * shift, mid[open_top]):
             ax.annotate("", xy=(xv, budget * 1.6), xytext=(xv, m), zorder=4,
                         arrowprops=dict(arrowstyle="->", color="black", lw=1, ls="--"))
-        if open_top.any():
+        if open_top.any() and not open_said:  # one legend entry for both medians' open intervals
             ax.plot([], [], color="black", ls="--", lw=1, label="CI open above the budget (dashed arrow)")
+            open_said = True
     ax.axhline(budget, color="gray", lw=0.8, ls=":", zorder=1, label=f"budget ({budget:.0f} steps)")
 
 

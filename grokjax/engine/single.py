@@ -1,8 +1,9 @@
 """One model's functions for a static group: init, loss, one train step, evaluation.
 
-Everything here sees ONE model; ``program`` vmaps it. Randomness depends only on a run's own seed:
-``key(seed)`` folded with 0 (split), 1 (init), 2 (batches, then folded with the step). So a run's
-randomness is the same alone or inside any grid.
+Everything here sees ONE model; ``program`` vmaps it. Randomness depends only on a run's own seeds:
+``key(seed)`` folded with 1 gives the initialisation; ``key(data_seed)`` (or ``key(seed)`` when data_seed is
+-1) folded with 0 gives the split and with 2 the batches (then folded with the step, or with the epoch for
+batching=epoch). So a run's randomness is the same alone or inside any grid.
 
 Step convention: the row for step s holds the metrics of the parameters after s updates; train loss and
 accuracy are those of the batch that update s+1 is computed from.
@@ -171,7 +172,8 @@ class Engine:
 
     def loss_one(self, params: Any, inputs: jax.Array, labels: jax.Array, weights: jax.Array
                  ) -> tuple[jax.Array, jax.Array]:
-        """Weighted mean cross-entropy and accuracy on the answer token. inputs [B, 3], labels [B]."""
+        """Weighted mean loss (the group's loss: softmax or StableMax cross-entropy, or MSE against one-hot
+        targets) and accuracy on the answer. inputs [B, T] tokens (T = 3 or 4) or [B, 64] features, labels [B]."""
         return LOSSES[self.group.train.loss](self.loss_logits(params, inputs), labels, weights)
 
     def loss_logits(self, params: Any, inputs: jax.Array) -> jax.Array:
@@ -183,8 +185,9 @@ class Engine:
         return logits.astype(jnp.float32)
 
     def batch_one(self, split: Split, hp: Hparams, step: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Indices [B] and weights [B] of this step's batch: the whole split, or B distinct train pairs
-        drawn uniformly from the model's own split (fresh each step)."""
+        """Indices [B] and weights [B] of this step's batch: the whole split (full batch); with
+        batching=random, B distinct train pairs drawn uniformly from the model's own split (fresh each step);
+        with batching=epoch, the step's slice of the epoch's permutation (``_epoch_batch``)."""
         if self.batch_size is None:
             return split.train_idx, split.train_w
         _, _, batch_key = self.data_keys(hp)

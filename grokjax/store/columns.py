@@ -32,8 +32,10 @@ METRICS: dict[str, Column] = {
     "run_id": RUNS["run_id"],
     "step": Column("number of updates the parameters have had when the row was measured (0: the "
                    "initialisation)", STEP),
-    "train_loss": Column("loss (softmax or StableMax cross-entropy) of the batch this step trains on, "
-                         "before its update", "nats",
+    "train_loss": Column("loss (softmax or StableMax cross-entropy, or loss=mse's mean squared error against "
+                         "one-hot targets) of the batch this step trains on, before its update; the row of "
+                         "step `steps` measures the final parameters, on the batch a next step would take",
+                         "nats (mse: squared units)",
                          "NaN from the run's divergence on"),
     "train_acc": Column("argmax accuracy on that batch", "fraction", "NaN from the run's divergence on"),
     "val_loss": Column("mean loss on the whole validation split", "nats",
