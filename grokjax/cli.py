@@ -212,6 +212,18 @@ def _stopping(as_program: bool) -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
+def _ended_by_signal(code: int, as_program: bool) -> int:
+    """The exit status of a command a signal stopped. The program itself leaves at once (``os._exit``, after
+    flushing its output): interrupted inside an XLA compilation, the interpreter's own shutdown crashed
+    (SIGSEGV, status -11) while XLA's threads were still running. Everything of the sweep is on disk by
+    then (files are renamed into place whole; the directory's lock is released with the process)."""
+    if not as_program:
+        return code
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     as_program = argv is None  # the process's own command (not a call from Python, which keeps its handlers)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -270,11 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         _stopping(as_program)
         print(f"grokjax: {e}", file=sys.stderr)
-        return 128 + e.signum
+        return _ended_by_signal(128 + e.signum, as_program)
     except KeyboardInterrupt:
         _stopping(as_program)
         print("grokjax: interrupted", file=sys.stderr)
-        return 130
+        return _ended_by_signal(130, as_program)
     except BrokenPipeError:  # output piped into e.g. head, which stopped reading: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

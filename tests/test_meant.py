@@ -293,3 +293,24 @@ def test_a_signal_while_the_command_is_ending_is_ignored(monkeypatch, capsys):
             signal.signal(s, h)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     assert cli.main(["sweep"]) == 130 and seen[-1] == signal.default_int_handler  # from Python: handlers kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wait", [0.5, 6.0])
+def test_two_sigints_exit_130_whether_compiling_or_training(tmp_path, wait):
+    """Two SIGINTs 20 ms apart, while the program compiles (0.5 s after its first line) or trains: exit
+    status 130 and a one-line message. Interrupted inside an XLA compilation, the interpreter's shutdown
+    used to crash (status -11); a second SIGINT used to kill the process by the signal."""
+    args = [sys.executable, "-m", "grokjax", "sweep", *merged(TINY, ["steps=200000", "snapshot_every=0"]), "--out",
+            str(tmp_path / "r")]
+    proc = subprocess.Popen(args, env=dict(os.environ, PYTHONPATH=str(REPO)), stderr=subprocess.PIPE, text=True)
+    proc.stderr.readline()  # the settings line: the process is up, about to compile
+    import time
+
+    time.sleep(wait)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1].strip().splitlines()
+    assert proc.returncode == 130, err[-3:]
+    assert err[-1].startswith(("grokjax: interrupted", "grokjax: stopped by SIGINT")), err[-3:]

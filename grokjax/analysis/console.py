@@ -89,7 +89,7 @@ def fits_for_plot(path: Path, opts: FitOptions | None = None, say: Say = print) 
     if opts is None:
         fits, why = saved_fits(path)
         if fits is not None:
-            fits.attrs.update(axes=results.axes, path=str(path))
+            fits.attrs.update(axes=results.axes, arm_keys=results.arm_keys, path=str(path))
             say(f"using the fits in {why}")
             return fits
     else:

@@ -92,17 +92,22 @@ def _draw_cells(ax: Axes, fits: pd.DataFrame, cell: pd.DataFrame, x_name: str, p
     xj = x * 10 ** j if log_x else x + j * 2
     budget = float(fits["budget"].max())
     keys = sorted(pos)
-    edges = _band_edges([pos[k] for k in keys]) if log_x else [pos[keys[0]] - 0.5, pos[keys[0]] + 0.5]
+    edges = (_band_edges([pos[k] for k in keys]) if log_x  # linear: unit-wide bands around 0, 1, 2, ...
+             else [pos[k] - 0.5 for k in keys] + [pos[keys[-1]] + 0.5])
     for i, k in enumerate(keys):
         row = cell[cell[x_name] == k]
         if len(row):
             r = row.iloc[0]
             ax.axvspan(edges[i], edges[i + 1], color=PHASE_COLORS[r["phase"]], alpha=0.6, lw=0, zorder=0)
             n_grok = int(r["n_grokking"] + r["n_comprehension"])
-            many = len(keys) > MANY_BANDS  # narrow bands: the label turned upright, one line
-            ax.text(pos[k], 0.99, f"{n_grok}/{int(r['n_seeds'])}" + (" grokked" if many else "\ngrokked"),
-                    transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=6 if many else 7,
-                    color="#444444", rotation=90 if many else 0)
+            many = len(keys) > MANY_BANDS  # narrow bands: "k/n" upright (the legend says what it counts)
+            if i % _label_every(len(keys)) == 0:
+                ax.text(pos[k], 0.99, f"{n_grok}/{int(r['n_seeds'])}" + ("" if many else "\ngrokked"),
+                        transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=6 if many else 7,
+                        color="#444444", rotation=90 if many else 0)
+    if len(keys) > MANY_BANDS:
+        thinned = f", one band in {_label_every(len(keys))}" if _label_every(len(keys)) > 1 else ""
+        ax.plot([], [], " ", label=f"k/n at the top: seeds that grokked, per band{thinned}")
     ax.scatter(xj, fits["t_train"], marker="o", facecolors="none", edgecolors="tab:blue", s=28, zorder=3,
                label=f"t_train per seed (train acc ≥ {thr:g})")
     grokked = ~fits["censored"].to_numpy(bool)
@@ -111,11 +116,16 @@ def _draw_cells(ax: Axes, fits: pd.DataFrame, cell: pd.DataFrame, x_name: str, p
     cens = ~grokked & (fits["phase"] != "diverged").to_numpy()
     if cens.any():  # beside the band's centre, where the medians and their intervals are drawn
         counts = pd.Series(x[cens]).value_counts()
-        cx = counts.index.to_numpy(float) * 10 ** 0.07 if log_x else counts.index.to_numpy(float) + 0.25
+        gap = min(np.diff(np.log10(keys)), default=1.0) if log_x else 1.0  # the narrowest band, in decades
+        cx = counts.index.to_numpy(float) * 10 ** min(0.07, 0.3 * gap) if log_x else counts.index.to_numpy(float) + 0.25
         ax.scatter(cx, np.full(len(counts), budget * 1.25), marker=r"$\uparrow$", color="tab:red", s=110,
                    zorder=5, label="censored: no t_val within budget (count)")
         many = len(keys) > MANY_BANDS
-        for xv, n in zip(cx, counts.to_numpy()):  # narrow bands: the count under its arrow, upright
+        every = _label_every(len(keys))
+        shown = {v for v in counts.index if [pos[k] for k in keys].index(v) % every == 0}  # as the band labels
+        for xv, v, n in zip(cx, counts.index, counts.to_numpy()):  # narrow bands: the count under its arrow, upright
+            if v not in shown:
+                continue
             ax.annotate(f"×{n}", (xv, budget * 1.25), xytext=(0, -6) if many else (6, -3), textcoords="offset points",
                         fontsize=6 if many else 7, color="tab:red", rotation=90 if many else 0,
                         ha="center" if many else "left", va="top" if many else "baseline")
@@ -130,10 +140,13 @@ def _draw_cells(ax: Axes, fits: pd.DataFrame, cell: pd.DataFrame, x_name: str, p
         cx = np.array([pos[float(v)] for v in finite[x_name]])
         shift = 10 ** 0.03 if (log_x and name == "delay") else 1.0
         mid, low, high = (finite[c].to_numpy(float) for c in (col, lo, hi))
-        open_top = ~np.isfinite(high)  # the interval reaches past the budget: drawn open, an arrow up
-        top = np.where(open_top, mid, high)
+        none = np.isnan(low) | np.isnan(high)  # fewer than 3 seeds: no interval, a median alone
+        open_top = np.isinf(high)  # the interval reaches past the budget: drawn open, an arrow up
+        top, low = np.where(open_top | none, mid, high), np.where(none, mid, low)
+        what = (f"95% bootstrap CI over {n_seeds} seeds" if not none.all()
+                else f"no interval from {n_seeds} seed{'s' if n_seeds != 1 else ''} (3 needed)")
         ax.errorbar(cx * shift, mid, yerr=[mid - low, top - mid], fmt=marker, color="black", mfc=face, ms=6,
-                    capsize=4, zorder=4, label=f"KM median {name}, 95% bootstrap CI over {n_seeds} seeds")
+                    capsize=4 if not none.all() else 0, zorder=4, label=f"KM median {name}, {what}")
         for xv, m in zip(cx[open_top] * shift, mid[open_top]):
             ax.annotate("", xy=(xv, budget * 1.6), xytext=(xv, m), zorder=4,
                         arrowprops=dict(arrowstyle="->", color="black", lw=1, ls="--"))
@@ -141,6 +154,11 @@ def _draw_cells(ax: Axes, fits: pd.DataFrame, cell: pd.DataFrame, x_name: str, p
             ax.plot([], [], color="black", ls="--", lw=1, label="CI open above the budget (dashed arrow)")
             open_said = True
     ax.axhline(budget, color="gray", lw=0.8, ls=":", zorder=1, label=f"budget ({budget:.0f} steps)")
+
+
+def _label_every(n_bands: int) -> int:
+    """Label every k-th band so that at most ~36 labels share the axis (64 wd cells: every second one)."""
+    return max(1, math.ceil(n_bands / 36))
 
 
 def _diagram_1d(ax: Axes, fits: pd.DataFrame, x_name: str, laws: list[Law] | None,
@@ -251,6 +269,8 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: Axes | None = None, report: Any =
     fitted). Two numeric axes: a heatmap of log median t_val with each cell's phase. Structural axes (p, op,
     sizes) become facets.
     """
+    if fits.attrs.get("arm_keys") and ax is None:
+        return plot_arms(fits)
     numeric = _numeric_axes(fits)
     facets = _facets(fits)
     if ax is not None and len(facets) > 1:
@@ -260,7 +280,9 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: Axes | None = None, report: Any =
         ncols = min(len(facets), 3)
         nrows = math.ceil(len(facets) / ncols)
         width = [1, 6] * ncols if has_zero else [1] * ncols
-        fig = Figure(figsize=(11.5 * ncols, 5.5 * nrows), dpi=110)
+        n_cells = fits[numeric[0]].nunique() if len(numeric) == 1 else 0
+        wide = max(11.5 if len(facets) == 1 else 9.0, 4.5 + 0.16 * n_cells)  # 64 wd cells: 15 in, ~0.16 in a band
+        fig = Figure(figsize=(wide * ncols, 5.5 * nrows), dpi=110)
         grid = fig.subplots(nrows, len(width), squeeze=False, gridspec_kw=dict(width_ratios=width),
                             sharey="row" if has_zero else False)
         pairs = ([(grid[r, 2 * c + 1], grid[r, 2 * c]) for r in range(nrows) for c in range(ncols)] if has_zero
@@ -294,6 +316,48 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: Axes | None = None, report: Any =
     fig.suptitle(f"Grokking phase diagram\n{sweep_title(fits)}\n{rule}", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_arms(fits: pd.DataFrame) -> Figure:
+    """The figure of a sweep built from arms (``--arm``, ``[[arms]]``): one column per cell (each arm, crossed
+    with the other swept keys), labelled by the keys that differ, with every seed's t_train and t_val, the
+    censored runs counted at the budget, the Kaplan-Meier medians (with an interval from 3 seeds on) and
+    the cell's majority phase as its band."""
+    thr = float(fits.attrs.get("threshold", THRESHOLD))
+    keys = [a for a in fits.attrs.get("axes", []) if a != "seed" and a in fits.columns]
+    table = cells(_with_axes(fits.copy(), keys))
+    first = fits.groupby(keys, sort=False)["run_id"].min().rename("first").reset_index()
+    table = table.merge(first, on=keys).sort_values("first").reset_index(drop=True)  # the arms in their order
+    table["cell"] = table.index.astype(float)
+    placed = fits.merge(table[[*keys, "cell"]], on=keys, how="left")
+    placed.attrs = fits.attrs
+    varying = [k for k in keys if table[k].nunique() > 1] or keys
+    labels = ["\n".join(f"{k}={_fmt(r[k])}" for k in varying) for _, r in table.iterrows()]
+    fig = Figure(figsize=(max(7.5, 4.5 + 1.3 * len(table)), 5.5), dpi=110)
+    ax = fig.subplots()
+    _draw_cells(ax, placed, table, "cell", {c: c for c in table["cell"]}, False, thr)
+    shown = np.concatenate([fits[c].to_numpy(float) for c in ("t_train", "t_val")])
+    shown = shown[np.isfinite(shown) & (shown > 0)]
+    ax.set_ylim(float(shown.min()) / 1.5 if shown.size else 1.0, float(fits["budget"].max()) * 3)
+    ax.set_yscale("log")
+    ax.set_xlim(-0.5, len(table) - 0.5)
+    ax.set_xticks(range(len(table)), labels, fontsize=8)
+    ax.set_ylabel("step (t_train, t_val, delay = t_val − t_train)")
+    ax.grid(True, which="major", axis="y", alpha=0.3)
+    handles, names = ax.get_legend_handles_labels()
+    phases = sorted(set(table["phase"]), key=list(PHASE_COLORS).index)
+    handles += [Rectangle((0, 0), 1, 1, color=PHASE_COLORS[p], alpha=0.6) for p in phases]
+    names += [f"majority phase: {p}" for p in phases]
+    ax.legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
+    keep = fits.attrs.get("keep", 0.9)
+    rule = f"t_val: first eval with val acc ≥ {thr:g} kept by {keep:.0%} of later evals"
+    fig.suptitle(f"Grokking per arm\n{sweep_title(fits)}\n{rule}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, (float, np.floating)) else str(v).lower() if isinstance(v, (bool, np.bool_)) else str(v)
 
 
 def plot_comparison(reports: list[tuple[str, Any]]) -> Figure:

@@ -61,6 +61,12 @@ class Results:
         """The swept keys, as the runs table names its columns (``wd``, ``seed``, ``p``...)."""
         return [a.rsplit(".", 1)[-1] for a in self.sweep["spec"]["axes"]]
 
+    @property
+    def arm_keys(self) -> list[str]:
+        """The keys the sweep's arms set (``--arm``, ``[[arms]]``), as runs-table columns; [] without arms."""
+        arms = self.sweep["spec"].get("arms") or []
+        return list(dict.fromkeys(k.rsplit(".", 1)[-1] for arm in arms for k in arm))
+
     def params(self, run_id: int, step: int | None = None) -> dict[str, Any]:
         """A run's parameters as nested dicts of NumPy arrays (``{"block_0": {"query": {"kernel": ...}}}``):
         the last kept ones by default (its final parameters: at its budget, or at its stop under
