@@ -78,6 +78,7 @@ def test_collapse_measures_are_logged_and_a_float64_loss_trains_a_float32_model(
     assert got["float64"] == (0.0, 0.0)
 
 
+@pytest.mark.slow  # the fast tier checks every layout's bfloat16 forward (test_caught.py)
 def test_bfloat16_and_tf32_train_and_differ_from_float32_by_their_rounding_only():
     """The same float32 initialisation trained 20 steps: bfloat16 compute stays within bfloat16's rounding
     of the float32 run (8 bits of mantissa: ~0.4% per operation) and really differs; tf32 equals float32

@@ -162,6 +162,7 @@ def test_a_repack_waits_for_its_program_and_is_skipped_where_it_cannot_pay(monke
     assert _decide(monkeypatch, "auto", 9, 16, 0.01, 1.0) == (16, [])  # bucket 16 is the program's
 
 
+@pytest.mark.slow  # the fast tier checks the bookkeeping (test_caught.py) without training
 def test_auto_repacks_train_the_live_runs_as_always_repacks_do(monkeypatch):
     """The background-compile path (made synchronous and free, so it is taken whatever the timing): the live
     runs stay in the old program for a chunk, then move without a stop; float64 metrics as with a re-pack at
