@@ -40,12 +40,12 @@ def test_done_when_layout_and_rows(grid_dir):
     m = r.metrics
     assert list(m.columns) == ["run_id", "step", "train_loss", "train_acc", "val_loss", "val_acc", "param_norm",
                                "grad_norm", "update_norm", "norm_embed", "norm_attn", "norm_mlp", "norm_unembed"]
-    assert m["grad_norm"].notna().all() and m["norm_attn"].notna().sum() == 6 * 4  # measures=norms, the default
+    assert m["grad_norm"].notna().all() and m["norm_attn"].notna().sum() == 6 * 5  # measures=norms, the default
     assert not m.duplicated(["run_id", "step"]).any()
-    assert (m.groupby("run_id")["train_loss"].count() == 120).all()
+    assert (m.groupby("run_id")["train_loss"].count() == 121).all()  # steps 0..119 and the final row
     val_steps = sorted(m.loc[m["val_acc"].notna(), "step"].unique())
-    assert val_steps == [0, 40, 80, 119]
-    assert m["param_norm"].notna().sum() == 6 * 4
+    assert val_steps == [0, 40, 80, 119, 120]
+    assert m["param_norm"].notna().sum() == 6 * 5
     spec = json.loads((out / "sweep.json").read_text())
     assert spec["command"][:2] == ["grokjax", "sweep"] and spec["jax_backend"] == "cpu"
     assert "jax" in spec["versions"] and spec["devices"]
@@ -76,7 +76,7 @@ def test_log_every_thins_train_rows_but_keeps_eval_rows(tmp_path, tiny):
     out = tmp_path / "r"
     assert main(["sweep", *tiny, "log_every=7", "--out", str(out), "--quiet", "--no-plot"]) == 0
     m = grokjax.load(out).metrics
-    assert sorted(m["step"].unique()) == sorted(set(range(0, 60, 7)) | {0, 20, 40, 59})
+    assert sorted(m["step"].unique()) == sorted(set(range(0, 60, 7)) | {0, 20, 40, 59, 60})
 
 
 BAD_CLI = [
@@ -178,14 +178,15 @@ def test_load_while_a_sweep_is_writing(tmp_path):
             if (out / "sweep.json").exists():
                 m = grokjax.load(out).metrics
                 assert not m.duplicated(["run_id", "step"]).any()
-                assert len(m) % (2 * 50) == 0  # only complete parts (2 runs x 50 steps) are visible
+                # only complete parts (2 runs x 50 steps, the last with the final row) are visible
+                assert len(m) % (2 * 50) == 0 or len(m) == 6002
                 seen.append(len(m))
             time.sleep(0.05)
     finally:
         proc.wait(timeout=240)
     assert proc.returncode == 0, proc.stderr.read()
     assert any(0 < n < 6000 for n in seen), seen
-    assert len(grokjax.load(out).metrics) == 6000
+    assert len(grokjax.load(out).metrics) == 2 * 3001
 
 
 def test_dry_run_prints_the_grid_without_importing_jax(tmp_path):

@@ -207,7 +207,7 @@ def test_full_disk_mid_sweep_keeps_the_last_checkpoint(tmp_path, capsys, monkeyp
     monkeypatch.setattr(store, "atomic_parquet", real)
     assert main(["sweep", *args, "--out", str(out), "--resume", "--quiet", "--no-plot"]) == 0
     m = grokjax.load(out).metrics
-    assert len(m) == 200 and not m.duplicated(["run_id", "step"]).any()
+    assert len(m) == 201 and not m.duplicated(["run_id", "step"]).any()  # steps 0..199 and the final row
 
 
 @pytest.mark.slow
@@ -228,5 +228,5 @@ def test_resume_with_minibatches_groups_and_model_batches(tmp_path):
     resumed = run_cli(["sweep", *args, "--out", str(out), "--resume", "--no-plot", "--quiet"])
     assert resumed.returncode == 0, resumed.stderr
     m = grokjax.load(out)
-    assert m.runs["group"].nunique() == 2 and len(m.metrics) == 4 * 300
+    assert m.runs["group"].nunique() == 2 and len(m.metrics) == 4 * 301
     pd.testing.assert_frame_equal(m.metrics, grokjax.load(ref).metrics, check_exact=True)

@@ -110,7 +110,7 @@ def test_fit_reports_missing_shards_and_a_killed_shard_resumes(tmp_path, unshard
     assert resumed.returncode == 0, resumed.stderr
     assert "3 of 3 shards complete" in resumed.stdout
     r = grokjax.load(out)
-    assert r.complete and not r.metrics.duplicated(["run_id", "step"]).any() and len(r.metrics) == 6 * 1000
+    assert r.complete and not r.metrics.duplicated(["run_id", "step"]).any() and len(r.metrics) == 6 * 1001
     alone = tmp_path / "alone"
     assert main(["sweep", *long, "--out", str(alone), "--shard", "1/3", "--quiet", "--no-plot"]) == 0
     ref = grokjax.load(alone).metrics
