@@ -21,7 +21,8 @@ from grokjax.engine.data import pad_models
 from grokjax.engine.program import ChunkResult
 from grokjax.engine.single import ModelState, engine_for
 from grokjax.grid.expand import build_sweep
-from grokjax.run.batch import BatchTrainer
+from grokjax.config.schedule import chunk_rows
+from grokjax.run.pool import SlotPool
 from grokjax.run.sweep import run_sweep
 from grokjax.store.load import Results
 
@@ -103,9 +104,10 @@ def test_the_confirm_rule_counts_the_evaluations_a_stopped_run_skipped():
 
 
 class _FakeProgram:
-    """A program without XLA for BatchTrainer's bookkeeping: each model's state holds its own wd, and its
-    val_acc reaches 1 at the step its wd names, but only while the state's wd equals the hyperparameter
-    wd of its row (a run that took another run's state or hyperparameters reads NaN)."""
+    """A program without XLA for SlotPool's bookkeeping: each model's state holds its own wd, and its
+    val_acc reaches 1 at the own step its wd names, but only while the state's wd equals the hyperparameter
+    wd of its row (a run that took another run's state or hyperparameters reads NaN); its opt_state counts
+    the steps it trained (none past its budget)."""
 
     def __init__(self, engine, n: int):
         self.engine, self.n_models, self.chunk_steps, self.compile_s = engine, n, 10, 0.0
@@ -118,19 +120,26 @@ class _FakeProgram:
         w = hps.wd.astype(np.float64)
         return ModelState({"w": w}, {"seen": np.zeros(self.n_models)}, np.full(self.n_models, -1, np.int32), None), None
 
-    def train_chunk(self, state, splits, hps, start, n):
-        start, steps = int(start), self.engine.group.train.steps
-        rows = np.arange(start, start + n + 1)[:, None]
+    def prepare_refill(self):
+        pass
+
+    def refill(self, state, splits, hps, mask):
+        fresh, _ = self.init(hps)
+        return jax.tree.map(lambda new, old: np.where(mask, new, old), fresh, state), splits
+
+    def train_chunk(self, state, splits, hps, starts, n):
+        steps = self.engine.group.train.steps
+        rows = chunk_rows(np.asarray(starts), n, steps)
         same = state.params["w"] == hps.wd
-        val = np.where(same, (rows >= state.params["w"]).astype(float), np.nan)
+        val = np.where(same & (rows >= 0), (rows >= state.params["w"]).astype(float), np.nan)
         metrics = {"train_loss": np.zeros_like(val), "train_acc": np.ones_like(val), "val_acc": val,
                    "val_loss": 1 - val, "param_norm": np.ones_like(val)}
-        state = state._replace(opt_state={"seen": state.opt_state["seen"] + n})
+        trained = np.clip(steps - np.asarray(starts), 0, n)
+        state = state._replace(opt_state={"seen": state.opt_state["seen"] + trained})
         return state, metrics, state.diverged_step
 
-    def fetch(self, start, end, metrics, dead, n_real):
-        rows = end - start + (end == self.engine.group.train.steps)
-        return ChunkResult(start, end, {k: v[:rows, :n_real] for k, v in metrics.items()}, dead[:n_real])
+    def fetch(self, metrics, dead, n_real):
+        return ChunkResult({k: v[:, :n_real] for k, v in metrics.items()}, dead[:n_real])
 
     def host(self, state):
         return jax.tree.map(np.array, state)
@@ -139,33 +148,41 @@ class _FakeProgram:
         return host
 
 
-@pytest.mark.parametrize("repack", ["always", "auto"])
-def test_runs_keep_their_own_hyperparameters_and_state_through_stops_and_repacks(repack):
+@pytest.mark.parametrize("n_slots, repack", [(6, "always"), (6, "auto"), (2, "always")])
+def test_runs_keep_their_own_hyperparameters_and_state_through_stops_births_and_repacks(n_slots, repack):
     """Six runs that grok at their own step (their wd) stop at the chunk boundary after patience
-    evaluations; the rest are re-packed into smaller programs. Every run's metrics stay its own, its
-    state keeps counting its own steps, and it stops where its own schedule says."""
+    evaluations; freed slots take the queued runs, and once the queue is empty the rest move into smaller
+    programs. Every run's metrics stay its own, its state counts its own steps from its birth, and it stops
+    where its own schedule says."""
     groks_at = [20.0, 70.0, 10.0, 90.0, 40.0, 1000.0]
     sweep = build_sweep(None, merged(MLP, ["steps=100", "stop=resolved", "patience=2", "seeds=1",
                                            f"wd={groks_at}".replace(" ", "")]))
     (group, runs), = sweep.groups()
     engine = engine_for(group, runs)
-    trainer = BatchTrainer(engine, runs, len(runs), lambda n, repack=False: _FakeProgram(engine, n), repack=repack)
-    seen: dict[int, list[float]] = {r.run_id: [] for r in runs}
+    sizes = []
+    pool = SlotPool(engine, runs, n_slots, lambda n: sizes.append(n) or _FakeProgram(engine, n), repack=repack)
+    seen: dict[int, dict[int, float]] = {r.run_id: {} for r in runs}
     stops = {}
-    for c in trainer.chunks(want_state=lambda end: True):
+    for c in pool.chunks(want_state=lambda end, n: True):
         for j, rid in enumerate(c.ids.tolist()):
-            seen[rid] += c.metrics["val_acc"][:, j].tolist()
-        for rid, row in zip(c.stopped.tolist(), zip(*c.stopped_rows) if c.stopped_rows else []):
-            stops[rid] = c.end
-            assert row[0] == groks_at[rid] and row[1] == c.end  # its own wd, and its own steps counted
+            real = c.rows[:, j] >= 0
+            seen[rid].update(zip(c.rows[real, j].tolist(), c.metrics["val_acc"][real, j].tolist()))
+        stopped = [k for k in c.kept if k.kind == "stop"]
+        for rid, step, w, counted in ((r, s, k.leaves[0][i], k.leaves[1][i]) for k in stopped
+                                      for i, (r, s) in enumerate(zip(k.run_ids.tolist(), k.steps.tolist()))):
+            stops[rid] = step
+            assert w == groks_at[rid] and counted == step  # its own wd, and its own steps counted
+        assert c.stop_steps.tolist() == [stops[r] for r in c.stopped.tolist()]
     for r in runs:
-        got = np.array(seen[r.run_id])
+        steps, got = np.array(sorted(seen[r.run_id])), np.array([seen[r.run_id][s] for s in sorted(seen[r.run_id])])
         assert not np.isnan(got).any(), r.run_id  # never another run's state
-        np.testing.assert_array_equal(got, (np.arange(len(got)) >= groks_at[r.run_id]).astype(float))
-    # patience 2 (evaluations every 5 steps): resolved at the first chunk end >= t + 5
+        assert steps[0] == 0 and (np.diff(steps) == 1).all()  # every own step, from 0
+        np.testing.assert_array_equal(got, (steps >= groks_at[r.run_id]).astype(float))
+    # patience 2 (evaluations every 5 steps): resolved at the first own chunk end >= t + 5
     want = {i: 10 * math.ceil((t + 5) / 10) for i, t in enumerate(groks_at)}
     want = {i: end for i, end in want.items() if end < 100}  # one that resolves at its budget just ends
     assert stops == want
+    assert sizes[0] == n_slots and sizes == sorted(sizes, reverse=True) and sizes[-1] < n_slots  # the tail shrank
 
 
 def test_transition_snapshots_hold_the_parameters_the_step_was_measured_with(tmp_path):

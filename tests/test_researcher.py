@@ -370,7 +370,7 @@ def test_the_first_rate_excludes_compilation(capsys):
     with Reporter(1000, quiet=False, interval=60) as rep:
         with rep.compiling("group 1 of 1 (4 models)"):
             time.sleep(1.0)
-        rep.update(100, "group 1/1 batch 1/1", 25, 250, Tracker(4))
+        rep.update(100, "group 1/1", Tracker(4), "4/4 slots busy, 0 queued")
         assert rep.rate() > 200  # 100 model-steps over the ~0 s outside compilation, not over ~1 s
     err = capsys.readouterr().err
     assert "compiling group 1 of 1 (4 models) ..." in err and "compiled group 1 of 1 (4 models) in 1.0 s" in err

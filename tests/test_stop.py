@@ -1,5 +1,6 @@
-"""stop=resolved: runs leave the program once grokked or diverged, the rest are re-packed; times equal a
-budget run's, stop steps are recorded, fewer model-steps are computed, and resume works across a re-pack."""
+"""stop=resolved: runs leave the program once grokked or diverged, freeing their slots (the queue's next
+runs take them; once it is empty the rest may move to a smaller program); times equal a budget run's, stop
+steps are recorded, fewer model-steps are computed, and resume works across a stop and a re-pack."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from grokjax.cli import main
 from grokjax.engine.program import Program
 from grokjax.engine.single import engine_for
 from grokjax.grid.expand import build_sweep
-from grokjax.run.batch import BatchTrainer, Resolver, bucket_size
+from grokjax.run.pool import Resolver, SlotPool
 from grokjax.run.sweep import run_sweep
 
 # Two of the four runs grok (at steps 225 and 900), two only memorize within the budget. float64: the
@@ -40,11 +41,6 @@ def budget_and_resolved(tmp_path_factory):
     return outcomes
 
 
-def test_bucket_sizes_are_powers_of_two_up_to_the_batch():
-    assert [bucket_size(n, 12) for n in (1, 2, 3, 4, 5, 8, 9, 12)] == [1, 2, 4, 4, 8, 8, 12, 12]
-    assert bucket_size(1, 1) == 1
-
-
 def test_resolver_needs_memorization_and_patience_evaluations_in_a_row():
     r = Resolver.fresh(patience=2, n=3)
     train = np.array([[0.5, 1.0, 1.0], [1.0, 1.0, 0.5]])  # [K=2 steps, 3 runs]
@@ -55,10 +51,16 @@ def test_resolver_needs_memorization_and_patience_evaluations_in_a_row():
     # run 2 diverged (its val streak does not matter).
     assert done.tolist() == [True, False, True] and why.tolist() == ["grokked", "grokked", "diverged"]
     assert r.streak.tolist() == [2, 0, 2]
-    r.keep(np.array([False, True, False]))
-    done, _ = r.update({"train_acc": np.ones((1, 1)), "val_acc": np.ones((1, 1))}, np.array([True]),
-                       np.array([True]), np.array([-1]))
-    assert not done[0]  # one evaluation after the break is not enough
+    r.reset(np.array([0, 2]))  # their slots take new runs
+    assert r.streak.tolist() == [0, 0, 0] and r.memorized.tolist() == [False, True, False]
+    done, _ = r.update({"train_acc": np.ones((1, 3)), "val_acc": np.ones((1, 3))}, np.array([True]),
+                       np.array([True]), np.array([-1, -1, -1]))
+    assert not done.any()  # one evaluation after the break (or after a birth) is not enough
+    # per-slot masks ([K, S]): each slot counts only its own run's evaluation rows
+    r = Resolver.fresh(patience=1, n=2)
+    mask = np.array([[True, False]])
+    done, _ = r.update({"train_acc": np.ones((1, 2)), "val_acc": np.ones((1, 2))}, mask, mask, np.array([-1, -1]))
+    assert done.tolist() == [True, False] and r.memorized.tolist() == [True, False]
     # a run whose train accuracy was never logged at >= 0.99 does not stop, whatever its validation
     r = Resolver.fresh(patience=1, n=1)
     done, _ = r.update({"train_acc": np.array([[1.0]]), "val_acc": np.array([[1.0]])}, np.array([False]),
@@ -82,7 +84,8 @@ def test_resolved_runs_stop_with_the_times_of_a_budget_run(budget_and_resolved):
     m = grokjax.load(resolved.path).metrics
     last = m.groupby("run_id").step.max()
     assert (last[stops.run_id].to_numpy() == stops.stop_step.to_numpy() - 1).all()
-    # the runs that stayed were re-packed into smaller programs: same metrics as the budget run
+    # the runs that stayed moved into a smaller program once the others had stopped: same metrics as the
+    # budget run
     mb = grokjax.load(budget.path).metrics
     kept = ~mb.run_id.isin(stops.run_id)
     pd.testing.assert_frame_equal(mb[kept].reset_index(drop=True),
@@ -108,7 +111,8 @@ def test_resolved_runs_stop_with_the_times_of_a_budget_run(budget_and_resolved):
 
 @pytest.mark.slow
 def test_resume_across_a_repack_equals_an_uninterrupted_run(tmp_path, budget_and_resolved):
-    """SIGKILL after the first runs left the program (between two re-packs), then --resume."""
+    """SIGKILL after the first run left the program (its slot empty, before the re-pack that follows the
+    second stop), then --resume."""
     reference = grokjax.load(budget_and_resolved["resolved"].path)
     out = tmp_path / "r"
     args = [*GROKS, "stop=resolved", "repack=always"]
@@ -123,7 +127,7 @@ def test_resume_across_a_repack_equals_an_uninterrupted_run(tmp_path, budget_and
         except (OSError, ValueError, KeyError):  # not written yet (it is renamed into place whole)
             return 0
 
-    # A checkpoint after the first stop (step 300) holds the re-packed state of the 3 live runs.
+    # A checkpoint after the first stop (step 300) holds 4 slots, 3 of them busy.
     deadline = time.time() + 240
     while checkpoint_step() < 400:
         assert proc.poll() is None and time.time() < deadline, "the sweep ended before it could be killed"
@@ -131,7 +135,7 @@ def test_resume_across_a_repack_equals_an_uninterrupted_run(tmp_path, budget_and
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = grokjax.load(out)
-    assert not partial.complete and len(partial.stops) == 1, "killed after the second re-pack"
+    assert not partial.complete and len(partial.stops) == 1, "killed after the second stop"
     resumed = run_cli(["sweep", *args, "--out", str(out), "--resume", "--no-plot", "--quiet"])
     assert resumed.returncode == 0, resumed.stderr
     got = grokjax.load(out)
@@ -140,60 +144,43 @@ def test_resume_across_a_repack_equals_an_uninterrupted_run(tmp_path, budget_and
     assert_same_params(got, reference)  # the kept parameters too, those at the transitions included
 
 
-def _decide(monkeypatch, repack, n_live, size, step_s, compile_s, cached=False, steps=1000, end=200):
-    """BatchTrainer._next_size on a stand-in trainer; returns (size chosen, sizes sent to compile)."""
-    prepared = []
+def _pool(monkeypatch, repack, n_live, size, step_s, compile_s, cached=False, steps=1000, done=200):
+    """SlotPool._shrink on a stand-in pool of ``size`` slots, ``n_live`` of them busy at step ``done``, the
+    queue empty; returns the sizes it asked programs of (a re-pack), compiling nothing."""
     monkeypatch.setattr(Program, "cached", classmethod(lambda cls, e, n: cached))
-    monkeypatch.setattr(Program, "prepare", classmethod(lambda cls, e, n: prepared.append(n)))
-    group = type("G", (), {"train": type("T", (), {"steps": steps})()})()
-    trainer = type("Stub", (), {})()
-    trainer.__dict__.update(live=np.arange(n_live), per_batch=16, repack=repack, size=size, step_s=step_s,
-                            engine=type("E", (), {"group": group})(), prog=type("P", (), {"compile_s": compile_s})())
-    return BatchTrainer._next_size(trainer, end), prepared
+    asked = []
+    pool = SlotPool.__new__(SlotPool)
+    slot_runs = np.where(np.arange(size) < n_live, np.arange(size), -1)
+    pool.__dict__.update(slot_runs=slot_runs, slot_steps=np.where(slot_runs >= 0, done, steps), steps=steps,
+                         runs=list(range(size)), queued=size, repack=repack, step_s=step_s, engine=None,
+                         resolver=Resolver.fresh(3, size), prog=type("P", (), {"compile_s": compile_s, "n_models": size}),
+                         program=lambda n: asked.append(n) or _raise(_Asked()))
+    try:
+        pool._shrink()
+    except _Asked:  # the re-pack asked for its program: far enough
+        pass
+    return asked
 
 
-def test_a_repack_waits_for_its_program_and_is_skipped_where_it_cannot_pay(monkeypatch):
-    # 3 live runs of a 16-model program: bucket 4 saves 3/4 of 800 steps at 0.01 s = 6 s
-    assert _decide(monkeypatch, "always", 3, 16, 0.01, 100.0) == (4, [])  # every process the same way
-    assert _decide(monkeypatch, "auto", 3, 16, 0.01, 1.0, cached=True) == (4, [])  # compiled: at once
-    assert _decide(monkeypatch, "auto", 3, 16, 0.01, 1.0) == (16, [4])  # stays while 4 compiles
-    assert _decide(monkeypatch, "auto", 3, 16, 0.01, 7.0) == (16, [])  # 6 s saved < 7 s to compile
-    assert _decide(monkeypatch, "auto", 3, 16, None, 7.0) == (16, [4])  # no timing yet: compile
-    assert _decide(monkeypatch, "auto", 9, 16, 0.01, 1.0) == (16, [])  # bucket 16 is the program's
+class _Asked(Exception):
+    pass
 
 
-@pytest.mark.slow  # the fast tier checks the bookkeeping (test_caught.py) without training
-def test_auto_repacks_train_the_live_runs_as_always_repacks_do(monkeypatch):
-    """The background-compile path (made synchronous and free, so it is taken whatever the timing): the live
-    runs stay in the old program for a chunk, then move without a stop; float64 metrics as with a re-pack at
-    every stop."""
-    (group, runs), = build_sweep(None, [*GROKS, "stop=resolved"]).groups()
-    engine = engine_for(group, runs)
+def _raise(e: Exception) -> None:
+    raise e
 
-    def free(n, repack=False):
-        program = Program.get(engine, n)
-        program.compile_s = 0.0  # every re-pack pays for itself
-        return program
 
-    out, computed, sizes = {}, {}, {}
-    for repack in ("auto", "always"):
-        with monkeypatch.context() as m:
-            m.setattr(Program, "cached", classmethod(lambda cls, e, n: False))  # as if never compiled before
-            m.setattr(Program, "prepare", classmethod(lambda cls, e, n: sizes.setdefault(repack, []).append(n)))
-            trainer = BatchTrainer(engine, runs, len(runs), free, repack=repack)
-            out[repack] = {}
-            for c in trainer.chunks():
-                out[repack].update({(c.start, int(i)): {k: v[:, j] for k, v in c.metrics.items()}
-                                    for j, i in enumerate(c.ids)})
-                if repack == "auto" and sizes.get("auto"):
-                    m.setattr(Program, "cached", classmethod(lambda cls, e, n: True))  # compiled meanwhile
-        computed[repack] = (trainer.model_steps, trainer.size)
-    assert sizes == {"auto": [2]}  # compiled in the background for the auto trainer only
-    assert computed["always"][0] < computed["auto"][0] < 4 * 1500 and computed["auto"][1] == 2
-    assert out["always"].keys() == out["auto"].keys()
-    for key, got in out["auto"].items():
-        for name, v in got.items():
-            np.testing.assert_allclose(v, out["always"][key][name], rtol=1e-9, atol=1e-12, err_msg=f"{key} {name}")
+def test_a_repack_happens_only_once_the_queue_is_empty_and_where_it_pays(monkeypatch):
+    # 3 busy runs of a 16-slot program: bucket 4 saves 3/4 of 800 steps at 0.01 s = 6 s
+    assert _pool(monkeypatch, "always", 3, 16, 0.01, 100.0) == [4]  # every process the same way
+    assert _pool(monkeypatch, "auto", 3, 16, 0.01, 100.0, cached=True) == [4]  # compiled: costs nothing
+    assert _pool(monkeypatch, "auto", 3, 16, 0.01, 1.0) == [4]  # 6 s saved > 1 s to compile
+    assert _pool(monkeypatch, "auto", 3, 16, 0.01, 7.0) == []  # 6 s saved < 7 s to compile
+    assert _pool(monkeypatch, "auto", 3, 16, None, 7.0) == [4]  # no timing yet: re-pack
+    assert _pool(monkeypatch, "always", 9, 16, 0.01, 1.0) == []  # bucket 16 is the program's
+    with monkeypatch.context() as m:  # a run still queued takes a freed slot instead
+        m.setattr(SlotPool, "n_waiting", property(lambda self: 1))
+        assert _pool(m, "always", 3, 16, 0.01, 1.0) == []
 
 
 @pytest.mark.parametrize("bad, accepted", [("stop=early", "budget, resolved"), ("patience=0", "from 1 to"),

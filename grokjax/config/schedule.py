@@ -41,6 +41,17 @@ def is_logged_steps(start: int, k: int, log_every: int, eval_every: int, steps: 
     return is_logged_step(np.arange(start, start + k), log_every, eval_every, steps)
 
 
+def chunk_rows(starts: np.ndarray, n: int, steps: int) -> np.ndarray:
+    """[n + 1, N] int64: the run's own step of each metrics row of a chunk of ``n`` steps whose models start
+    at their own steps ``starts`` [N] (``steps`` for an empty slot), -1 where the row is none of its run's:
+    rows 0..n-1 at starts + i up to the budget, row n the final parameters' (step ``steps``) where the
+    budget ends in the chunk."""
+    starts = np.asarray(starts, np.int64)
+    rows = starts[None, :] + np.arange(n)[:, None]
+    at_end = (starts < steps) & (starts + n >= steps)
+    return np.concatenate([np.where(rows < steps, rows, -1), np.where(at_end, steps, -1)[None]])
+
+
 def evals_between(start: int, steps: int, eval_every: int) -> int:
     """How many evaluation steps lie in [start, steps]: the multiples of eval_every, steps - 1 and steps."""
     if start > steps:

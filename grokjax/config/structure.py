@@ -183,12 +183,14 @@ class TrainConfig:
                                                "accuracy >= 0.99) and t_val_first (first evaluation at validation "
                                                "accuracy >= 0.99), the steps grokjax fit names so")
     checkpoint_every: int = key(5000, "steps between checkpoints (for --resume)")
-    models_per_batch: int = key(0, "models per compiled program; 0 = as many as fit in memory", check=whole(0))
+    models_per_batch: int = key(0, "slots per group's compiled program (each trains one run at a time, the next "
+                                   "queued run taking a freed slot); 0 = as many as fit in memory", check=whole(0))
     stop: str = key("budget", "budget: every run trains all steps; resolved: a run stops once grokked or diverged",
                     choices=C.STOPS)
-    repack: str = key("auto", "stop=resolved: auto (a re-pack waits for a background compile and is skipped where "
-                              "it would save less than a compile) or always (at every stop: the same program "
-                              "sizes every time, as over several processes)", choices=C.REPACKS,
+    repack: str = key("auto", "stop=resolved, once a group's queue is empty: auto (the busy runs move into a "
+                              "smaller program where that saves more than its compilation costs) or always (at "
+                              "every stop: the same program sizes every time, as over several processes)",
+                      choices=C.REPACKS,
                       acts_with=("train.stop", ("resolved",)))
     patience: int = key(3, "stop=resolved: evaluations in a row at validation accuracy >= 0.99 that make a run "
                            "grokked", acts_with=("train.stop", ("resolved",)))

@@ -87,12 +87,13 @@ def _read_bytes(path: Path) -> int | None:
 
 def choose_models_per_batch(engine: Engine, n_models: int, requested: int = 0,
                             budget: int | None = None) -> tuple[int, str]:
-    """Largest batch of models whose compiled program fits the device memory budget.
+    """Most slots (models trained at once, each one run at a time) whose compiled program fits the device
+    memory budget, at most ``n_models`` (the group's runs).
 
     Compiles the program for all models first (the usual case, reused for training); if it does not fit,
     estimates the per-model cost from a 1- and 2-model program, then checks the chosen batch's own
     compiled program and shrinks it until it fits.
-    Returns (models per batch, a sentence explaining the choice).
+    Returns (slots, a sentence explaining the choice).
     """
     budget = budget if budget is not None else device_memory_budget(jax.local_devices()[0])
     if requested:
@@ -103,11 +104,11 @@ def choose_models_per_batch(engine: Engine, n_models: int, requested: int = 0,
             raise UserError(f"models_per_batch={requested}: {m} models need {used / 2**20:,.0f} MiB, but "
                             f"{budget / 2**20:,.0f} MiB are free on {jax.local_devices()[0].platform}; at most "
                             f"{fits} fit (models_per_batch=0 chooses for you)")
-        return m, f"{m} models per batch (models_per_batch={requested})"
+        return m, f"{m} slots (models_per_batch={requested})"
     full = Program.get(engine, n_models).bytes
     if full is None or full <= budget:
         shown = "unknown" if full is None else f"{full / 2**20:.0f} MiB"
-        return n_models, f"all {n_models} models in one batch ({shown} of {budget / 2**20:.0f} MiB)"
+        return n_models, f"{n_models} slots, one per run ({shown} of {budget / 2**20:.0f} MiB)"
     one = Program.get(engine, 1).bytes
     if one is not None and one > budget:
         raise UserError(f"one model of this group needs {one / 2**20:,.0f} MiB, more than the "
@@ -117,7 +118,7 @@ def choose_models_per_batch(engine: Engine, n_models: int, requested: int = 0,
     # The linear estimate is only a start: check the real program (needed anyway) and shrink until it fits.
     while m > 1 and (used := Program.get(engine, m).bytes) is not None and used > budget:
         m = max(1, min(m - 1, int(m * budget / used)))
-    return m, (f"{m} models per batch: {n_models} models need ~{full / 2**20:.0f} MiB, "
+    return m, (f"{m} slots: {n_models} models would need ~{full / 2**20:.0f} MiB, "
                     f"{per_model / 2**20:.1f} MiB each, budget {budget / 2**20:.0f} MiB")
 
 

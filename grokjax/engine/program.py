@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,12 +24,20 @@ from grokjax.engine.data import INTEGER_FIELDS, Hparams, Split, pad_models
 from grokjax.engine.single import Engine, ModelState, is_dead
 
 
+def _masked(values: dict[str, jax.Array], drop: jax.Array) -> dict[str, jax.Array]:
+    """``values`` (name -> [N, ...]) with NaN in the rows where ``drop`` [N] is set."""
+    return {k: jnp.where(drop.reshape(drop.shape + (1,) * (v.ndim - 1)), jnp.nan, v) for k, v in values.items()}
+
+
 def _chunk_fn(engine: Engine, chunk_steps: int) -> Callable:
+    """The compiled chunk: ``chunk_steps`` scan steps, each model at its own step (``starts`` [N] + i), so
+    runs born at different chunks share one program. A model past its budget (its run ended inside the
+    chunk, or an empty slot whose start is ``steps``) makes no update and gets NaN rows."""
     steps, eval_every = engine.group.train.steps, engine.group.train.eval_every
-    v_step = jax.vmap(engine.train_step_one, in_axes=(0, 0, 0, None, None, None))
+    v_step = jax.vmap(engine.train_step_one, in_axes=(0, 0, 0, 0, None, None))
     v_eval = jax.vmap(engine.evaluate_one, in_axes=(0, 0, None, None))
     v_measure = jax.vmap(engine.measure_one, in_axes=(0, 0, None, None))
-    v_note = jax.vmap(engine.note_transitions, in_axes=(0, None, 0, 0))
+    v_note = jax.vmap(engine.note_transitions, in_axes=(0, 0, 0, 0))
     tracking = engine.group.train.snapshot_at_transitions
 
     def evaluate(params: Any, splits: Split, inputs: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
@@ -38,39 +45,42 @@ def _chunk_fn(engine: Engine, chunk_steps: int) -> Callable:
         measured, spectrum = v_measure(params, splits, inputs, labels)
         return dict(val_loss=val_loss, val_acc=val_acc, param_norm=norm, **measured, spectrum=spectrum)
 
-    def train_chunk(states: ModelState, splits: Split, hps: Hparams, start: jax.Array,
+    def train_chunk(states: ModelState, splits: Split, hps: Hparams, starts: jax.Array,
                     inputs: jax.Array, labels: jax.Array) -> tuple[ModelState, dict[str, jax.Array], jax.Array]:
         shapes = jax.eval_shape(evaluate, states.params, splits, inputs, labels)
         skipped = {k: jnp.full(v.shape, jnp.nan, v.dtype) for k, v in shapes.items()}
 
-        def body(states: ModelState, step: jax.Array, final: bool = False):
-            do_eval = is_eval_step(step, eval_every, steps)
-            evaluated = evaluate(states.params, splits, inputs, labels) if final else jax.lax.cond(
-                do_eval, lambda: evaluate(states.params, splits, inputs, labels), lambda: skipped)
+        def body(states: ModelState, step: jax.Array, valid: jax.Array):
+            """One row for every model at its ``step`` [N]; ``valid`` [N]: the row is one of its run's."""
+            do_eval = is_eval_step(step, eval_every, steps) & valid
+            # Evaluated when any model evaluates: runs born at chunk boundaries share their evaluation steps
+            # whenever eval_every divides chunk_steps, so this costs what one shared schedule costs.
+            evaluated = jax.lax.cond(jnp.any(do_eval), lambda: evaluate(states.params, splits, inputs, labels),
+                                     lambda: skipped)
             before = states
             states, trained = v_step(states, splits, hps, step, inputs, labels)
             dead = is_dead(states.diverged_step, step)  # after the step: it may have found this row bad
-            evaluated = {k: jnp.where(dead.reshape(dead.shape + (1,) * (v.ndim - 1)), jnp.nan, v)
-                         for k, v in evaluated.items()}
+            evaluated = _masked(evaluated, dead | ~do_eval)
+            trained = _masked(trained, ~valid)
             if tracking:  # the metrics were measured with the parameters before the update
                 states = states._replace(transitions=v_note(before, step, trained["train_acc"],
                                                             evaluated["val_acc"]))
             return states, {k: v.astype(engine.dtype) for k, v in (trained | evaluated).items()}
 
-        def measure_final(states: ModelState) -> tuple[ModelState, dict[str, jax.Array]]:
-            after, row = body(states, jnp.int32(steps), final=True)
+        def measure_final(states: ModelState, at_end: jax.Array) -> tuple[ModelState, dict[str, jax.Array]]:
+            after, row = body(states, jnp.full_like(starts, steps), at_end)
             if "update_norm" in row:  # the update this step would make: none is made past the budget
                 row["update_norm"] = jnp.full_like(row["update_norm"], jnp.nan)
             return states._replace(transitions=after.transitions), row
 
-        states, metrics = jax.lax.scan(body, states, start + jnp.arange(chunk_steps, dtype=jnp.int32))
-        # The chunk that ends at the budget also measures the final parameters (after `steps` updates, the
-        # ones kept as final): the row of step `steps`, train metrics on that step's batch and an evaluation;
-        # nothing is updated (the step is past the budget). Elsewhere the row is skipped (NaN, not written).
-        at_end = start + chunk_steps == steps
-        final_states, final = jax.lax.cond(at_end, lambda: measure_final(states), lambda: (
+        states, metrics = jax.lax.scan(lambda st, i: body(st, starts + i, starts + i < steps), states,
+                                       jnp.arange(chunk_steps, dtype=jnp.int32))
+        # A model whose budget ends in this chunk also measures its final parameters (after `steps` updates,
+        # the ones kept as final): row `chunk_steps`, at step `steps`, train metrics on that step's batch and
+        # an evaluation; nothing is updated (the step is past the budget). Elsewhere the row is NaN.
+        at_end = (starts < steps) & (starts + chunk_steps >= steps)
+        states, final = jax.lax.cond(jnp.any(at_end), lambda: measure_final(states, at_end), lambda: (
             states, {k: jnp.full(v.shape[1:], jnp.nan, v.dtype) for k, v in metrics.items()}))
-        states = final_states
         metrics = {k: jnp.concatenate([v, final[k][None]]) for k, v in metrics.items()}
         if tracking:  # [3, N]: diverged step, t_train, t_val_first
             tr = states.transitions
@@ -80,15 +90,26 @@ def _chunk_fn(engine: Engine, chunk_steps: int) -> Callable:
     return train_chunk
 
 
+def _refill_fn(engine: Engine) -> Callable:
+    """Fresh state and split (from each row's hyperparameters) in the rows ``mask`` [N] marks, the given
+    ones elsewhere: one fixed-shape program, so a slot takes its next run without a recompilation."""
+    v_init = jax.vmap(engine.init_one)
+
+    def refill(states: ModelState, splits: Split, hps: Hparams, mask: jax.Array) -> tuple[ModelState, Split]:
+        fresh = v_init(hps)
+        pick = lambda new, old: jnp.where(mask.reshape(mask.shape + (1,) * (new.ndim - 1)), new, old)  # noqa: E731
+        return jax.tree.map(pick, fresh, (states, splits))
+
+    return refill
+
+
 @dataclass
 class ChunkResult:
-    """What the host receives at a chunk boundary. metrics: name -> [K, n_real] (the group's dtype) for the steps
-    start..start+K-1 (K cut at the budget; the chunk that ends at the budget has K+1 rows, the last one
-    measuring the final parameters at step ``steps``); diverged_step: [n_real] (-1 healthy); with
-    snapshot_at_transitions, transition_steps [2, n_real]: t_train and t_val_first (-1 not yet)."""
+    """What the host receives at a chunk boundary. metrics: name -> [K + 1, n_real] (the group's dtype): row i
+    at each model's own step start + i (NaN past its budget), row K its final parameters' (NaN unless its
+    budget ended in the chunk); diverged_step: [n_real] (-1 healthy); with snapshot_at_transitions,
+    transition_steps [2, n_real]: t_train and t_val_first (-1 not yet)."""
 
-    start: int
-    end: int
     metrics: dict[str, np.ndarray]
     diverged_step: np.ndarray
     transition_steps: np.ndarray | None = None
@@ -104,9 +125,7 @@ def _program_bytes(compiled: Any) -> int | None:
 
 
 _PROGRAMS: dict[tuple, "Program"] = {}
-_COMPILING: dict[tuple, Future] = {}  # programs compiling in the background (``Program.prepare``)
 _PROGRAMS_LOCK = threading.Lock()
-_BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grokjax-compile")
 
 
 def _in_precision(method: Callable) -> Callable:
@@ -198,6 +217,7 @@ class Program:
         shard = lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.sharded)  # noqa: E731
         self.abstract = (jax.tree.map(shard, state_shape), jax.tree.map(shard, split_shape), hp_shape)
         self._chunks: dict[int, Any] = {}
+        self._refill: Any = None
         self.steps_computed = 0  # scan steps dispatched by train_chunk, over the program's lifetime
         self.bytes = _program_bytes(self._compiled(self.chunk_steps))
         tail = engine.group.train.steps % self.chunk_steps
@@ -215,7 +235,8 @@ class Program:
             marks = by_model if self.engine.group.train.snapshot_at_transitions else self.sharded  # [3, N] or [N]
             self._chunks[n_steps] = jax.jit(_chunk_fn(self.engine, n_steps), donate_argnums=(0,),
                                             out_shardings=(self.sharded, by_model, marks)).lower(
-                state, split, hps, jax.ShapeDtypeStruct((), jnp.int32), self.inputs, self.labels).compile(
+                state, split, hps, jax.ShapeDtypeStruct((self.n_models,), jnp.int32, sharding=self.sharded),
+                self.inputs, self.labels).compile(
                 compiler_options=self.compiler_options)
         return self._chunks[n_steps]
 
@@ -231,45 +252,20 @@ class Program:
 
     @classmethod
     def cached(cls, engine: Engine, n_models: int) -> bool:
-        """Whether ``get`` would return an already compiled program (without waiting)."""
-        key = cls._key(engine, n_models)
+        """Whether ``get`` would return an already compiled program."""
         with _PROGRAMS_LOCK:
-            if key in _PROGRAMS:
-                return True
-            pending = _COMPILING.get(key)
-        return pending is not None and pending.done() and pending.exception() is None
+            return cls._key(engine, n_models) in _PROGRAMS
 
     @classmethod
     def get(cls, engine: Engine, n_models: int) -> "Program":
-        """Compiled programs are cached, so a new numeric grid of the same shape never recompiles. A program
-        compiling in the background is waited for (and compiled here if that failed)."""
+        """Compiled programs are cached, so a new numeric grid of the same shape never recompiles."""
         key = cls._key(engine, n_models)
-        with _PROGRAMS_LOCK:
-            pending = _COMPILING.pop(key, None)
-        if pending is not None and pending.exception() is None:
-            return pending.result()
         with _PROGRAMS_LOCK:
             if key in _PROGRAMS:
                 return _PROGRAMS[key]
         program = cls(engine, n_models)
         with _PROGRAMS_LOCK:
             return _PROGRAMS.setdefault(key, program)
-
-    @classmethod
-    def prepare(cls, engine: Engine, n_models: int) -> None:
-        """Start compiling the program of ``n_models`` in a background thread (one at a time), so that a
-        later ``get`` finds it ready: stop=resolved's next re-pack compiles while the current program
-        trains. An error there is not raised here; ``get`` then compiles again and raises it."""
-        key = cls._key(engine, n_models)
-
-        def build() -> "Program":
-            program = cls(engine, n_models)
-            with _PROGRAMS_LOCK:
-                return _PROGRAMS.setdefault(key, program)
-
-        with _PROGRAMS_LOCK:
-            if key not in _PROGRAMS and key not in _COMPILING:
-                _COMPILING[key] = _BACKGROUND.submit(build)
 
     @_in_precision
     def put(self, hps: Hparams) -> Hparams:
@@ -283,25 +279,45 @@ class Program:
         return self._init(hps)
 
     @_in_precision
-    def train_chunk(self, state: ModelState, splits: Split, hps: Hparams, start: jax.Array,
+    def train_chunk(self, state: ModelState, splits: Split, hps: Hparams, starts: Any,
                     n_steps: int | None = None) -> tuple[ModelState, dict[str, jax.Array], jax.Array]:
-        """One compiled chunk of ``n_steps`` (default ``chunk_steps``) steps from ``start`` (state is
-        donated): the new state, metrics name -> [n_steps, n_models], and each model's diverged step
-        (-1 healthy) [n_models], or with snapshot_at_transitions [3, n_models]: that, t_train, t_val_first."""
+        """One compiled chunk of ``n_steps`` (default ``chunk_steps``) steps (state is donated), each model
+        from its own step ``starts`` ([n_models], or one step for all): the new state, metrics name ->
+        [n_steps + 1, n_models] (``ChunkResult``), and each model's diverged step (-1 healthy) [n_models],
+        or with snapshot_at_transitions [3, n_models]: that, t_train, t_val_first."""
         n_steps = n_steps or self.chunk_steps
         self.steps_computed += n_steps
-        return self._compiled(n_steps)(state, splits, hps, start, self.inputs, self.labels)
+        starts = _to_devices(np.broadcast_to(np.asarray(starts, np.int32), (self.n_models,)).copy(), self.sharded)
+        return self._compiled(n_steps)(state, splits, hps, starts, self.inputs, self.labels)
 
     @_in_precision
-    def fetch(self, start: int, end: int, metrics: dict[str, jax.Array], dead: jax.Array, n_real: int
-              ) -> ChunkResult:
-        """A dispatched chunk's results on the host (waits for it), cut to its steps and real models."""
+    def refill(self, state: ModelState, splits: Split, hps: Hparams, mask: np.ndarray) -> tuple[ModelState, Split]:
+        """State and split with the rows ``mask`` [n_models] bool started afresh from ``hps`` (state and splits
+        donated; ``_refill_fn``)."""
+        return self._refilled()(state, splits, hps, _to_devices(np.asarray(mask, bool), self.sharded))
+
+    def _refilled(self) -> Any:
+        """The compiled refill (``_refill_fn``), compiled on first use (``prepare_refill``)."""
+        if self._refill is None:
+            state, split, hps = self.abstract
+            mask = jax.ShapeDtypeStruct((self.n_models,), jnp.bool_, sharding=self.sharded)
+            self._refill = jax.jit(_refill_fn(self.engine), donate_argnums=(0, 1),
+                                   out_shardings=self.sharded).lower(state, split, hps, mask).compile(
+                compiler_options=self.compiler_options)
+        return self._refill
+
+    @_in_precision
+    def prepare_refill(self) -> None:
+        """Compile the refill now (with the program, so training never waits for a compilation)."""
+        self._refilled()
+
+    @_in_precision
+    def fetch(self, metrics: dict[str, jax.Array], dead: jax.Array, n_real: int) -> ChunkResult:
+        """A dispatched chunk's results on the host (waits for it), cut to the first ``n_real`` models."""
         host, marks = _to_host((metrics, dead))
         marks = np.asarray(marks)[..., :n_real]
         dead, transitions = (marks[0], marks[1:]) if marks.ndim == 2 else (marks, None)
-        rows = end - start + (end == self.engine.group.train.steps)  # the budget's chunk: + the final row
-        return ChunkResult(start, end, {name: np.asarray(v)[:rows, :n_real] for name, v in host.items()},
-                           dead, transitions)
+        return ChunkResult({name: np.asarray(v)[:, :n_real] for name, v in host.items()}, dead, transitions)
 
     @_in_precision
     def host(self, state: ModelState) -> ModelState:

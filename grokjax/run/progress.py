@@ -25,12 +25,14 @@ class Tracker:
     diverged: dict[int, int] = field(default_factory=dict)
     n_stopped: int = 0  # stop=resolved: runs that left the program before their budget
 
-    def update(self, ids: np.ndarray, start: int, metrics: dict[str, np.ndarray], dead: np.ndarray) -> None:
+    def update(self, ids: np.ndarray, rows: np.ndarray, metrics: dict[str, np.ndarray], dead: np.ndarray) -> None:
+        """Take one chunk of the runs ``ids`` [N]: ``metrics`` [K, N] whose rows are at the runs' own steps
+        ``rows`` [K, N] (-1: none of its run's)."""
         for j, rid in enumerate(ids.tolist()):
             for name, seen in (("train_acc", self.t_train), ("val_acc", self.t_val)):
-                hit = np.flatnonzero(metrics[name][:, j] >= THRESHOLD)
+                hit = np.flatnonzero((metrics[name][:, j] >= THRESHOLD) & (rows[:, j] >= 0))
                 if rid not in seen and hit.size:
-                    seen[rid] = start + int(hit[0])
+                    seen[rid] = int(rows[hit[0], j])
             vals = metrics["val_acc"][:, j]
             vals = vals[np.isfinite(vals)]
             if vals.size:
@@ -141,14 +143,16 @@ class Reporter:
                 self.compile_after_first += took
             self.say(f"compiled {what} in {took:.1f} s")
 
-    def update(self, model_steps: int, where: str, step: int, steps: int, tracker: Tracker) -> None:
+    def update(self, model_steps: int, where: str, tracker: Tracker, slots: str = "") -> None:
+        """After a chunk of ``model_steps``: the bar or a line naming ``where`` (the group) and ``slots`` (the
+        busy slots and the queue)."""
         self.done += model_steps
         if self.first is None:
             self.first = (time.perf_counter(), self.done)
         if self.quiet:
             return
         rate = self.rate()
-        info = (f"step {step}/{steps} · {rate:,.0f} model-steps/s · "
+        info = (f"{slots + ' · ' if slots else ''}{rate:,.0f} model-steps/s · "
                 f"{tracker.n_grokked}/{tracker.n_runs} at val≥{THRESHOLD} now")
         if tracker.n_stopped:
             info += f" · {tracker.n_runs - tracker.n_stopped} live, {tracker.n_stopped} stopped"

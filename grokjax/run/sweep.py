@@ -1,5 +1,5 @@
-"""Run a whole sweep: groups x model batches x chunks, streaming metrics and checkpoints to one results
-directory. The host touches data only at chunk boundaries; ``store.directory.ResultsDir`` owns all I/O."""
+"""Run a whole sweep: each group one program of slots fed by a queue of its runs, trained chunk by chunk,
+streaming metrics and checkpoints to one results directory. The host touches data only at chunk boundaries; ``store.directory.ResultsDir`` owns all I/O."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from grokjax.errors import Interrupted, UserError
 from grokjax.grid.expand import Sweep, changed_settings
 from grokjax.grid.plan import disk_bytes
 from grokjax.grid.shard import Shard
-from grokjax.run.batch import BatchTrainer
+from grokjax.run.pool import PoolChunk, SlotPool
 from grokjax.run.cluster import Peers
 from grokjax.run.progress import Reporter, Tracker
 from grokjax.store.checkpoints import Checkpoint, DamagedFile
@@ -56,35 +56,32 @@ def describe(group: GroupConfig) -> str:
     return f"{task}, {net}, {' '.join(extras)}"
 
 
-def _checkpointed_batch_size(rd: ResultsDir, group: int, rep: Reporter) -> int | None:
-    """models_per_batch from the group's first readable checkpoint, or None (naming any damaged ones)."""
-    for b in rd.checkpoint_batches(group):
-        try:
-            ckpt = rd.load_checkpoint(group, b)
-        except DamagedFile as e:
-            rep.warn(str(e))
-            continue
-        if ckpt is not None:
-            return ckpt.models_per_batch
-    return None
+def _checkpointed_slots(rd: ResultsDir, group: int, rep: Reporter) -> int | None:
+    """The slots of the group's readable checkpoint, or None (naming a damaged one)."""
+    try:
+        ckpt = rd.load_checkpoint(group, 0)
+    except DamagedFile as e:
+        rep.warn(str(e))
+        return None
+    return None if ckpt is None else ckpt.n_slots
 
 
 def _usable_checkpoint(rd: ResultsDir, group: int, batch: int, state: list[Any], rep: Reporter
                        ) -> Checkpoint | None:
-    """The batch's checkpoint if it is readable and holds this group's state (``state``: one model's
-    leaves, shapes and dtypes); otherwise None (the batch then trains again from step 0), saying why."""
+    """The group's checkpoint if it is readable and holds this group's state (``state``: one model's
+    leaves, shapes and dtypes); otherwise None (the group then trains again from the start), saying why."""
     try:
         ckpt = rd.load_checkpoint(group, batch)
     except DamagedFile as e:
-        rep.warn(f"{e}: training group {group + 1} batch {batch + 1} again from step 0")
+        rep.warn(f"{e}: training group {group + 1} again from the start")
         rd.discard_checkpoint(group, batch)
         return None
     if ckpt is None:
         return None
     if len(ckpt.leaves) != len(state) or any(
             a.shape[1:] != b.shape or a.dtype != b.dtype for a, b in zip(ckpt.leaves, state)):
-        rep.warn(f"{rd.path}: the checkpoint of group {group + 1} batch {batch + 1} does not hold this "
-                 f"program's state (written by another grokjax version?): training it again from step 0")
+        rep.warn(f"{rd.path}: the checkpoint of group {group + 1} does not hold this program's state (written "
+                 f"by another grokjax version?): training the group again from the start")
         rd.discard_checkpoint(group, batch)
         return None
     return ckpt
@@ -92,19 +89,19 @@ def _usable_checkpoint(rd: ResultsDir, group: int, batch: int, state: list[Any],
 
 def _resume_point(rd: ResultsDir, group: int, batch: int, engine: Engine, rep: Reporter, peers: Peers
                   ) -> Checkpoint | None:
-    """The checkpoint a batch resumes from, or None (from step 0): judged by process 0 (which discards an
+    """The checkpoint a group resumes from, or None (from the start): judged by process 0 (which discards an
     unusable checkpoint), whose verdict the other processes take before they read the same file."""
     step = -1
     if peers.leader:
         ckpt = _usable_checkpoint(rd, group, batch, state_shapes(engine), rep)
         part, params = rd.first_damaged_part(group, batch), rd.first_damaged_params(group, batch)
-        # A damaged file from before the checkpoint is not written again by resuming from it: the batch trains
-        # again from step 0 (later files are cleared, and written again, either way).
+        # A damaged file from before the checkpoint is not written again by resuming from it: the group trains
+        # again from the start (later files are cleared, and written again, either way).
         for damaged, before in ((part, part is not None and ckpt is not None and part[0] < ckpt.step),
                                 (params, params is not None and ckpt is not None and params[0] <= ckpt.step)):
             if before:
                 rep.warn(f"{damaged[1]} is damaged and its checkpoint is later: training group {group + 1} "
-                         f"batch {batch + 1} again from step 0")
+                         f"again from the start")
                 ckpt = None
         step = -1 if ckpt is None else ckpt.step
     if peers.agree(step) < 0:
@@ -205,82 +202,82 @@ def _program(engine: Engine, n_models: int, rep: Reporter, what: str) -> Program
 def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: ResultsDir, rep: Reporter,
                   tracker: Tracker, resume: bool, signals: list[int], path: Path, shard: Shard | None = None,
                   peers: Peers = Peers()) -> int:
-    """Train every model batch of every group into ``rd`` and return the model-steps computed; raises
-    Interrupted on SIGINT/SIGTERM, naming the last checkpoint written.
+    """Train every group's runs, each group in one program of slots fed by a queue (``SlotPool``), into
+    ``rd`` and return the model-steps computed; raises Interrupted on SIGINT/SIGTERM, naming the last
+    checkpoint written.
 
     Over several processes, process 0 judges what a resume finds (and repairs it) and the others take its
-    word; it alone writes checkpoints and stops, and each process writes the metrics of its own models."""
-    saved: tuple[int, int, int] | None = None
+    word; it alone writes checkpoints and stops, and each process writes the metrics of its own models.
+    Every refill follows from the chunk's metrics, which every process holds whole, so all agree on it."""
+    saved: tuple[int, int] | None = None
     model_steps = 0
     of_shard = f" (shard {shard.label} of {sweep.n_runs()} runs)" if shard else ""
     rep.say(f"grokjax: {tracker.n_runs} runs{of_shard} in {sum(bool(r) for _, r in groups)} group(s) -> {path}")
+    stop = lambda: peers.largest(signals[0] if signals else 0) > 0  # noqa: E731
     for gi, (group, runs) in enumerate(groups):
         if not runs:  # this shard has no run in the group
             continue
-        t = group.train
-        engine = engines[gi]
-        checkpointed = _checkpointed_batch_size(rd, gi, rep) if resume and peers.leader else None
-        checkpointed = peers.agree(checkpointed or 0) or None if resume else None
-        if checkpointed is not None:  # the checkpoints' layout fixes the batches, whatever memory is free now
-            per_batch, why = checkpointed, f"{checkpointed} models per batch (as checkpointed)"
-        else:
-            if resume and peers.leader and (rd.checkpoint_batches(gi) or rd.has_parts(gi)):
-                rep.warn(f"group {gi + 1}: no readable checkpoint; training the group again from step 0")
-                rd.clear_group(gi)
-            peers.sync(f"grokjax-group-{gi}")
-            per_batch, why = plans.get(gi) or choose_models_per_batch(engine, len(runs), t.models_per_batch)
-        rep.say(f"group {gi + 1} of {len(groups)}: {describe(group)}; {why}")
-        for bi, lo in enumerate(range(0, len(runs), per_batch)):
-            batch = runs[lo: lo + per_batch]
-            def program(n: int, repack: bool = False) -> Program:
-                what = (f"the re-pack of {where} into {n} models" if repack
-                        else f"group {gi + 1} of {len(groups)} ({n} models)")
-                return _program(engine, n, rep, what)
-
-            ckpt = _resume_point(rd, gi, bi, engine, rep, peers) if resume else None
-            k = min(t.chunk_steps, t.steps)
-            n_batches = -(-len(runs) // per_batch)
-            where = f"group {gi + 1}/{len(groups)} batch {bi + 1}/{n_batches}"
-            # A checkpoint may come from another number of devices: the trainer re-pads the models axis.
-            # Re-packs wait for a background compile on one process; several processes must agree on them.
-            trainer = BatchTrainer(engine, batch, per_batch, program, ckpt,
-                                   repack=t.repack if peers.count == 1 else "always")
-            if ckpt is not None:
-                rep.skip(ckpt.step * len(batch))
-                n_gone = len(batch) - len(trainer.live)
-                rep.drop((t.steps - ckpt.step) * n_gone)
-                tracker.n_stopped += n_gone
-            if resume and peers.leader:
-                rd.clear_parts_from(gi, bi, trainer.start)
-                rd.clear_params_after(gi, bi, trainer.start)
-            peers.sync(f"grokjax-batch-{gi}-{bi}")  # no process writes before the leader has cleared
-            names = param_names(engine)
-            snapshot = lambda end: bool(t.snapshot_every) and end % t.snapshot_every == 0  # noqa: E731
-            for c in trainer.chunks(want_state=lambda end: crosses(end, t.checkpoint_every, k) or snapshot(end),
-                                    should_stop=lambda: peers.largest(signals[0] if signals else 0) > 0):
-                if c.own.any():
-                    rd.write_chunk(gi, bi, c.start, c.ids[c.own], {k: v[:, c.own] for k, v in c.metrics.items()},
-                                   t.log_every, t.eval_every, t.steps, engine.train_metric_names)
-                tracker.update(c.ids, c.start, c.metrics, c.diverged_step)
-                if c.transitions is not None and peers.leader:  # before the checkpoint that counts them as kept
-                    rd.save_params(gi, bi, c.end, c.transitions[0], names, c.transitions[2], steps=c.transitions[1])
-                if len(c.stopped) and peers.leader:
-                    rd.save_params(gi, bi, c.end, c.stopped, names, c.stopped_rows[: len(names)], stopped=True)
-                    rd.write_stops(gi, bi, c.start, c.stopped, c.end, c.reasons)
-                    tracker.n_stopped += len(c.stopped)
-                    rep.drop((t.steps - c.end) * len(c.stopped))
-                if c.checkpoint is not None:
-                    ck = c.checkpoint
-                    if peers.leader and (snapshot(ck.step) or ck.step == t.steps):
-                        live = range(len(batch)) if ck.live is None else ck.live
-                        rd.save_params(gi, bi, ck.step, np.array([batch[i].run_id for i in live], np.int64), names,
-                                       ck.leaves[: len(names)])
-                    if peers.leader:
-                        rd.save_checkpoint(gi, bi, ck.step, ck.leaves, per_batch, ck.live, ck.streak,
-                                           ck.memorized)
-                    saved = (gi, bi, ck.step)
-                rep.update((c.end - c.start) * len(c.ids), where, c.end, t.steps, tracker)
-            model_steps += trainer.model_steps
-            if signum := peers.largest(signals[0] if signals else 0):
-                raise Interrupted(signum, path, saved, shard.label if shard else None)
+        pool = _open_pool(gi, len(groups), group, runs, engines[gi], plans, rd, rep, tracker, resume, peers)
+        where = f"group {gi + 1}/{len(groups)}"
+        every = group.train.checkpoint_every
+        for c in pool.chunks(want_state=lambda end, n: crosses(end, every, n), should_stop=stop):
+            _keep_chunk(rd, gi, c, engines[gi], peers, tracker)
+            if c.checkpoint is not None:
+                saved = (gi, c.checkpoint.step)
+            rep.drop(c.dropped)
+            rep.update(c.model_steps, where, tracker, f"{pool.n_busy}/{pool.n_slots} slots busy, "
+                                                      f"{pool.n_waiting} queued")
+        model_steps += pool.model_steps
+        if signum := peers.largest(signals[0] if signals else 0):
+            raise Interrupted(signum, path, saved, shard.label if shard else None)
     return model_steps
+
+
+def _keep_chunk(rd: ResultsDir, gi: int, c: PoolChunk, engine: Engine, peers: Peers, tracker: Tracker) -> None:
+    """Every write of one chunk: this process's metrics rows; on process 0 the parameters it keeps (before
+    the checkpoint that counts them as kept), its stops and its checkpoint."""
+    t = engine.group.train
+    if c.own.any():
+        rd.write_chunk(gi, 0, c.start, c.ids[c.own], {k: v[:, c.own] for k, v in c.metrics.items()},
+                       c.rows[:, c.own], t.log_every, t.eval_every, t.steps, engine.train_metric_names)
+    tracker.update(c.ids, c.rows, c.metrics, c.diverged_step)
+    tracker.n_stopped += len(c.stopped)
+    if not peers.leader:
+        return
+    for kept in c.kept:
+        rd.save_params(gi, 0, c.end, kept.run_ids, param_names(engine), kept.leaves, kept.steps, kept.kind)
+    if len(c.stopped):
+        rd.write_stops(gi, 0, c.start, c.stopped, c.stop_steps, c.reasons)
+    if c.checkpoint is not None:
+        rd.save_checkpoint(gi, 0, c.checkpoint)
+
+
+def _open_pool(gi: int, n_groups: int, group: GroupConfig, runs: list, engine: Engine, plans: dict,
+               rd: ResultsDir, rep: Reporter, tracker: Tracker, resume: bool, peers: Peers) -> SlotPool:
+    """The group's slot pool: from its checkpoint when resuming (the files written after it cleared), else
+    from the start with the planned number of slots (a resume without a usable checkpoint clears the
+    group's files first)."""
+    checkpointed = _checkpointed_slots(rd, gi, rep) if resume and peers.leader else None
+    checkpointed = peers.agree(checkpointed or 0) or None if resume else None
+    ckpt = None
+    if checkpointed is not None:  # the checkpoint's layout fixes the slots, whatever memory is free now
+        n_slots, why = checkpointed, f"{checkpointed} slots (as checkpointed)"
+        ckpt = _resume_point(rd, gi, 0, engine, rep, peers)
+    if ckpt is None:
+        if resume and peers.leader and (rd.checkpoint_batches(gi) or rd.has_parts(gi)):
+            rep.warn(f"group {gi + 1}: no readable checkpoint; training the group again from the start")
+            rd.clear_group(gi)
+        peers.sync(f"grokjax-group-{gi}")
+        n_slots, why = plans.get(gi) or choose_models_per_batch(engine, len(runs), group.train.models_per_batch)
+    rep.say(f"group {gi + 1} of {n_groups}: {describe(group)}; {why}, {len(runs)} runs queued")
+    program = lambda n: _program(engine, n, rep, f"group {gi + 1} of {n_groups} ({n} slots)")  # noqa: E731
+    pool = SlotPool(engine, runs, n_slots, program, ckpt, group.train.repack if peers.count == 1 else "always")
+    if ckpt is not None:
+        rep.skip(ckpt.done_steps)
+        rep.drop(ckpt.dropped_steps)
+        tracker.n_stopped += ckpt.n_stopped
+        if peers.leader:
+            rd.clear_parts_from(gi, 0, ckpt.step)
+            rd.clear_params_after(gi, 0, ckpt.step)
+    peers.sync(f"grokjax-pool-{gi}")  # no process writes before the leader has cleared
+    return pool

@@ -1,4 +1,5 @@
-"""Checkpoints of a results directory: a model batch's state as a plain NumPy archive of its leaves.
+"""Checkpoints of a results directory: a group's program (its slots' state, runs and steps) as a plain
+NumPy archive.
 
 NumPy needs no extra dependency, and write-then-rename makes each file atomic. A SHA-256 digest of the
 arrays is stored with them, so a damaged file is detected. Random keys are not stored because every key is
@@ -19,18 +20,32 @@ from grokjax.store.files import atomic_file
 from grokjax.store.layout import CHECKPOINT_DIR
 
 
+SLOT_FIELDS = ("slot_runs", "slot_steps", "streak", "memorized")  # [S] arrays, one row per slot
+COUNTERS = ("queued", "done_steps", "dropped_steps", "n_stopped")  # whole numbers
+
+
 @dataclass
 class Checkpoint:
-    """A model batch's state after ``step`` steps. With stop=resolved, ``live`` lists the batch positions
-    of the runs still training (the leaves' first ``len(live)`` rows, in that order) and ``streak`` /
-    ``memorized`` their stopping counters; ``live`` is None when every run of the batch is in the leaves."""
+    """A group's program after ``step`` steps of its clock: the state of its slots and what they hold.
+    ``slot_runs`` [S] (int64): each slot's run (its position in the group's queue of runs, -1 empty);
+    ``slot_steps`` [S]: that run's own step; ``streak`` / ``memorized`` [S]: its stop=resolved counters;
+    ``queued``: how many runs of the queue have been taken into a slot. ``done_steps`` / ``dropped_steps``
+    / ``n_stopped``: the model-steps trained and given up (stops) so far and the runs stopped, for progress."""
 
     step: int
-    leaves: list[np.ndarray]  # leading axis: the live models of the batch, padded for the program
-    models_per_batch: int
-    live: np.ndarray | None = None  # int64 [L]
-    streak: np.ndarray | None = None  # int64 [L]
-    memorized: np.ndarray | None = None  # bool [L]
+    leaves: list[np.ndarray]  # leading axis: the program's rows (slots, then padding)
+    slot_runs: np.ndarray
+    slot_steps: np.ndarray
+    streak: np.ndarray
+    memorized: np.ndarray
+    queued: int
+    done_steps: int = 0
+    dropped_steps: int = 0
+    n_stopped: int = 0
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.slot_runs)
 
 
 class CheckpointStore:
@@ -45,40 +60,37 @@ class CheckpointStore:
     def _checkpoint_path(self, group: int, batch: int) -> Path:
         return self.path / CHECKPOINT_DIR / f"{self.prefix}g{group:03d}-b{batch:03d}.npz"
 
-    def save_checkpoint(self, group: int, batch: int, step: int, leaves: list[np.ndarray],
-                        models_per_batch: int, live: np.ndarray | None = None, streak: np.ndarray | None = None,
-                        memorized: np.ndarray | None = None) -> None:
-        """Write the state's leaves (and, with stop=resolved, the live runs and their counters) with a
-        SHA-256 digest of their bytes, so a damaged file is detected."""
+    def save_checkpoint(self, group: int, batch: int, ckpt: Checkpoint) -> None:
+        """Write the state's leaves and the slots' runs, steps and counters with a SHA-256 digest of their
+        bytes, so a damaged file is detected."""
         path = self._checkpoint_path(group, batch)
-        arrays = [np.ascontiguousarray(np.asarray(x)) for x in leaves]
-        extra = {} if live is None else {"live": np.asarray(live, np.int64), "streak": np.asarray(streak, np.int64),
-                                         "memorized": np.asarray(memorized, bool)}
+        arrays = [np.ascontiguousarray(np.asarray(x)) for x in ckpt.leaves]
+        slots = {k: np.asarray(getattr(ckpt, k), bool if k == "memorized" else np.int64) for k in SLOT_FIELDS}
+        counters = {k: np.int64(getattr(ckpt, k)) for k in COUNTERS}
 
         def write() -> None:
             with atomic_file(path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, step=np.int64(step), models_per_batch=np.int64(models_per_batch),
-                         digest=np.frombuffer(_digest(arrays + list(extra.values())), np.uint8),
-                         **{f"leaf_{i:04d}": x for i, x in enumerate(arrays)}, **extra)
+                np.savez(f, step=np.int64(ckpt.step), **counters,
+                         digest=np.frombuffer(_digest(arrays + list(slots.values())), np.uint8),
+                         **{f"leaf_{i:04d}": x for i, x in enumerate(arrays)}, **slots)
 
         self._guard(write)
 
     def load_checkpoint(self, group: int, batch: int) -> Checkpoint | None:
-        """The batch's checkpoint, None if there is none; DamagedFile if it cannot be read or its digest
-        does not match."""
+        """The group's checkpoint, None if there is none; DamagedFile if it cannot be read, its digest does
+        not match, or it holds no slots (written by a grokjax before continuous batching)."""
         path = self._checkpoint_path(group, batch)
         if not path.exists():
             return None
         try:
             with np.load(path) as z:
-                names = sorted(k for k in z.files if k.startswith("leaf_"))
-                leaves = [z[k] for k in names]
-                extra = [z[k] for k in ("live", "streak", "memorized") if k in z.files]
-                ckpt = Checkpoint(int(z["step"]), leaves, int(z["models_per_batch"]), *extra)
+                leaves = [z[k] for k in sorted(k for k in z.files if k.startswith("leaf_"))]
+                slots = [z[k] for k in SLOT_FIELDS]
+                ckpt = Checkpoint(int(z["step"]), leaves, *slots, *(int(z[k]) for k in COUNTERS))
                 stored = bytes(z["digest"])
         except Exception as e:  # a truncated or garbled archive fails in many ways (zipfile, numpy, OSError)
             raise DamagedFile(path, f"{type(e).__name__}: {e}") from e
-        if stored != _digest(leaves + extra):
+        if stored != _digest(leaves + slots):
             raise DamagedFile(path, "its contents do not match the digest written with it")
         return ckpt
 
@@ -90,7 +102,7 @@ class CheckpointStore:
         return sorted((self.path / CHECKPOINT_DIR).glob(f"{self.prefix}g{group:03d}-b*.npz"))
 
     def checkpoint_batches(self, group: int) -> list[int]:
-        """Model-batch indices of the group that have a checkpoint file (readable or not)."""
+        """Program indices of the group that have a checkpoint file (readable or not)."""
         return [int(p.stem.rsplit("-b", 1)[1]) for p in self.group_checkpoints(group)]
 
 

@@ -1,10 +1,12 @@
-"""Parameters kept by run and step: ``DIR/params/[prefix]g<group>-b<batch>-s<step>.npz``.
+"""Parameters kept by run and step: ``DIR/params/[prefix]g<group>-b<batch>-s<clock>.npz``.
 
-Each file holds, for the runs ``run_ids`` [L] of one model batch at one step, every parameter as an [L, ...]
-array named by its path in the model (``param:block_0.query.kernel``). A run's parameters are written at
-every multiple of ``snapshot_every`` (if set), at its stop (stop=resolved) and at its budget's end, so every
-run's final parameters are kept (a stop's in ``...-s<step>-stop.npz``). With ``snapshot_at_transitions``, ``...-s<end>-at.npz`` holds those at the
-t_train and t_val_first reached in the chunk ending at <end>, each row at its own step (``steps`` [L]).
+Each file holds, for the runs ``run_ids`` [L] of one group's program after the chunk that ends at <clock>
+on the program's clock, every parameter as an [L, ...] array named by its path in the model
+(``param:block_0.query.kernel``), each row at its run's own step (``steps`` [L]; files of older versions
+hold one ``step``). A run's parameters are written at every multiple of ``snapshot_every`` (if set), at its
+stop (stop=resolved, ``...-stop.npz``) and at its budget's end, so every run's final parameters are kept.
+With ``snapshot_at_transitions``, ``...-at.npz`` holds those at the t_train and t_val_first reached in the
+chunk.
 NumPy archives, written whole and renamed into place (atomic).
 """
 
@@ -35,22 +37,22 @@ class ParamsStore:
     def _guard(self, write: Any) -> None:  # pragma: no cover - ResultsDir's
         raise NotImplementedError
 
-    def save_params(self, group: int, batch: int, step: int, run_ids: np.ndarray, names: list[str],
-                    leaves: list[np.ndarray], steps: np.ndarray | None = None, stopped: bool = False) -> None:
-        """The parameters (``names`` and their [L, ...] ``leaves``) of the runs ``run_ids`` [L] at ``step``
-        (``stopped``: the runs that stopped there, kept apart from the live runs' snapshot of that step), or
-        (snapshots at transitions, found in the chunk ending at ``step``) each at its own ``steps`` [L]."""
+    def save_params(self, group: int, batch: int, at: int, run_ids: np.ndarray, names: list[str],
+                    leaves: list[np.ndarray], steps: np.ndarray, kind: str = "") -> None:
+        """The parameters (``names`` and their [L, ...] ``leaves``) of the runs ``run_ids`` [L], each at its own
+        ``steps`` [L], into the file named by the program's clock ``at``; ``kind``: "" (final and
+        ``snapshot_every`` parameters), "stop" (a stop's, stop=resolved) or "at" (snapshots at transitions)."""
         if not len(run_ids):
             return
-        kind = "-at" if steps is not None else "-stop" if stopped else ""
-        path = self.path / PARAMS_DIR / f"{self.prefix}g{group:03d}-b{batch:03d}-s{step:09d}{kind}.npz"
+        suffix = {"": "", "stop": "-stop", "at": "-at"}[kind]
+        path = self.path / PARAMS_DIR / f"{self.prefix}g{group:03d}-b{batch:03d}-s{at:09d}{suffix}.npz"
         arrays = {_KEY + n: np.ascontiguousarray(np.asarray(x)[: len(run_ids)]) for n, x in zip(names, leaves)}
-        when = {"step": np.int64(step)} if steps is None else {"steps": np.asarray(steps, np.int64)}
+        when = np.broadcast_to(np.asarray(steps, np.int64), (len(run_ids),))
 
         def write() -> None:
             path.parent.mkdir(exist_ok=True)
             with atomic_file(path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, run_ids=np.asarray(run_ids, np.int64), **when, **arrays)
+                np.savez(f, run_ids=np.asarray(run_ids, np.int64), steps=when, **arrays)
 
         self._guard(write)
 

@@ -1,5 +1,5 @@
 """Streamed parts of a results directory: one metrics part (and its spectra and stops parts) per chunk of
-one model batch, written to a hidden temporary name and renamed, so a visible part is always complete.
+one group's program (named by the chunk's start on the program's clock), written to a hidden temporary name and renamed, so a visible part is always complete.
 
 ``PartWriter`` is the part of ``store.directory.ResultsDir`` that writes, lists and clears them; the
 results directory's layout (``store.layout``) names them.
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from grokjax.config.schedule import TRAIN_COLUMNS, is_eval_steps, is_logged_steps
+from grokjax.config.schedule import TRAIN_COLUMNS, is_eval_step, is_logged_step
 from grokjax.store.columns import column_rank, describe
 from grokjax.store.files import atomic_parquet, parquet_ok
 from grokjax.store.layout import METRICS_DIR, PART_DIRS, SPECTRA_DIR, SPECTRUM, STOPS_DIR
@@ -34,54 +34,55 @@ class PartWriter:
         raise NotImplementedError
 
     def write_chunk(self, group: int, batch: int, start: int, run_ids: np.ndarray,
-                    metrics: dict[str, np.ndarray], log_every: int, eval_every: int, steps: int,
+                    metrics: dict[str, np.ndarray], rows: np.ndarray, log_every: int, eval_every: int, steps: int,
                     train_columns: tuple[str, ...] = TRAIN_COLUMNS) -> int:
-        """Write one chunk ([K, N] arrays for steps start..start+K-1) as one complete metrics part, and
-        its Fourier spectra (``spectrum`` [K, N, F], F > 0) as one spectra part. Keeps rows at multiples
-        of log_every and at evaluation steps; every column not in ``train_columns`` is an evaluation
-        column, null elsewhere. Returns the number of metric rows written."""
-        k, n = metrics["train_loss"].shape
-        is_eval = is_eval_steps(start, k, eval_every, steps)
-        keep = is_logged_steps(start, k, log_every, eval_every, steps)
-        step, is_eval = np.arange(start, start + k)[keep], is_eval[keep]
+        """Write one chunk of the runs ``run_ids`` [N] (``metrics``: [K, N] arrays; ``rows`` [K, N]: each row's
+        own step of its run, -1 for none, ``schedule.chunk_rows``) as one complete metrics part named by the
+        chunk's ``start``, and its Fourier spectra (``spectrum`` [K, N, F], F > 0) as one spectra part. Keeps
+        rows at multiples of log_every and at evaluation steps; every column not in ``train_columns`` is an
+        evaluation column, null elsewhere. Returns the number of metric rows written."""
+        real = rows >= 0
+        keep = (real & is_logged_step(rows, log_every, eval_every, steps)).T  # [N, K]: by run, then step
+        is_eval = (real & is_eval_step(rows, eval_every, steps)).T
         cols: dict[str, pa.Array] = {
-            "run_id": pa.array(np.repeat(run_ids.astype(np.int64), len(step))),
-            "step": pa.array(np.tile(step.astype(np.int64), n)),
+            "run_id": pa.array(np.broadcast_to(run_ids.astype(np.int64)[:, None], keep.shape)[keep]),
+            "step": pa.array(rows.T[keep].astype(np.int64)),
         }
-        eval_mask = np.tile(~is_eval, n)
+        eval_mask = ~is_eval[keep]
         names = sorted((c for c in metrics if c != SPECTRUM), key=column_rank)
         for name in names:
-            values = metrics[name][keep].T.ravel()  # [N * K'] ordered by run, then step
+            values = metrics[name].T[keep]  # [rows kept] ordered by run, then step
             cols[name] = pa.array(values, mask=None if name in train_columns else eval_mask,
                                   type=pa.from_numpy_dtype(values.dtype))
         name = self._part_name(group, batch, start)
         spectrum = metrics.get(SPECTRUM)
         if spectrum is not None and spectrum.shape[-1] > 0:
-            self._write_spectra(name, start, run_ids, spectrum, is_eval_steps(start, k, eval_every, steps))
+            self._write_spectra(name, run_ids, rows, spectrum, is_eval)
         self._guard(lambda: atomic_parquet(self.path / METRICS_DIR / name, describe(pa.table(cols), "metrics")))
-        return len(step) * n
+        return int(keep.sum())
 
-    def _write_spectra(self, name: str, start: int, run_ids: np.ndarray, spectrum: np.ndarray,
+    def _write_spectra(self, name: str, run_ids: np.ndarray, rows: np.ndarray, spectrum: np.ndarray,
                        is_eval: np.ndarray) -> None:
-        """The long table (run_id, step, freq, norm) of the evaluation steps of one chunk."""
-        spec = spectrum[is_eval]  # [E, N, F]
-        e, n, f = spec.shape
-        steps = np.arange(start, start + len(is_eval))[is_eval]
+        """The long table (run_id, step, freq, norm) of the evaluation rows (``is_eval`` [N, K]) of one chunk."""
+        spec = spectrum.transpose(1, 0, 2)[is_eval]  # [E, F], by run then step
+        f = spec.shape[-1]
+        ids = np.broadcast_to(run_ids.astype(np.int64)[:, None], is_eval.shape)[is_eval]
         table = pa.table({
-            "run_id": pa.array(np.repeat(run_ids.astype(np.int64), e * f)),
-            "step": pa.array(np.tile(np.repeat(steps.astype(np.int64), f), n)),
-            "freq": pa.array(np.tile(np.arange(f, dtype=np.int64), e * n)),
-            "norm": pa.array(spec.transpose(1, 0, 2).ravel()),
+            "run_id": pa.array(np.repeat(ids, f)),
+            "step": pa.array(np.repeat(rows.T[is_eval].astype(np.int64), f)),
+            "freq": pa.array(np.tile(np.arange(f, dtype=np.int64), len(spec))),
+            "norm": pa.array(spec.ravel()),
         })
         (self.path / SPECTRA_DIR).mkdir(exist_ok=True)
         self._guard(lambda: atomic_parquet(self.path / SPECTRA_DIR / name, describe(table, "spectra")))
 
-    def write_stops(self, group: int, batch: int, start: int, run_ids: np.ndarray, stop_step: int,
+    def write_stops(self, group: int, batch: int, start: int, run_ids: np.ndarray, stop_steps: np.ndarray,
                     reasons: list[str]) -> None:
-        """Record runs that left the program after the chunk starting at ``start`` (stop=resolved):
-        one part per chunk, named like its metrics part so a resume removes both together."""
+        """Record runs that left the program after the chunk starting at ``start`` (stop=resolved), each at
+        its own ``stop_steps``: one part per chunk, named like its metrics part so a resume removes both
+        together."""
         table = pa.table({"run_id": pa.array(run_ids.astype(np.int64)),
-                          "stop_step": pa.array(np.full(len(run_ids), stop_step, np.int64)),
+                          "stop_step": pa.array(np.broadcast_to(np.asarray(stop_steps, np.int64), len(run_ids))),
                           "reason": pa.array(reasons, pa.string())})
         (self.path / STOPS_DIR).mkdir(exist_ok=True)
         name = self._part_name(group, batch, start)
