@@ -103,9 +103,12 @@ def test_the_confirm_rule_counts_the_evaluations_a_stopped_run_skipped():
     assert unstopped.censored[0] and unstopped.unconfirmed[0]
 
 
+NEVER_MEMORIZES = 55.0  # the wd of a run whose train accuracy stays 0 (so it never stops)
+
+
 class _FakeProgram:
     """A program without XLA for SlotPool's bookkeeping: each model's state holds its own wd, and its
-    val_acc reaches 1 at the own step its wd names, but only while the state's wd equals the hyperparameter
+    val_acc reaches 1 at the own step its wd names (train_acc 1 throughout, but 0 for NEVER_MEMORIZES), but only while the state's wd equals the hyperparameter
     wd of its row (a run that took another run's state or hyperparameters reads NaN); its opt_state counts
     the steps it trained (none past its budget)."""
 
@@ -132,7 +135,8 @@ class _FakeProgram:
         rows = chunk_rows(np.asarray(starts), n, steps)
         same = state.params["w"] == hps.wd
         val = np.where(same & (rows >= 0), (rows >= state.params["w"]).astype(float), np.nan)
-        metrics = {"train_loss": np.zeros_like(val), "train_acc": np.ones_like(val), "val_acc": val,
+        train = np.where(state.params["w"] == NEVER_MEMORIZES, 0.0, np.ones_like(val))
+        metrics = {"train_loss": np.zeros_like(val), "train_acc": train, "val_acc": val,
                    "val_loss": 1 - val, "param_norm": np.ones_like(val)}
         trained = np.clip(steps - np.asarray(starts), 0, n)
         state = state._replace(opt_state={"seen": state.opt_state["seen"] + trained})
@@ -148,14 +152,15 @@ class _FakeProgram:
         return host
 
 
-@pytest.mark.parametrize("n_slots, repack", [(6, "always"), (6, "auto"), (2, "always")])
+@pytest.mark.parametrize("n_slots, repack", [(8, "always"), (8, "auto"), (2, "always"), (3, "auto")])
 def test_runs_keep_their_own_hyperparameters_and_state_through_stops_births_and_repacks(n_slots, repack):
-    """Six runs that grok at their own step (their wd) stop at the chunk boundary after patience
-    evaluations; freed slots take the queued runs, and once the queue is empty the rest move into smaller
-    programs. Every run's metrics stay its own, its state counts its own steps from its birth, and it stops
-    where its own schedule says."""
-    groks_at = [20.0, 70.0, 10.0, 90.0, 40.0, 1000.0]
-    sweep = build_sweep(None, merged(MLP, ["steps=100", "stop=resolved", "patience=2", "seeds=1",
+    """Runs that grok at their own step (their wd) stop at the chunk boundary after patience evaluations;
+    freed slots take the queued runs, and once the queue is empty the rest move into smaller programs.
+    Every run's metrics stay its own, its state counts its own steps from its birth, and it stops where its
+    own schedule says: a run born into a slot whose run had just grokked does not inherit its counters (one
+    grokked from step 0 still needs patience evaluations, one that never memorizes never stops)."""
+    groks_at = [20.0, 70.0, 10.0, 90.0, 40.0, 1000.0, 0.0, NEVER_MEMORIZES]
+    sweep = build_sweep(None, merged(MLP, ["steps=100", "stop=resolved", "patience=3", "seeds=1",
                                            f"wd={groks_at}".replace(" ", "")]))
     (group, runs), = sweep.groups()
     engine = engine_for(group, runs)
