@@ -70,7 +70,8 @@ def disk_bytes(sweep: Sweep) -> int:
 
 
 def describe_plan(sweep: Sweep) -> str:
-    """The grid in a few lines: runs, groups, the keys that vary, model-steps, memory and disk. Counts per
+    """The grid in a few lines: runs, groups, the keys that vary, model-steps, the programs and their slots,
+    memory and disk. Counts per
     group, never the runs themselves: a dry run of the largest grid allowed stays instant."""
     groups = sweep.group_sizes()
     axes = ", ".join(f"{SHORT_NAMES[a]} ({len(sweep.values[a])})" for a in sweep.axes) or "none"
@@ -78,15 +79,19 @@ def describe_plan(sweep: Sweep) -> str:
         axes += f"; {len(sweep.arms)} arms setting " + ", ".join(SHORT_NAMES[k] for k in sweep.swept[len(sweep.axes):])
     model_steps = sum(g.train.steps * n for g, n, _ in groups)
     disk = sum(n * run_disk_bytes(g) for g, n, _ in groups)
+    programs = f"{len(groups)} program{'s' if len(groups) > 1 else ''} to compile, one per group"
     lines = [f"{sweep.name}: {sweep.n_runs():,} runs in {len(groups)} compiled group(s); swept: {axes}",
-             f"{model_steps:,} model-steps; metrics on disk about {_mib(disk)}"]
+             f"{model_steps:,} model-steps; metrics on disk about {_mib(disk)}; {programs}"]
     for i, (g, n, max_frac) in enumerate(groups):
         per_model = step_bytes(g, max_frac)
         task = ("digits" if g.task.dataset == "digits" else "s5" if g.task.op == "s5"
                 else f"{g.task.op} mod {g.task.p}")
+        wanted = g.train.models_per_batch
+        slots = (f"{min(wanted, n):,} slots (models_per_batch={wanted})" if wanted else
+                 f"up to {n:,} slots (as many as fit in memory, chosen when it compiles)")
         lines.append(f"group {i + 1}: {n:,} runs, {task}, {g.model.arch} ({n_params(g):,} parameters), "
-                     f"{g.train.steps:,} steps; about {_mib(per_model)} per model, "
-                     f"{_mib(per_model * n)} for all at once")
+                     f"{g.train.steps:,} steps; {slots}, the runs queued for them; about {_mib(per_model)} per "
+                     f"slot, {_mib(per_model * (min(wanted, n) if wanted else n))} for all slots")
     return "\n".join(lines)
 
 
