@@ -37,20 +37,20 @@ from grokjax.engine.memory import choose_models_per_batch  # noqa: E402
 from grokjax.engine.program import Program, train_flops_per_chunk  # noqa: E402
 from grokjax.engine.single import engine_for  # noqa: E402
 from grokjax.grid.expand import build_sweep  # noqa: E402
-from grokjax.run.batch import BatchTrainer  # noqa: E402
+from grokjax.run.pool import SlotPool  # noqa: E402
 
 HEADLINE = ["wd=logspace(-3,1,32)", "seeds=16", "chunk_steps=100"]
 TINY = ["p=7", "d_model=16", "n_heads=2", "d_mlp=32", "wd=[0.1,1]", "chunk_steps=10", "steps=1000"]
 PRECISIONS = ("float32", "tf32", "bfloat16")
-HEADER = ("| date | device | jax | precision | models per batch | model-steps/s | projected 40k wall "
+HEADER = ("| date | device | jax | precision | slots | model-steps/s | projected 40k wall "
           "| matmul peak TFLOP/s | MFU | compile s | eval share | idle between chunks | torch.func model-steps/s |")
 
 
 def idle_fraction(engine, runs, per_batch: int, chunk_s: float, n_chunks: int) -> float:
-    """Drive ``n_chunks`` chunks through the sweep's BatchTrainer (fetching each chunk's metrics as the
-    sweep does) and compare with the device time of as many chunks back to back."""
-    trainer = BatchTrainer(engine, runs[:per_batch], per_batch, lambda n, repack=False: Program.get(engine, n))
-    chunks = trainer.chunks(should_stop=lambda: False)
+    """Drive ``n_chunks`` chunks through the sweep's SlotPool (fetching each chunk's metrics as the sweep
+    does) and compare with the device time of as many chunks back to back."""
+    pool = SlotPool(engine, runs[:per_batch], per_batch, lambda n: Program.get(engine, n))
+    chunks = pool.chunks(should_stop=lambda: False)
     next(chunks)  # the first chunk (warm)
     t0 = time.perf_counter()
     done = 0
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for precision in PRECISIONS[:1] if a.tiny else PRECISIONS:  # tiny: one program's compilations only
         r = measure(precision, args, seconds, n_chunks, peak_n)
         results.append(r)
-        print(f"{precision}: {r['models_per_batch']} models per batch, {r['model_steps_per_s']:,.0f} model-steps/s, "
+        print(f"{precision}: {r['models_per_batch']} slots, {r['model_steps_per_s']:,.0f} model-steps/s, "
               f"projected {r['projected_wall_s'] / 60:.1f} min; peak {r['matmul_peak_flops'] / 1e12:.2f} TFLOP/s, "
               f"MFU {100 * (r['mfu'] or 0):.0f}%; compile {r['compile_s']:.1f} s; eval share "
               f"{100 * r['eval_share']:.2f}%; idle {100 * r['idle_between_chunks']:.1f}%; a 4x larger grid: "

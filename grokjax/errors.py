@@ -17,9 +17,9 @@ class UserError(Exception):
 class Interrupted(Exception):
     """SIGINT/SIGTERM arrived; the message says what was saved."""
 
-    def __init__(self, signum: int, path: Path, saved: tuple[int, int, int] | None, shard: str | None = None):
+    def __init__(self, signum: int, path: Path, saved: tuple[int, int] | None, shard: str | None = None):
         what = ("before any checkpoint was written: nothing was trained yet" if saved is None else
-                f"checkpoint written (group {saved[0] + 1}, model batch {saved[1] + 1}, step {saved[2]})")
+                f"checkpoint written (group {saved[0] + 1}, after {saved[1]} steps of its program)")
         super().__init__(f"stopped by {signal.Signals(signum).name} {what}. Continue with: "
                          f"grokjax sweep ... --out {path} --resume" + (f" --shard {shard}" if shard else ""))
         self.signum = signum

@@ -23,7 +23,7 @@ from grokjax.models.mlp import MLP
 from grokjax.optim.factory import make_optimizer
 from grokjax.optim.grokfast import grokfast_ema, grokfast_ma
 from grokjax.optim.orthograd import orthogonalize, orthograd
-from grokjax.run.batch import train_alone
+from grokjax.run.pool import train_alone
 from grokjax.tasks.tables import make_table
 
 

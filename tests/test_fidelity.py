@@ -22,7 +22,7 @@ from grokjax.engine.single import engine_for
 from grokjax.grid.expand import build_sweep
 from grokjax.models.transformer import Transformer
 from grokjax.optim.factory import make_optimizer
-from grokjax.run.batch import train_alone
+from grokjax.run.pool import train_alone
 from grokjax.tasks.tables import make_table
 
 

@@ -29,7 +29,7 @@ from grokjax.engine.single import engine_for
 from grokjax.errors import UserError
 from grokjax.grid.expand import build_sweep
 from grokjax.models.transformer import Transformer
-from grokjax.run.batch import train_alone
+from grokjax.run.pool import train_alone
 from grokjax.run.sweep import Interrupted, run_sweep
 
 
@@ -344,5 +344,5 @@ def test_a_completed_sweep_leaves_no_lock(finished):
 
 def test_interrupted_before_any_checkpoint_says_so(tmp_path):
     assert "before any checkpoint" in str(Interrupted(signal.SIGTERM, tmp_path, None))
-    assert "checkpoint written (group 1, model batch 2, step 40)" in str(Interrupted(signal.SIGTERM, tmp_path,
-                                                                                     (0, 1, 40)))
+    assert "checkpoint written (group 2, after 40 steps of its program)" in str(Interrupted(
+        signal.SIGTERM, tmp_path, (1, 40)))

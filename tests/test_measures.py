@@ -25,7 +25,7 @@ from grokjax.engine.program import Program
 from grokjax.engine.single import engine_for
 from grokjax.errors import UserError
 from grokjax.grid.expand import build_sweep
-from grokjax.run.batch import train_alone
+from grokjax.run.pool import train_alone
 
 BASE = ["op=add", "p=11", "d_model=16", "n_heads=2", "d_mlp=32", "frac=0.5", "lr=3e-3", "steps=40",
         "eval_every=10", "chunk_steps=20", "dtype=float64"]

@@ -13,7 +13,7 @@ from grokjax.engine.data import hparams_for
 from grokjax.engine.single import engine_for
 from grokjax.grid.expand import build_sweep
 from grokjax.losses import collapse_fractions
-from grokjax.run.batch import train_alone
+from grokjax.run.pool import train_alone
 
 
 def _np_log_softmax(z):

@@ -17,7 +17,7 @@ from grokjax.engine.program import CPU_COMPILER_OPTIONS, Program, compiler_optio
 from grokjax.engine.single import engine_for
 from grokjax.grid.expand import build_sweep
 from grokjax.optim.factory import make_optimizer
-from grokjax.run.batch import BatchTrainer, train_alone
+from grokjax.run.pool import SlotPool, train_alone
 
 
 def _group(args):
@@ -191,7 +191,7 @@ def test_a_budget_that_chunks_do_not_divide_computes_no_extra_step():
         engine = engine_for(group, runs)
         prog = Program.get(engine, len(runs))
         before = prog.steps_computed
-        results = list(BatchTrainer(engine, runs, len(runs), lambda n: Program.get(engine, n)).chunks())
+        results = list(SlotPool(engine, runs, len(runs), lambda n: Program.get(engine, n)).chunks())
         assert prog.steps_computed - before == 50
         assert [(r.start, r.end) for r in results] == [(s, min(s + chunk, 50)) for s in range(0, 50, chunk)]
         finals.append(results[-1].checkpoint.leaves)

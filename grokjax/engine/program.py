@@ -287,7 +287,10 @@ class Program:
         or with snapshot_at_transitions [3, n_models]: that, t_train, t_val_first."""
         n_steps = n_steps or self.chunk_steps
         self.steps_computed += n_steps
-        starts = _to_devices(np.broadcast_to(np.asarray(starts, np.int32), (self.n_models,)).copy(), self.sharded)
+        if isinstance(starts, jax.Array):  # already on the devices: broadcast there, no host round trip
+            starts = jax.device_put(jnp.broadcast_to(starts.astype(jnp.int32), (self.n_models,)), self.sharded)
+        else:
+            starts = _to_devices(np.broadcast_to(np.asarray(starts, np.int32), (self.n_models,)).copy(), self.sharded)
         return self._compiled(n_steps)(state, splits, hps, starts, self.inputs, self.labels)
 
     @_in_precision
