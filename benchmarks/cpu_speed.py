@@ -84,9 +84,9 @@ def measure(n_models: int, rounds: int, chunk_steps: int = 50, model: list[str] 
     for name, (block, options) in VARIANTS.items():
         with BLOCKS[block]():
             lowered = jax.jit(_chunk_fn(prog.engine, chunk_steps)).lower(
-                st, sp, hp, jax.ShapeDtypeStruct((), jnp.int32), prog.inputs, prog.labels)
+                st, sp, hp, jax.ShapeDtypeStruct((prog.n_models,), jnp.int32), prog.inputs, prog.labels)
         chunks[name] = lowered.compile(compiler_options=options or None)
-    start = jax.device_put(jnp.int32(1))
+    start = jax.device_put(jnp.ones(prog.n_models, jnp.int32))  # every model at its own step 1
 
     def run(chunk) -> float:
         t0 = time.perf_counter()

@@ -276,7 +276,7 @@ def test_fit_on_a_full_disk_keeps_the_old_fits_and_leaves_no_temporary(finished,
 def test_resume_repairs_damage_and_equals_the_undamaged_sweep(finished, tmp_path, damage):
     """A complete sweep with a truncated checkpoint or metric part: --resume says which file is bad,
     recomputes what it must from the last good state, and ends with the same metrics (same program, so
-    bitwise). The early part lies before the checkpoint: that batch trains again from step 0."""
+    bitwise). The early part lies before the checkpoint: the group trains again from the start."""
     d = _copy(finished, tmp_path / "d")
     reference = grokjax.load(finished).metrics
     target = {"checkpoint": d / "checkpoints" / "g000-b000.npz",
@@ -286,7 +286,7 @@ def test_resume_repairs_damage_and_equals_the_undamaged_sweep(finished, tmp_path
     proc = run_cli(["sweep", *SMALL, "--out", str(d), "--resume", "--quiet", "--no-plot"])
     assert proc.returncode == 0, proc.stderr
     if damage != "late_part":  # a part after the checkpoint is simply recomputed
-        assert target.name in proc.stderr and "again from step 0" in proc.stderr
+        assert target.name in proc.stderr and "again from the start" in proc.stderr
     pd.testing.assert_frame_equal(grokjax.load(d).metrics, reference, check_exact=True)
 
 

@@ -20,12 +20,13 @@ from grokjax.cli import main
 from grokjax.errors import UserError
 from grokjax.run.cluster import ClusterSpec, _probe, detect_launcher, parse_cluster
 
-# stop=resolved with re-packs (two of the four runs grok and leave the program, at different chunks), so the
-# processes must agree on every decision; float64 so that "equal" can be exact; repack=always, so the
-# one-process reference visits the program sizes a multi-process sweep does (program shapes round apart).
+# stop=resolved in 2 slots fed by a queue of 4 runs (two grok and leave the program, at different chunks, and
+# queued runs take their slots), so the processes must agree on every refill and stop; float64 so that
+# "equal" can be exact; repack=always, so the one-process reference visits the program sizes a
+# multi-process sweep does (program shapes round apart).
 ARGS = ["op=add", "p=23", "d_model=32", "n_heads=2", "d_mlp=64", "frac=0.8", "lr=3e-3", "wd=[1,3]", "seeds=2",
         "steps=1100", "eval_every=25", "chunk_steps=100", "checkpoint_every=100", "dtype=float64",
-        "stop=resolved", "repack=always", "snapshot_every=500", "snapshot_at_transitions=true"]
+        "stop=resolved", "repack=always", "snapshot_every=500", "snapshot_at_transitions=true", "models_per_batch=2"]
 
 
 def _free_port() -> int:

@@ -170,7 +170,7 @@ def test_memory_aware_batching_picks_a_batch_that_fits():
     group, runs = _group(TINY + ["wd=[0.1,0.3,1,3]", "seeds=2", "arch=mlp"])  # the MLP compiles faster
     eng = engine_for(group, runs)
     m_all, why = choose_models_per_batch(eng, 8)
-    assert m_all == 8 and "one batch" in why
+    assert m_all == 8 and "8 slots, one per run" in why
     one, two = Program.get(eng, 1).bytes, Program.get(eng, 2).bytes
     per_model = two - one
     budget = one + 3 * per_model
