@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -67,6 +68,39 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, kill_afte
     m = grokjax.load(out).metrics
     assert not m.duplicated(["run_id", "step"]).any()
     pd.testing.assert_frame_equal(m, reference, check_exact=True)
+
+
+POOLED = LONG + ["models_per_batch=3"]  # 3 slots, 4 runs: the 4th is born into a freed slot at step 1500
+
+
+@pytest.fixture(scope="module")
+def pooled_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pooled") / "r"
+    proc = run_cli(["sweep", *POOLED, "--out", str(out), "--no-plot", "--quiet"])
+    assert proc.returncode == 0, proc.stderr
+    return grokjax.load(out)
+
+
+@pytest.mark.parametrize("kill_after_parts", [9, 32])
+@pytest.mark.slow
+def test_sigkill_of_a_pool_then_resume_equals_uninterrupted(tmp_path, pooled_reference, kill_after_parts):
+    """float32, one machine: SIGKILL while the first runs train (9 parts) or right after the queued run took
+    a freed slot (part 31 is the first wave's last chunk), then --resume: the same bits, parameters
+    included (the resumed program has the checkpoint's 3 slots, so its shape and rounding are the same)."""
+    out = tmp_path / "r"
+    proc = _start(out, POOLED)
+    finished_first = not _wait_for(lambda: _n_parts(out) >= kill_after_parts, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not finished_first, "the sweep ended before it could be killed"
+    resumed = run_cli(["sweep", *POOLED, "--out", str(out), "--resume", "--no-plot", "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr
+    got = grokjax.load(out)
+    pd.testing.assert_frame_equal(got.metrics, pooled_reference.metrics, check_exact=True)
+    assert set(got.metrics.run_id) == {0, 1, 2, 3}
+    for run_id in range(4):
+        mine, ref = (jax.tree_util.tree_flatten(r.params(run_id)) for r in (got, pooled_reference))
+        assert mine[1] == ref[1] and all(np.array_equal(a, b) for a, b in zip(mine[0], ref[0]))
 
 
 @pytest.mark.slow
