@@ -134,7 +134,7 @@ class TrainConfig:
     ``measures`` is kept in canonical order (``config.choices.canonical_measures``) so equal sets make one
     group. ``stop="resolved"`` drops each run from the program once its fate is known (grokked: validation
     accuracy >= ``schedule.THRESHOLD`` at ``patience`` evaluations in a row after train accuracy reached it;
-    or diverged) and re-packs the rest; ``"budget"`` trains every run to ``steps``.
+    or diverged) and gives its slot to the next queued run; ``"budget"`` trains every run to ``steps``.
     """
 
     steps: int = key(40_000, "training steps per run (the budget)")

@@ -3,7 +3,7 @@ host-side agreements a multi-process sweep needs.
 
 Training needs no collective: the model axis of every program is sharded over the devices of all
 processes (a global mesh, ``engine.program``) and each process writes the metric parts of its own models.
-The host logic (model batches, resume decisions, stop=resolved re-packing, signals) runs in every process
+The host logic (slots, refills, resume decisions, stop=resolved tail shrinks, signals) runs in every process
 on the same data, so the processes dispatch the same programs in the same order; where a value could
 differ between hosts (free memory, a file judged on resume, a signal that reached one process) process 0
 decides and ``Peers`` shares its decision.

@@ -161,8 +161,8 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
     peers.sync("grokjax-preflight")  # no process judges DIR after process 0 has started writing there
     with Reporter(total, quiet) as rep:
         rep.say(changed_settings(sweep))
-        # A new sweep plans its model batches (compiling, and refusing what cannot fit) before anything is
-        # written; a resumed one takes the batches its checkpoints were written with.
+        # A new sweep plans its slots (compiling, and refusing what cannot fit) before anything is
+        # written; a resumed one takes the slots its checkpoints were written with.
         plans = {}
         for gi, (e, (g, runs)) in enumerate(zip(engines, groups)):
             if not resume and runs:
