@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -152,7 +153,8 @@ def _pool(monkeypatch, repack, n_live, size, step_s, compile_s, cached=False, st
     pool = SlotPool.__new__(SlotPool)
     slot_runs = np.where(np.arange(size) < n_live, np.arange(size), -1)
     pool.__dict__.update(slot_runs=slot_runs, slot_steps=np.where(slot_runs >= 0, done, steps), steps=steps,
-                         runs=list(range(size)), queued=size, repack=repack, step_s=step_s, engine=None,
+                         runs=list(range(size)), queued=size, repack=repack, step_s=step_s, design=None,
+                         engine=SimpleNamespace(group=SimpleNamespace(train=SimpleNamespace(stop="resolved"))),
                          resolver=Resolver.fresh(3, size), prog=type("P", (), {"compile_s": compile_s, "n_models": size}),
                          program=lambda n: asked.append(n) or _raise(_Asked()))
     try:

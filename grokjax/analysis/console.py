@@ -74,6 +74,8 @@ def fit_and_report(path: Path, opts: FitOptions = FitOptions(), say: Say = print
             + "; ".join(shown) + more)
     for law in report.laws:
         say(str(law))
+    if report.boundary is not None:
+        say(str(report.boundary))
     say(f"phases: {', '.join(f'{k} {v}' for k, v in fits['phase'].value_counts().items())}; "
         f"t_val = first eval with val acc >= {opts.threshold} after which {opts.keep:.0%} of evals stay "
         f">= {opts.threshold - opts.slack:g} (--keep, --slack), followed by at least {opts.confirm} evals "
@@ -216,13 +218,14 @@ def finish_sweep(outcome: Any, sweep: Any, fit: bool = True, plot: bool = True, 
     stops, per-cell table and laws (``fit``: also saved), per-run times, the phase diagram (``plot``),
     divergences. The times come from the stored metrics (the fit's code path), so a resumed sweep reports
     the whole of every run, not only what this process trained."""
-    n_runs = sweep.n_runs()
-    held = sum(g.train.steps * len(runs) for g, runs in sweep.groups())
     results = load(outcome.path)
+    ran = results.runs if "design_round" not in results.runs else results.runs[results.runs["design_round"] >= 0]
+    n_runs, held = len(ran), int(ran["steps"].sum())
     stopped = dict(zip(results.stops["run_id"].tolist(), results.stops["stop_step"].tolist()))
     steps_of = dict(zip(results.runs["run_id"].tolist(), results.runs["steps"].tolist()))
     trained = held - sum(steps_of[rid] - stop for rid, stop in stopped.items())
-    say(f"{n_runs} runs in {outcome.seconds:.1f} s (compilation included); training "
+    chosen = f" (design=boundary: chosen of {len(results.runs)} candidates)" if len(ran) < len(results.runs) else ""
+    say(f"{n_runs} runs{chosen} in {outcome.seconds:.1f} s (compilation included); training "
         f"{outcome.model_steps_per_s:,.0f} model-steps/s; this process computed {outcome.model_steps:,} "
         f"model-steps (padding included), the sweep holds {trained:,}")
     if stopped:

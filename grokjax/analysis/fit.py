@@ -199,7 +199,8 @@ def fit_results(results: Results, opts: FitOptions = FitOptions()) -> pd.DataFra
     fits = pd.DataFrame(rows, columns=["run_id", *FIT_COLUMNS])
     fits = fits.merge(results.runs, on="run_id", how="left")
     fits.attrs.update(threshold=opts.threshold, slack=opts.slack, gap=opts.gap, keep=opts.keep,
-                      confirm=opts.confirm, axes=results.axes, arm_keys=results.arm_keys, path=str(results.path))
+                      confirm=opts.confirm, axes=results.axes, arm_keys=results.arm_keys, path=str(results.path),
+                      n_candidates=len(results.runs))
     return fits
 
 

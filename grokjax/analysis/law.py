@@ -128,9 +128,11 @@ def fit_laws(fits: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> list[Law]
     return [fit_law(fits, t, n_boot, seed) for t in TARGETS]
 
 
-def laws_table(laws: list[Law], fits: pd.DataFrame) -> pd.DataFrame:
-    """The laws as rows (laws.parquet), with the fit options they were computed under."""
-    df = pd.DataFrame([vars(law) | {"fitted": law.fitted} for law in laws])
+def laws_table(laws: list[Law], fits: pd.DataFrame, boundary=None) -> pd.DataFrame:
+    """The laws as rows (laws.parquet), then the phase boundary (``analysis.boundary.Boundary``) as a row of
+    target = boundary where there is one, with the fit options they were computed under."""
+    rows = [vars(law) | {"fitted": law.fitted} for law in laws] + ([boundary.row()] if boundary else [])
+    df = pd.DataFrame(rows)
     for key in ("threshold", "slack", "keep", "gap", "confirm"):
         df[key] = fits.attrs.get(key, math.nan)
     return df

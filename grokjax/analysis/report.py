@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from grokjax.analysis.boundary import Boundary, fit_boundary
 from grokjax.analysis.fit import FitOptions, fit_results
 from grokjax.analysis.law import Law, fit_laws, laws_table
 from grokjax.analysis.survival import cells
@@ -20,15 +21,17 @@ class Report:
     fits: pd.DataFrame
     cells: pd.DataFrame
     laws: list[Law]
+    boundary: Boundary | None = None
 
     @property
     def laws_frame(self) -> pd.DataFrame:
-        return laws_table(self.laws, self.fits)
+        """The laws, and the boundary as a row with target = boundary."""
+        return laws_table(self.laws, self.fits, self.boundary)
 
 
 def report_of(fits: pd.DataFrame) -> Report:
     """Cells and laws of per-run fits (deterministic: fixed bootstrap seeds)."""
-    return Report(fits, cells(fits), fit_laws(fits))
+    return Report(fits, cells(fits), fit_laws(fits), fit_boundary(fits))
 
 
 def analyse(source: str | Path | Results, opts: FitOptions = FitOptions(), save: bool = False) -> Report:

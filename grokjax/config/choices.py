@@ -25,6 +25,7 @@ PRECISIONS = ("float32", "tf32", "bfloat16")
 DECAY_MASKS = ("all", "matrices")
 STOPS = ("budget", "resolved")
 REPACKS = ("auto", "always")
+DESIGNS = ("grid", "boundary")  # grid: every run; boundary: the runs chosen where the phase boundary is unsure
 
 # Tasks (Power et al. 2022, appendix A.1.1): tasks.tables implements them.
 OPS = ("add", "sub", "mul", "div", "x2_y2", "x2_xy_y2", "x2_xy_y2_x", "x3_xy", "x3_xy2_y", "s5")

@@ -194,6 +194,12 @@ class TrainConfig:
                       acts_with=("train.stop", ("resolved",)))
     patience: int = key(3, "stop=resolved: evaluations in a row at validation accuracy >= 0.99 that make a run "
                            "grokked", acts_with=("train.stop", ("resolved",)))
+    design: str = key("grid", "grid: train every run of the grid; boundary: train only the runs=N of them that map "
+                              "the phase boundary best (where P(grokked within the budget) = 1/2 along the one "
+                              "swept number), each freed slot taking the candidate whose outcome is least certain",
+                      choices=C.DESIGNS)
+    runs: int = key(0, "design=boundary: how many of the grid's runs to train; 0: a quarter of them (at least 8)",
+                    check=whole(0), acts_with=("train.design", ("boundary",)))
 
 
 @dataclass(frozen=True)

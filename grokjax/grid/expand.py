@@ -23,6 +23,7 @@ from grokjax.config.fields import FIELDS, SHORT_NAMES
 from grokjax.config.presets import find_config, named_sweeps, read_sweep_file
 from grokjax.config.structure import GroupConfig, ModelConfig, Scalar, TaskConfig, TrainConfig
 from grokjax.errors import UserError
+from grokjax.grid.design import check_design
 from grokjax.grid.grammar import MAX_AXIS_VALUES, coerce, did_you_mean, parse_expression, resolve_key
 from grokjax.tasks.tables import n_pairs_of
 
@@ -419,6 +420,7 @@ def build_sweep(config: str | None = None, overrides: Iterable[str] = (),
         raise UserError(f"the grid has {n_runs:,} runs ({sizes}); at most {MAX_RUNS:,} runs per sweep: "
                         f"split it into several sweeps")
     _check_duplicates(sweep)
+    check_design(sweep)
     checked: set[tuple] = set()
     for point in sweep.points(lambda a: not FIELDS[a].per_model or a == "hp.frac"):  # what check_point reads
         key = tuple(sorted(point.items()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from grokjax.config.fields import SHORT_NAMES
 from grokjax.config.structure import GroupConfig
+from grokjax.grid.design import design_runs, design_slots
 from grokjax.grid.expand import Sweep, batch_size_of, n_train_of
 from grokjax.tasks.tables import n_pairs_of
 
@@ -73,26 +74,36 @@ def describe_plan(sweep: Sweep) -> str:
     """The grid in a few lines: runs, groups, the keys that vary, model-steps, the programs and their slots,
     memory and disk. Counts per
     group, never the runs themselves: a dry run of the largest grid allowed stays instant."""
-    groups = sweep.group_sizes()
+    groups = [(g, _trained(g, n), f) for g, n, f in sweep.group_sizes()]
     axes = ", ".join(f"{SHORT_NAMES[a]} ({len(sweep.values[a])})" for a in sweep.axes) or "none"
     if sweep.arms:
         axes += f"; {len(sweep.arms)} arms setting " + ", ".join(SHORT_NAMES[k] for k in sweep.swept[len(sweep.axes):])
     model_steps = sum(g.train.steps * n for g, n, _ in groups)
     disk = sum(n * run_disk_bytes(g) for g, n, _ in groups)
     programs = f"{len(groups)} program{'s' if len(groups) > 1 else ''} to compile, one per group"
-    lines = [f"{sweep.name}: {sweep.n_runs():,} runs in {len(groups)} compiled group(s); swept: {axes}",
+    runs = (f"{sweep.n_runs():,} candidate runs (design=boundary trains {groups[0][1]:,})"
+            if sweep.values["train.design"] == ["boundary"] else f"{sweep.n_runs():,} runs")
+    lines = [f"{sweep.name}: {runs} in {len(groups)} compiled group(s); swept: {axes}",
              f"{model_steps:,} model-steps; metrics on disk about {_mib(disk)}; {programs}"]
     for i, (g, n, max_frac) in enumerate(groups):
         per_model = step_bytes(g, max_frac)
         task = ("digits" if g.task.dataset == "digits" else "s5" if g.task.op == "s5"
                 else f"{g.task.op} mod {g.task.p}")
-        wanted = g.train.models_per_batch
-        slots = (f"{min(wanted, n):,} slots (models_per_batch={wanted})" if wanted else
-                 f"up to {n:,} slots (as many as fit in memory, chosen when it compiles)")
+        wanted = g.train.models_per_batch or (design_slots(n) if g.train.design == "boundary" else 0)
+        slots = (f"{min(wanted, n):,} slots (models_per_batch={wanted})" if g.train.models_per_batch else
+                 f"up to {min(wanted, n):,} slots (a quarter of the design's runs, as many as fit in memory)"
+                 if wanted else f"up to {n:,} slots (as many as fit in memory, chosen when it compiles)")
+        queue = (f"the design choosing {n:,} of its {sweep.n_runs():,} candidate runs for them"
+                 if g.train.design == "boundary" else "the runs queued for them")
         lines.append(f"group {i + 1}: {n:,} runs, {task}, {g.model.arch} ({n_params(g):,} parameters), "
-                     f"{g.train.steps:,} steps; {slots}, the runs queued for them; about {_mib(per_model)} per "
+                     f"{g.train.steps:,} steps; {slots}, {queue}; about {_mib(per_model)} per "
                      f"slot, {_mib(per_model * (min(wanted, n) if wanted else n))} for all slots")
     return "\n".join(lines)
+
+
+def _trained(group: GroupConfig, n: int) -> int:
+    """The runs of a group of ``n`` that train: all, or design=boundary's share."""
+    return design_runs(group.train.runs, n) if group.train.design == "boundary" else n
 
 
 def _mib(n: int) -> str:

@@ -29,6 +29,7 @@ import numpy as np
 from grokjax.config.schedule import THRESHOLD, chunk_rows, is_eval_step, is_logged_step
 from grokjax.engine.data import Hparams, hparams_for, pad_models
 from grokjax.config.structure import GroupConfig
+from grokjax.design.chooser import GROKKED, NOT_GROKKED, PENDING, BoundaryDesign, Pick
 from grokjax.engine.program import ChunkResult, Program, param_names
 from grokjax.engine.single import Engine, engine_for
 from grokjax.grid.expand import Run
@@ -95,14 +96,34 @@ class PoolChunk:
     reasons: list[str] = field(default_factory=list)
     dropped: int = 0  # model-steps the stopped runs give up (the rest of their budgets)
     checkpoint: Checkpoint | None = None
+    choices: list["Choice"] = field(default_factory=list)  # design=boundary: made up to the refill after it
+
+
+@dataclass(frozen=True)
+class Choice:
+    """design=boundary: the runs ``run_ids`` chosen at the program's ``clock`` (its ``design_round``-th
+    refill), each with the pick that chose it."""
+
+    clock: int
+    design_round: int
+    run_ids: np.ndarray
+    picks: list[Pick]
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The records of the data dictionary's design table, [L] each."""
+        est = [pk.estimate for pk in self.picks]
+        value = lambda f: np.array([getattr(e, f) if e is not None else np.nan for e in est])  # noqa: E731
+        return {"acquisition": np.array([pk.acquisition for pk in self.picks]), "x_star_then": value("x_star"),
+                "x_star_low_then": value("low"), "x_star_high_then": value("high")}
 
 
 class SlotPool:
     """Trains the runs ``runs`` of one group (in this order: the queue) in the program of ``n_slots``
-    models from ``program(n_models)``, from a checkpoint (its slots) or from the start."""
+    models from ``program(n_models)``, from a checkpoint (its slots) or from the start. With ``design``
+    (design=boundary) ``runs`` are candidates, and each freed slot takes the one the design picks."""
 
     def __init__(self, engine: Engine, runs: list[Run], n_slots: int, program: Callable[[int], Program],
-                 ckpt: Checkpoint | None = None, repack: str = "auto"):
+                 ckpt: Checkpoint | None = None, repack: str = "auto", design: BoundaryDesign | None = None):
         t = engine.group.train
         self.engine, self.runs, self.steps, self.program, self.repack = engine, runs, t.steps, program, repack
         self.step_s: float | None = None  # wall seconds per step of the current program, last chunk
@@ -112,13 +133,17 @@ class SlotPool:
         self.ids = np.array([r.run_id for r in runs], np.int64)
         self.table = hparams_for(runs, engine.table.n_pairs)
         self.slot_runs, self.slot_steps = np.full(m, -1, np.int64), np.full(m, t.steps, np.int64)
-        self.resolver = Resolver.fresh(t.patience, m) if t.stop == "resolved" else None
+        self.design, self.choices = design, []  # choices: made since the last chunk handed out
+        self.order, self.outcome = np.zeros(0, np.int64), np.full(len(runs) if design else 0, PENDING, np.int8)
+        outcomes = t.stop == "resolved" or design is not None  # the design learns each run's outcome
+        self.resolver = Resolver.fresh(t.patience, m) if outcomes else None
         self.queued, self.clock, self.done_steps, self.dropped_steps, self.n_stopped = 0, 0, 0, 0, 0
+        self.rounds = 0
         self.model_steps = 0  # model-steps computed, empty slots and padding included
         self.n_params = len(param_names(engine))  # the state's first leaves are the parameters
         if ckpt is None:
-            first = min(len(runs), self.n_slots)
-            self.slot_runs[:first], self.slot_steps[:first], self.queued = np.arange(first), 0, first
+            first = self._take(min(self.n_waiting, self.n_slots))
+            self.slot_runs[: len(first)], self.slot_steps[: len(first)] = first, 0
             self.hps = self.prog.put(self._slot_hparams())
             self.state, self.splits = self.prog.init(self.hps)  # the splits follow from each run's seed
         else:
@@ -134,6 +159,8 @@ class SlotPool:
         s = ckpt.n_slots
         self.clock, self.queued = ckpt.step, ckpt.queued
         self.done_steps, self.dropped_steps, self.n_stopped = ckpt.done_steps, ckpt.dropped_steps, ckpt.n_stopped
+        if self.design is not None:
+            self.order, self.outcome, self.rounds = ckpt.order.copy(), ckpt.outcome.copy(), ckpt.rounds
         self.slot_runs[:s], self.slot_steps[:s] = ckpt.slot_runs, ckpt.slot_steps
         if self.resolver is not None:
             self.resolver.streak[:s], self.resolver.memorized[:s] = ckpt.streak, ckpt.memorized
@@ -153,15 +180,32 @@ class SlotPool:
 
     @property
     def n_waiting(self) -> int:
+        """Runs still to be taken into a slot: the queue's, or the design's runs not yet chosen."""
+        if self.design is not None:
+            return min(self.design.budget, len(self.runs)) - self.queued
         return len(self.runs) - self.queued
+
+    def _take(self, k: int) -> np.ndarray:
+        """The next ``k`` runs (indices into ``runs``): the queue's, or the design's picks (recorded)."""
+        if self.design is None:
+            taken = np.arange(self.queued, self.queued + k)
+        else:
+            picks = self.design.pick(k, self.order, self.outcome)
+            taken = np.array([pk.index for pk in picks], np.int64)
+            self.order = np.concatenate([self.order, taken])
+            self.choices.append(Choice(self.clock, self.rounds, self.ids[taken], picks))
+            self.rounds += 1
+        self.queued += len(taken)
+        return taken
 
     def _fill(self) -> None:
         """Give each free slot the next queued run: fresh state from its own seeds, step 0."""
         free = np.flatnonzero(self.slot_runs[: self.n_slots] < 0)[: self.n_waiting]
         if not len(free):
             return
-        self.slot_runs[free] = np.arange(self.queued, self.queued + len(free))
-        self.slot_steps[free], self.queued = 0, self.queued + len(free)
+        taken = self._take(len(free))
+        free = free[: len(taken)]
+        self.slot_runs[free], self.slot_steps[free] = taken, 0
         self._reached[:, free] = False
         if self.resolver is not None:
             self.resolver.reset(free)
@@ -177,7 +221,7 @@ class SlotPool:
         worth more than what the current program took to compile (or it is compiled already); with
         repack=always at once (the same programs every time, as over several processes)."""
         busy = np.flatnonzero(self.slot_runs >= 0)
-        if self.resolver is None or self.n_waiting or not len(busy):
+        if self.engine.group.train.stop != "resolved" or self.n_waiting or not len(busy):
             return
         size = self.prog.n_models
         target = min(size, 1 << max(len(busy) - 1, 0).bit_length())
@@ -204,14 +248,18 @@ class SlotPool:
 
     def chunks(self, want_state: Callable[[int, int], bool] = lambda end, n: False,
                should_stop: Callable[[], bool] = lambda: False) -> Iterator[PoolChunk]:
-        """Train until every run has finished (or until ``should_stop()``, checked before each dispatch),
-        yielding each chunk. The last chunk yielded always carries a checkpoint, as does each chunk of ``n``
-        steps ending at clock ``end`` where ``want_state(end, n)``."""
+        """Train until every run has finished (or until ``should_stop()``, checked once per chunk boundary,
+        before the refill), yielding each chunk with the design's choices made after it. The last chunk
+        yielded always carries a checkpoint, as does each chunk of ``n`` steps ending at clock ``end`` where
+        ``want_state(end, n)``; every checkpoint holds the slots as they were before that boundary's refill,
+        so a resume makes the same refill (and the same choices) again."""
         pending: PoolChunk | None = None
-        self._fill()
-        self._shrink()
+        stopping = should_stop()
+        if not stopping:
+            self._fill()
+            self._shrink()
         self._since = 0.0
-        while self.n_busy and not should_stop():
+        while self.n_busy and not stopping:
             busy = self.slot_runs >= 0
             n = int(min(self.prog.chunk_steps, (self.steps - self.slot_steps[busy]).max()))
             starts = self.slot_steps.copy()
@@ -226,8 +274,11 @@ class SlotPool:
             if pending is not None:  # a whole chunk's compute (the next was queued before this fetch)
                 self.step_s = (time.perf_counter() - t0 + self._since) / n
             pending = self._after_chunk(starts, n, res, want_state)
-            self._fill()
-            self._shrink()
+            stopping = should_stop()
+            if not stopping:
+                self._fill()
+                self._shrink()
+            pending.choices, self.choices = self.choices, []
             self._since = 0.0
         if pending is not None:
             if pending.checkpoint is None:  # stopped by a signal: the state after the last chunk is kept
@@ -254,6 +305,8 @@ class SlotPool:
         snap = np.setdiff1d(cols[(self.slot_steps[cols] == self.steps) | (
             (every > 0) & (self.slot_steps[cols] % max(every, 1) == 0))], stopped)
         finished = np.union1d(final, stopped)
+        if self.design is not None:
+            self._note_outcomes(final, stopped, reasons)
         want = want_state(self.clock, n) or (not self.n_waiting and len(finished) == len(cols))
         host = jax.tree.leaves(self.prog.host(self.state)) if len(snap) or len(stopped) or want else None
         c.kept += self._kept("", snap, host) + self._kept("stop", stopped, host)
@@ -266,14 +319,26 @@ class SlotPool:
             c.checkpoint = self._checkpoint(host)
         return c
 
+    def _note_outcomes(self, final: np.ndarray, stopped: np.ndarray, reasons: list[str]) -> None:
+        """design=boundary: the outcomes of the runs that finished: grokked if it stopped grokked, or if it
+        reached its budget memorized with its last evaluation at validation accuracy >= THRESHOLD."""
+        r = self.resolver
+        at_budget = np.where(r.memorized[final] & (r.streak[final] >= 1), GROKKED, NOT_GROKKED)
+        by_stop = np.array([GROKKED if why == "grokked" else NOT_GROKKED for why in reasons], np.int8)
+        for slots, outcome in ((final, at_budget), (stopped, by_stop)):
+            self.outcome[self.slot_runs[slots]] = outcome
+
     def _resolve(self, rows: np.ndarray, res: ChunkResult, cols: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        """stop=resolved: the slots (of ``cols``, short of their budget) whose runs the chunk resolved."""
+        """stop=resolved: the slots (of ``cols``, short of their budget) whose runs the chunk resolved
+        (with design=boundary under stop=budget, the counters are kept but no run stops)."""
         if self.resolver is None:
             return cols[:0], []
         t = self.engine.group.train
         logged = (rows >= 0) & is_logged_step(rows, t.log_every, t.eval_every, t.steps)
         is_eval = (rows >= 0) & is_eval_step(rows, t.eval_every, t.steps)
         done, why = self.resolver.update(res.metrics, logged, is_eval, res.diverged_step)
+        if t.stop != "resolved":
+            return cols[:0], []
         slots = cols[done[cols] & (self.slot_steps[cols] < self.steps)]
         return slots, why[slots].tolist()
 
@@ -306,7 +371,8 @@ class SlotPool:
         streak, memorized = (r.streak, r.memorized) if r else (np.zeros(s, np.int64), np.zeros(s, bool))
         return Checkpoint(self.clock, [x[:s] for x in host], self.slot_runs[:s].copy(), self.slot_steps[:s].copy(),
                           streak[:s].copy(), memorized[:s].copy(), self.queued, self.done_steps,
-                          self.dropped_steps, self.n_stopped)
+                          self.dropped_steps, self.n_stopped, self.rounds, self.order.copy(),
+                          self.outcome.copy())
 
 
 def train_alone(group: GroupConfig, runs: list[Run], n_slots: int | None = None) -> dict[str, np.ndarray]:

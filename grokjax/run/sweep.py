@@ -18,6 +18,8 @@ from grokjax.engine.memory import choose_models_per_batch
 from grokjax.engine.program import Program, param_names, state_shapes
 from grokjax.engine.single import Engine, engine_for
 from grokjax.errors import Interrupted, UserError
+from grokjax.design.chooser import BoundaryDesign
+from grokjax.grid.design import design_axis, design_runs, design_slots
 from grokjax.grid.expand import Sweep, changed_settings
 from grokjax.grid.plan import disk_bytes
 from grokjax.grid.shard import Shard
@@ -150,11 +152,14 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
                         f"over all processes or independent shards")
     if peers.count > 1 and out is None:
         raise UserError("a multi-process sweep needs --out DIR, a directory every process sees")
+    if shard is not None and sweep.values["train.design"] != ["grid"]:
+        raise UserError(f"--shard {shard.label}: not supported with design=boundary (each choice needs every "
+                        f"outcome so far); run the design as one sweep, over several processes if need be")
     quiet = quiet or not peers.leader
     path = Path(out) if out is not None else default_out(sweep)
     groups = [(g, [r for r in runs if shard is None or shard.has(r.run_id)]) for g, runs in sweep.groups()]
-    total = sum(g.train.steps * len(runs) for g, runs in groups)
-    tracker = Tracker(sum(len(runs) for _, runs in groups))
+    total = sum(g.train.steps * _n_trained(g, runs) for g, runs in groups)
+    tracker = Tracker(sum(_n_trained(g, runs) for g, runs in groups))
     t0 = time.perf_counter()
     ResultsDir.preflight(path, sweep, resume, shard, needed_bytes=disk_bytes(sweep))  # before anything compiles
     engines = [engine_for(group, runs) if runs else None for group, runs in groups]
@@ -168,7 +173,7 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
             if not resume and runs:
                 with rep.compiling(f"group {gi + 1} of {len(groups)} ({len(runs)} models)"), \
                         _out_of_memory_is_one_line(None):
-                    n, why = choose_models_per_batch(e, len(runs), g.train.models_per_batch)
+                    n, why = _choose_slots(e, g, runs)
                 # Free memory may differ between hosts: every process takes process 0's batch size.
                 plans[gi] = (peers.agree(n), why)
         with _open(path, sweep, resume, command or [], shard, peers) as rd, _stop_on_signals() as signals, \
@@ -217,7 +222,8 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
     for gi, (group, runs) in enumerate(groups):
         if not runs:  # this shard has no run in the group
             continue
-        pool = _open_pool(gi, len(groups), group, runs, engines[gi], plans, rd, rep, tracker, resume, peers)
+        axis = design_axis(sweep) if group.train.design == "boundary" else None
+        pool = _open_pool(gi, len(groups), group, runs, engines[gi], plans, rd, rep, tracker, resume, peers, axis)
         where = f"group {gi + 1}/{len(groups)}"
         every = group.train.checkpoint_every
         for c in pool.chunks(want_state=lambda end, n: crosses(end, every, n), should_stop=stop):
@@ -225,8 +231,9 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
             if c.checkpoint is not None:
                 saved = (gi, c.checkpoint.step)
             rep.drop(c.dropped)
+            waiting = "to choose" if pool.design else "queued"
             rep.update(c.model_steps, where, tracker, f"{pool.n_busy}/{pool.n_slots} slots busy, "
-                                                      f"{pool.n_waiting} queued")
+                                                      f"{pool.n_waiting} {waiting}")
         model_steps += pool.model_steps
         if signum := peers.largest(signals[0] if signals else 0):
             raise Interrupted(signum, path, saved, shard.label if shard else None)
@@ -248,12 +255,40 @@ def _keep_chunk(rd: ResultsDir, gi: int, c: PoolChunk, engine: Engine, peers: Pe
         rd.save_params(gi, 0, c.end, kept.run_ids, param_names(engine), kept.leaves, kept.steps, kept.kind)
     if len(c.stopped):
         rd.write_stops(gi, 0, c.start, c.stopped, c.stop_steps, c.reasons)
+    for choice in c.choices:
+        rd.write_choices(gi, 0, choice.clock, choice.run_ids, choice.design_round, choice.columns())
     if c.checkpoint is not None:
         rd.save_checkpoint(gi, 0, c.checkpoint)
 
 
+def _n_trained(group: GroupConfig, runs: list) -> int:
+    """The runs of a group that will train: all of them, or the design's share."""
+    return design_runs(group.train.runs, len(runs)) if group.train.design == "boundary" and runs else len(runs)
+
+
+def _choose_slots(engine: Engine, group: GroupConfig, runs: list) -> tuple[int, str]:
+    """The group's slots: as many as fit (at most one per run), or for a design a quarter of its runs
+    (``grid.design.design_slots``), either at most ``models_per_batch``."""
+    t = group.train
+    if t.design != "boundary":
+        return choose_models_per_batch(engine, len(runs), t.models_per_batch)
+    n_runs = _n_trained(group, runs)
+    n, why = choose_models_per_batch(engine, t.models_per_batch or design_slots(n_runs), t.models_per_batch)
+    return n, why if t.models_per_batch else f"{n} slots (design=boundary: a quarter of its {n_runs} runs)"
+
+
+def _design(axis: str | None, group: GroupConfig, runs: list, n_slots: int) -> BoundaryDesign | None:
+    """design=boundary: the chooser over the group's runs along ``axis``, its first ``n_slots`` picks
+    space-filling."""
+    if axis is None:
+        return None
+    x = np.array([float(r.get(axis)) for r in runs])
+    return BoundaryDesign(x, design_runs(group.train.runs, len(runs)), n_slots)
+
+
 def _open_pool(gi: int, n_groups: int, group: GroupConfig, runs: list, engine: Engine, plans: dict,
-               rd: ResultsDir, rep: Reporter, tracker: Tracker, resume: bool, peers: Peers) -> SlotPool:
+               rd: ResultsDir, rep: Reporter, tracker: Tracker, resume: bool, peers: Peers,
+               axis: str | None = None) -> SlotPool:
     """The group's slot pool: from its checkpoint when resuming (the files written after it cleared), else
     from the start with the planned number of slots (a resume without a usable checkpoint clears the
     group's files first)."""
@@ -268,10 +303,13 @@ def _open_pool(gi: int, n_groups: int, group: GroupConfig, runs: list, engine: E
             rep.warn(f"group {gi + 1}: no readable checkpoint; training the group again from the start")
             rd.clear_group(gi)
         peers.sync(f"grokjax-group-{gi}")
-        n_slots, why = plans.get(gi) or choose_models_per_batch(engine, len(runs), group.train.models_per_batch)
-    rep.say(f"group {gi + 1} of {n_groups}: {describe(group)}; {why}, {len(runs)} runs queued")
+        n_slots, why = plans.get(gi) or _choose_slots(engine, group, runs)
+    design = _design(axis, group, runs, n_slots)
+    queue = (f"{design.budget} of its {len(runs)} runs to be chosen" if design else f"{len(runs)} runs queued")
+    rep.say(f"group {gi + 1} of {n_groups}: {describe(group)}; {why}, {queue}")
     program = lambda n: _program(engine, n, rep, f"group {gi + 1} of {n_groups} ({n} slots)")  # noqa: E731
-    pool = SlotPool(engine, runs, n_slots, program, ckpt, group.train.repack if peers.count == 1 else "always")
+    pool = SlotPool(engine, runs, n_slots, program, ckpt, group.train.repack if peers.count == 1 else "always",
+                    design)
     if ckpt is not None:
         rep.skip(ckpt.done_steps)
         rep.drop(ckpt.dropped_steps)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from grokjax.store.layout import CHECKPOINT_DIR
 
 
 SLOT_FIELDS = ("slot_runs", "slot_steps", "streak", "memorized")  # [S] arrays, one row per slot
-COUNTERS = ("queued", "done_steps", "dropped_steps", "n_stopped")  # whole numbers
+COUNTERS = ("queued", "done_steps", "dropped_steps", "n_stopped", "rounds")  # whole numbers
+DESIGN_FIELDS = ("order", "outcome")  # design=boundary: the runs taken, in order, and every candidate's outcome
 
 
 @dataclass
@@ -30,7 +31,9 @@ class Checkpoint:
     ``slot_runs`` [S] (int64): each slot's run (its position in the group's queue of runs, -1 empty);
     ``slot_steps`` [S]: that run's own step; ``streak`` / ``memorized`` [S]: its stop=resolved counters;
     ``queued``: how many runs of the queue have been taken into a slot. ``done_steps`` / ``dropped_steps``
-    / ``n_stopped``: the model-steps trained and given up (stops) so far and the runs stopped, for progress."""
+    / ``n_stopped``: the model-steps trained and given up (stops) so far and the runs stopped, for progress.
+    design=boundary: ``order`` (int64): the candidates taken into a slot so far, in order; ``outcome`` [R]
+    (int8, ``design.chooser``): each candidate's outcome; ``rounds``: the refills that chose runs so far."""
 
     step: int
     leaves: list[np.ndarray]  # leading axis: the program's rows (slots, then padding)
@@ -42,6 +45,9 @@ class Checkpoint:
     done_steps: int = 0
     dropped_steps: int = 0
     n_stopped: int = 0
+    rounds: int = 0
+    order: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    outcome: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
 
     @property
     def n_slots(self) -> int:
@@ -67,12 +73,14 @@ class CheckpointStore:
         arrays = [np.ascontiguousarray(np.asarray(x)) for x in ckpt.leaves]
         slots = {k: np.asarray(getattr(ckpt, k), bool if k == "memorized" else np.int64) for k in SLOT_FIELDS}
         counters = {k: np.int64(getattr(ckpt, k)) for k in COUNTERS}
+        design = {"order": np.asarray(ckpt.order, np.int64), "outcome": np.asarray(ckpt.outcome, np.int8)}
 
         def write() -> None:
             with atomic_file(path) as tmp, open(tmp, "wb") as f:
                 np.savez(f, step=np.int64(ckpt.step), **counters,
-                         digest=np.frombuffer(_digest(arrays + list(slots.values())), np.uint8),
-                         **{f"leaf_{i:04d}": x for i, x in enumerate(arrays)}, **slots)
+                         digest=np.frombuffer(_digest(arrays + list(slots.values()) + list(design.values())),
+                                              np.uint8),
+                         **{f"leaf_{i:04d}": x for i, x in enumerate(arrays)}, **slots, **design)
 
         self._guard(write)
 
@@ -86,11 +94,13 @@ class CheckpointStore:
             with np.load(path) as z:
                 leaves = [z[k] for k in sorted(k for k in z.files if k.startswith("leaf_"))]
                 slots = [z[k] for k in SLOT_FIELDS]
-                ckpt = Checkpoint(int(z["step"]), leaves, *slots, *(int(z[k]) for k in COUNTERS))
+                design = [z[k] for k in DESIGN_FIELDS if k in z.files]  # none before design=boundary
+                ckpt = Checkpoint(int(z["step"]), leaves, *slots, *(int(z[k]) if k in z.files else 0
+                                                                     for k in COUNTERS), *design)
                 stored = bytes(z["digest"])
         except Exception as e:  # a truncated or garbled archive fails in many ways (zipfile, numpy, OSError)
             raise DamagedFile(path, f"{type(e).__name__}: {e}") from e
-        if stored != _digest(leaves + slots):
+        if stored != _digest(leaves + slots + design):
             raise DamagedFile(path, "its contents do not match the digest written with it")
         return ckpt
 

@@ -94,6 +94,19 @@ STOPS: dict[str, Column] = {
                      "accuracy reached 0.99) or diverged"),
 }
 
+DESIGN: dict[str, Column] = {
+    "run_id": RUNS["run_id"],
+    "design_round": Column("design=boundary: the refill that chose the run (0: the space-filling start)"),
+    "acquisition": Column("design=boundary: the expected entropy of x*'s posterior after this run, the score "
+                          "that chose it (the lowest of the values open then)", "nats",
+                          "NaN: chosen in the space-filling start"),
+    "x_star_then": Column("design=boundary: the boundary estimate x* from the outcomes known when the run "
+                          "was chosen", "", "NaN: no outcome known yet"),
+    "x_star_low_then": Column("the lower end of that estimate's 95% credible interval", "", "NaN: as x_star_then"),
+    "x_star_high_then": Column("the upper end of that estimate's 95% credible interval", "",
+                               "NaN: as x_star_then"),
+}
+
 FITS: dict[str, Column] = {
     "run_id": RUNS["run_id"],
     "t_train": Column("first logged step with train accuracy >= threshold", STEP, "NaN: never reached"),
@@ -120,7 +133,7 @@ FITS: dict[str, Column] = {
     "max_val_acc": Column("best validation accuracy of the run", "fraction", "NaN: none finite"),
     "stop_step": Column("stop=resolved: the step the run stopped at, resolved (see the stops table)", STEP,
                         "NaN: trained to its budget"),
-} | {k: v for k, v in RUNS.items() if k != "run_id"}
+} | {k: v for k, v in RUNS.items() if k != "run_id"} | {k: v for k, v in DESIGN.items() if k != "run_id"}
 
 CELLS: dict[str, Column] = {
     "n_seeds": Column("runs in the cell (every swept value fixed except the seed)"),
@@ -144,20 +157,31 @@ CELLS: dict[str, Column] = {
      ("comprehension", "grokking", "memorization", "confusion", "diverged")}
 
 LAWS: dict[str, Column] = {
-    "target": Column("what the law is about: t_val (kept rule), delay or t_val_first"),
-    "x_name": Column("wd, or lr*wd when lr is swept too"),
+    "target": Column("what the law is about: t_val (kept rule), delay or t_val_first; boundary: the phase "
+                     "boundary x* (its own columns)"),
+    "x_name": Column("wd, or lr*wd when lr is swept too; target=boundary: the swept number"),
     "alpha": Column("exponent of t ~ x^alpha, least squares in log-log over cells", "",
                     "NaN: too few grokked cells (see n_cells)"),
     "alpha_low": Column("bootstrap 2.5% quantile of alpha", "", "NaN: not fitted, or a cell has fewer than 3 seeds"),
     "alpha_high": Column("bootstrap 97.5% quantile of alpha", "", "NaN: as alpha_low"),
     "c": Column("intercept of log t = c + alpha log x", "", "NaN: not fitted"),
-    "n_cells": Column("distinct x values whose cells mostly grok with a finite median: the points of the fit"),
-    "n_grid_cells": Column("cells of the grid behind those points (two cells may share lr*wd)"),
-    "min_seeds": Column("fewest seeds in a cell behind the points (an interval needs 3)"),
+    "n_cells": Column("distinct x values whose cells mostly grok with a finite median: the points of the fit",
+                      "", "NaN: target=boundary"),
+    "n_grid_cells": Column("cells of the grid behind those points (two cells may share lr*wd)", "",
+                           "NaN: target=boundary"),
+    "min_seeds": Column("fewest seeds in a cell behind the points (an interval needs 3)", "", "NaN: target=boundary"),
     "left_out": Column("the x values not fitted and why (x = 0, majority phase, censored median), "
-                       "comma-separated"),
+                       "comma-separated", "", "null: target=boundary"),
     "x_min": Column("smallest x fitted", "", "NaN: no cell"),
     "x_max": Column("largest x fitted", "", "NaN: no cell"),
+    "x_star": Column("target=boundary: x where P(grokked within the budget) = 1/2, the posterior median of a "
+                     "logistic in log x over the runs' outcomes (grokjax.design.boundary)", "",
+                     "NaN: other targets"),
+    "x_star_low": Column("target=boundary: lower end of x*'s 95% credible interval", "", "NaN: other targets"),
+    "x_star_high": Column("target=boundary: upper end of x*'s 95% credible interval", "", "NaN: other targets"),
+    "n_runs": Column("target=boundary: the runs behind the estimate (diverged runs left out)", "",
+                     "NaN: other targets"),
+    "n_grokked": Column("target=boundary: how many of them grokked within the budget", "", "NaN: other targets"),
     "fitted": Column("false when fewer than MIN_LAW_CELLS (3) cells qualified"),
     "threshold": Column("fit option --threshold", "fraction"),
     "slack": Column("fit option --slack", "fraction"),
@@ -167,7 +191,7 @@ LAWS: dict[str, Column] = {
 }
 
 TABLES: dict[str, dict[str, Column]] = {"runs": RUNS, "metrics": METRICS, "spectra": SPECTRA, "stops": STOPS,
-                                        "fits": FITS,
+                                        "design": DESIGN, "fits": FITS,
                                         "cells": CELLS, "laws": LAWS}
 
 

@@ -10,6 +10,7 @@ RUNS_PARQUET = "runs.parquet"
 METRICS_DIR = "metrics"
 SPECTRA_DIR = "spectra"  # measures=fourier: the per-frequency embedding norms, long table
 STOPS_DIR = "stops"  # stop=resolved: when and why each run left the program before its budget
+DESIGN_DIR = "design"  # design=boundary: which runs each refill chose, and why
 SPECTRUM = "spectrum"  # the metrics key of the [steps, models, freqs] spectra a chunk returns
 CHECKPOINT_DIR = "checkpoints"
 PARAMS_DIR = "params"  # parameters by run and step (store.params)
@@ -24,7 +25,7 @@ PART_NAME = re.compile(r"(?:shard\d+of\d+-|proc\d+of\d+-)?g(?P<group>\d+)-b(?P<b
 SHARDS_DIR = "shards"  # --shard: one marker file per completed shard
 
 
-PART_DIRS = (METRICS_DIR, SPECTRA_DIR, STOPS_DIR)  # each chunk's parts, one per kind, named alike
+PART_DIRS = (METRICS_DIR, SPECTRA_DIR, STOPS_DIR, DESIGN_DIR)  # each chunk's parts, one per kind, named alike
 
 
 def parts(path: Path, kind: str = METRICS_DIR) -> list[Path]:

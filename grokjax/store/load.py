@@ -23,6 +23,7 @@ from grokjax.store.layout import (
     METRICS_DIR,
     RUNS_PARQUET,
     SHARDS_DIR,
+    DESIGN_DIR,
     SPECTRA_DIR,
     STOPS_DIR,
     SWEEP_JSON,
@@ -34,7 +35,9 @@ from grokjax.store.layout import (
 class Results:
     """A results directory read back: ``runs`` (one row per model), ``metrics`` (long table) and, with
     ``measures=fourier``, ``spectra`` (run_id, step, freq, norm; empty otherwise); with ``stop=resolved``,
-    ``stops`` (run_id, stop_step, reason: the runs that left the program before their budget)."""
+    ``stops`` (run_id, stop_step, reason: the runs that left the program before their budget); with
+    design=boundary, ``runs`` also says why each run was chosen (``design_round``: -1 for a candidate the
+    design did not run, ``acquisition``, ``x_star_then`` ...; see the data dictionary)."""
 
     path: Path
     sweep: dict[str, Any]
@@ -199,6 +202,11 @@ def load(path: str | os.PathLike) -> Results:
     stops_tables = list(_read_parts(parts(path, STOPS_DIR), path))
     if stops_tables:
         results.stops = pa.concat_tables(stops_tables).to_pandas().sort_values("run_id").reset_index(drop=True)
+    design_tables = list(_read_parts(parts(path, DESIGN_DIR), path))
+    if design_tables:  # design=boundary: why each chosen run was chosen (-1: a candidate not chosen)
+        chosen = pa.concat_tables(design_tables).to_pandas().drop_duplicates("run_id")
+        results.runs = runs.merge(chosen, on="run_id", how="left")
+        results.runs["design_round"] = results.runs["design_round"].fillna(-1).astype("int64")
     return results
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 from grokjax.config.schedule import TRAIN_COLUMNS, is_eval_step, is_logged_step
 from grokjax.store.columns import column_rank, describe
 from grokjax.store.files import atomic_parquet, parquet_ok
-from grokjax.store.layout import METRICS_DIR, PART_DIRS, SPECTRA_DIR, SPECTRUM, STOPS_DIR
+from grokjax.store.layout import DESIGN_DIR, METRICS_DIR, PART_DIRS, SPECTRA_DIR, SPECTRUM, STOPS_DIR
 
 
 class PartWriter:
@@ -87,6 +87,18 @@ class PartWriter:
         (self.path / STOPS_DIR).mkdir(exist_ok=True)
         name = self._part_name(group, batch, start)
         self._guard(lambda: atomic_parquet(self.path / STOPS_DIR / name, describe(table, "stops")))
+
+    def write_choices(self, group: int, batch: int, clock: int, run_ids: np.ndarray, design_round: int,
+                      columns: dict[str, np.ndarray]) -> None:
+        """Record the runs a design chose at the program's ``clock`` (its ``design_round``-th refill) with
+        ``columns`` (name -> [L] floats: the acquisition and the estimate then): one part per refill, named
+        by its clock so a resume from a checkpoint at or before it removes it (the resume chooses again)."""
+        table = pa.table({"run_id": pa.array(run_ids.astype(np.int64)),
+                          "design_round": pa.array(np.full(len(run_ids), design_round, np.int64)),
+                          **{k: pa.array(np.asarray(v, np.float64)) for k, v in columns.items()}})
+        (self.path / DESIGN_DIR).mkdir(exist_ok=True)
+        name = self._part_name(group, batch, clock)
+        self._guard(lambda: atomic_parquet(self.path / DESIGN_DIR / name, describe(table, "design")))
 
     def _part_name(self, group: int, batch: int, start: int) -> str:
         return f"{self.part_prefix}g{group:03d}-b{batch:03d}-s{start:09d}.parquet"

@@ -1,0 +1,60 @@
+"""design=boundary over a grid: the swept number whose boundary is mapped, how many runs, the checks.
+
+The grid's runs are the candidates. The design maps one swept per-model number x (wd, lr, frac, ...; the
+seed axes only replicate), so a grid with a second such axis, with arms, or with several compiled groups is
+refused in one line, as is ``runs`` above the number of candidates.
+"""
+
+from __future__ import annotations
+
+from grokjax.config.fields import FIELDS, SHORT_NAMES
+from grokjax.errors import UserError
+
+REPLICATES = ("hp.seed", "hp.data_seed")  # axes that repeat a point rather than move it
+MIN_RUNS = 8
+
+
+def design_axis(sweep) -> str:
+    """The dotted path of the one swept per-model number a design maps (``sweep``: grid.expand.Sweep)."""
+    moving = [a for a in sweep.axes if FIELDS[a].per_model and a not in REPLICATES]
+    if len(moving) != 1:
+        shown = ", ".join(SHORT_NAMES[a] for a in moving) or "none"
+        raise UserError(f"design=boundary maps the boundary along one swept number (e.g. "
+                        f"'wd=logspace(-3,1,32)' seeds=16); this grid sweeps {shown}: sweep exactly one of "
+                        f"wd, lr, frac, init_scale, ... (with seeds) or use design=grid")
+    axis = moving[0]
+    bad = [v for v in sweep.values[axis] if not float(v) > 0]
+    if bad:
+        raise UserError(f"design=boundary: {SHORT_NAMES[axis]}={bad[0]!r}: the boundary is fitted in log "
+                        f"{SHORT_NAMES[axis]}, so every value must be > 0")
+    return axis
+
+
+def design_runs(requested: int, n_candidates: int) -> int:
+    """How many candidates a design trains: ``runs``, or by default a quarter of them (at least 8)."""
+    return requested or min(n_candidates, max(MIN_RUNS, n_candidates // 4))
+
+
+def design_slots(runs: int) -> int:
+    """The slots a design fills at once (its space-filling start): a quarter of its runs, at least 2, so
+    that three quarters of them are chosen from outcomes already seen."""
+    return max(2, runs // 4)
+
+
+def check_design(sweep) -> None:
+    """Refuse a design the grid cannot carry (one line naming what to change)."""
+    designs = sweep.values["train.design"]
+    if designs == ["grid"]:
+        return
+    if len(designs) > 1 or "train.design" in sweep.axes:
+        raise UserError("design is given several values; give one: design=grid or design=boundary")
+    if sweep.arms:
+        raise UserError("design=boundary with arms: a design maps one grid; run each arm as its own sweep")
+    groups = sweep.group_sizes()
+    if len(groups) > 1:
+        raise UserError(f"design=boundary: the grid has {len(groups)} compiled groups (a structural key is "
+                        f"swept); a design maps one group: sweep only per-model numbers")
+    design_axis(sweep)
+    runs, n = int(sweep.values["train.runs"][0]), sweep.n_runs()
+    if runs > n:
+        raise UserError(f"runs={runs}: the grid has only {n} candidate runs; accepted: 1 to {n} (0: a quarter)")

@@ -1,0 +1,217 @@
+"""design=boundary: the boundary estimate against a synthetic logistic ground truth, the rule that picks
+runs, the pool that trains the picks (a fake program without XLA, whose runs grok or not as a known rule
+says), determinism and resume, the records and the refusals."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import merged
+
+from grokjax.analysis.boundary import fit_boundary
+from grokjax.cli import main
+from grokjax.config.schedule import chunk_rows
+from grokjax.design.boundary import estimate
+from grokjax.design.chooser import GROKKED, NOT_GROKKED, PENDING, BoundaryDesign
+from grokjax.engine.data import pad_models
+from grokjax.engine.program import ChunkResult
+from grokjax.engine.single import ModelState, engine_for
+from grokjax.grid.expand import build_sweep
+from grokjax.run.pool import SlotPool
+
+X_TRUE, SLOPE = 0.2, 4.0  # the synthetic boundary: P(grok | x) = sigmoid(SLOPE * log10(x / X_TRUE))
+LEVELS = np.logspace(-2, 0.5, 24)
+
+
+def _truth(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-SLOPE * np.log10(x / X_TRUE)))
+
+
+@pytest.mark.parametrize("draw", range(5))
+def test_the_estimate_covers_a_synthetic_boundary(draw):
+    """192 runs (24 values x 8 seeds) drawn from a known logistic: x* within 0.15 decades of the truth and
+    inside the 95% interval, the interval a fraction of a decade wide; a quarter of the runs gives a wider
+    interval that still holds it."""
+    rng = np.random.default_rng(draw)
+    x = np.repeat(LEVELS, 8)
+    grokked = rng.random(x.size) < _truth(x)
+    e = estimate(x, grokked)
+    assert abs(np.log10(e.x_star / X_TRUE)) < 0.15 and e.low < X_TRUE < e.high, e
+    assert np.log10(e.high / e.low) < 0.4 and not e.edge and e.n == 192 and e.n_grokked == grokked.sum()
+    few = estimate(x[::4], grokked[::4], x)
+    assert few.low < X_TRUE < few.high and few.high / few.low > e.high / e.low
+
+
+def test_an_estimate_beyond_the_range_says_so():
+    x = np.repeat(LEVELS, 2)
+    e = estimate(x, x > 0.011)  # only the smallest value fails: the boundary sits at the range's low end
+    assert e.edge and e.low < LEVELS[1]
+
+
+def _simulate(budget: int, slots: int, draw: int) -> tuple[np.ndarray, np.ndarray]:
+    """A design over 24 values x 8 seeds in ``slots`` slots: at each refill the two oldest runs resolve
+    and two new ones are picked, the others still training. (The order of picks, every outcome.)"""
+    x = np.repeat(LEVELS, 8)
+    outcomes = (np.random.default_rng(draw).random(x.size) < _truth(x)).astype(np.int8)
+    design = BoundaryDesign(x, budget, slots)
+    order, outcome = np.zeros(0, np.int64), np.full(x.size, PENDING, np.int8)
+    training: list[int] = []
+    while len(order) < budget:
+        done, training = training[:2], training[2:]
+        outcome[done] = outcomes[done]
+        picks = [p.index for p in design.pick(slots - len(training), order, outcome)]
+        order, training = np.concatenate([order, picks]).astype(np.int64), training + picks
+    outcome[order] = outcomes[order]
+    return order, outcome
+
+
+def test_the_design_spreads_first_then_runs_where_outcomes_are_uncertain():
+    """The space-filling start covers both ends of the range; later picks gather within half a decade of
+    x*, adding seeds there; the same outcomes give the same picks; the estimate from the picks holds x*."""
+    x = np.repeat(LEVELS, 8)
+    order, outcome = _simulate(64, 16, 0)
+    first = x[order[:16]]
+    assert first.min() == LEVELS[0] and first.max() == LEVELS[-1] and len(np.unique(first)) == 16
+    later = x[order[16:]]
+    near = np.abs(np.log10(later / X_TRUE)) < 0.5
+    assert near.mean() > 0.75, np.round(later, 3)
+    assert np.unique(later, return_counts=True)[1].max() >= 4  # seeds added where outcomes disagree
+    assert np.array_equal(order, _simulate(64, 16, 0)[0])
+    e = estimate(x[order], outcome[order], x)
+    assert e.low < X_TRUE < e.high
+
+
+def test_picks_stop_at_the_budget_and_at_the_last_candidate():
+    design = BoundaryDesign(np.repeat([0.1, 1.0], 2), 3, 2)
+    first = design.pick(2, np.zeros(0, np.int64), np.full(4, PENDING, np.int8))
+    assert [p.index for p in first] == [0, 2] and first[0].estimate is None  # both ends, nothing known yet
+    order = np.array([0, 2])
+    outcome = np.array([NOT_GROKKED, PENDING, GROKKED, PENDING], np.int8)
+    more = design.pick(5, order, outcome)
+    assert len(more) == 1 and more[0].index in (1, 3) and np.isfinite(more[0].acquisition)
+    assert more[0].estimate is not None and design.pick(5, np.array([0, 2, 1]), outcome) == []
+
+
+MLP = ["arch=mlp", "p=11", "d_mlp=16", "frac=0.5", "lr=1e-2", "eval_every=5", "chunk_steps=10", "dtype=float64"]
+
+
+class _Groks:
+    """A program without XLA: a run groks at step 0 (val_acc 1, so it stops after patience evaluations)
+    when its wd is above its seed's own threshold near X_TRUE, and otherwise never (val_acc 0, to its
+    budget); its state holds its wd (a run that took another run's state reads NaN)."""
+
+    def __init__(self, engine, n: int):
+        self.engine, self.n_models, self.chunk_steps, self.compile_s = engine, n, 10, 0.0
+        self.own_rows = np.ones(n, bool)
+
+    def put(self, hps):
+        return pad_models(hps, self.n_models)
+
+    def init(self, hps):
+        return ModelState({"w": hps.wd.astype(np.float64), "s": hps.seed.astype(np.float64)}, {},
+                          np.full(self.n_models, -1, np.int32), None), None
+
+    def prepare_refill(self):
+        pass
+
+    def refill(self, state, splits, hps, mask):
+        fresh, _ = self.init(hps)
+        return jax.tree.map(lambda new, old: np.where(mask, new, old), fresh, state), splits
+
+    def train_chunk(self, state, splits, hps, starts, n):
+        rows = chunk_rows(np.asarray(starts), n, self.engine.group.train.steps)
+        w, s = state.params["w"], state.params["s"]
+        groks = w > X_TRUE * 10 ** (0.3 * (((s * 0.618) % 1) - 0.5))
+        same = (w == hps.wd) & (rows >= 0)
+        val = np.where(same, np.broadcast_to(groks.astype(float), rows.shape), np.nan)
+        metrics = {"train_loss": np.zeros_like(val), "train_acc": np.ones_like(val), "val_acc": val,
+                   "val_loss": 1 - val, "param_norm": np.ones_like(val)}
+        return state, metrics, state.diverged_step
+
+    def fetch(self, metrics, dead, n_real):
+        return ChunkResult({k: v[:, :n_real] for k, v in metrics.items()}, dead[:n_real])
+
+    def host(self, state):
+        return jax.tree.map(np.array, state)
+
+    def restore(self, host):
+        return host
+
+
+def _design_pool(ckpt=None):
+    sweep = build_sweep(None, merged(MLP, ["steps=100", "stop=resolved", "design=boundary", "runs=24",
+                                           "wd=logspace(-2,0.5,12)", "seeds=8"]))
+    (group, runs), = sweep.groups()
+    engine = engine_for(group, runs)
+    x = np.array([r.get("hp.wd") for r in runs])
+    design = BoundaryDesign(x, 24, 6)
+    return SlotPool(engine, runs, 6, lambda n: _Groks(engine, n), ckpt, "always", design), x
+
+
+def _drain(pool, stop_after=None):
+    """Train the pool; return the chunks' choices (clock, run_ids) and the last checkpoint."""
+    chosen, last = [], None
+    for i, c in enumerate(pool.chunks(want_state=lambda end, n: True,
+                                      should_stop=lambda: stop_after is not None and len(chosen) >= stop_after)):
+        chosen += [(ch.clock, ch.design_round, ch.run_ids.tolist()) for ch in c.choices]
+        last = c.checkpoint
+    return chosen, last
+
+
+def test_the_pool_trains_the_designs_picks_and_resumes_to_the_same_picks():
+    """24 of 96 candidates in 6 slots: grokked runs free their slots early and the design fills them; every
+    outcome recorded is the run's own; a pool resumed from a checkpoint after a few refills makes the same
+    later choices; the picks hold the boundary."""
+    pool, x = _design_pool()
+    chosen, _ = _drain(pool)
+    ids = [rid for _, _, run_ids in chosen for rid in run_ids]
+    assert len(ids) == len(set(ids)) == 24 and chosen[0][:2] == (0, 0) and len(chosen[0][2]) == 6
+    assert [r for _, r, _ in chosen] == list(range(len(chosen))) and len(chosen) > 4
+    assert np.array_equal(np.sort(pool.order), np.sort(ids)) and (pool.outcome[pool.order] != PENDING).all()
+    seeds = np.array([pool.runs[i].get("hp.seed") for i in pool.order], np.float64)
+    groks = x[pool.order] > X_TRUE * 10 ** (0.3 * (((seeds * 0.618) % 1) - 0.5))
+    np.testing.assert_array_equal(pool.outcome[pool.order], groks.astype(np.int8))
+    e = estimate(x[pool.order], pool.outcome[pool.order], x)
+    assert e.low < X_TRUE < e.high
+    again, _ = _drain(_design_pool()[0])
+    assert again == chosen
+    first, ckpt = _drain(_design_pool()[0], stop_after=3)
+    assert ckpt is not None and len(first) == 3 and len(ckpt.order) == sum(len(c[2]) for c in first)
+    resumed, _ = _drain(_design_pool(ckpt)[0])
+    assert first + resumed == chosen
+
+
+def test_the_boundary_of_a_fitted_grid():
+    """fit_boundary reads the phases of a one-group sweep along its one swept number; none without one."""
+    x = np.repeat(LEVELS, 4)
+    rng = np.random.default_rng(3)
+    fits = pd.DataFrame({"wd": x, "seed": np.tile(range(4), 24), "group": 0, "steps": 1000,
+                         "phase": np.where(rng.random(x.size) < _truth(x), "grokking", "memorization")})
+    fits.attrs.update(axes=["wd", "seed"], arm_keys=[], n_candidates=200)
+    b = fit_boundary(fits)
+    assert b is not None and b.estimate.low < X_TRUE < b.estimate.high and b.row()["target"] == "boundary"
+    assert str(b).startswith("boundary wd* = ") and "96 of 200 candidates run" in str(b)
+    fits.attrs.update(axes=["seed"])
+    assert fit_boundary(fits) is None
+
+
+@pytest.mark.parametrize("args, says", [
+    (["wd=logspace(-2,0,4)", "lr=[1e-3,1e-2]"], "this grid sweeps lr, wd"),
+    (["wd=[0,1]"], "every value must be > 0"),
+    (["wd=[0.1,1]", "seeds=2", "runs=9"], "the grid has only 4 candidate runs"),
+    (["wd=[0.1,1]", "d_mlp=[16,32]"], "2 compiled groups"),
+])
+def test_a_design_the_grid_cannot_carry_is_one_line(args, says, capsys, tmp_path):
+    code = main(["sweep", *merged(MLP, ["steps=20", "design=boundary", *args]), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_design_cannot_be_sharded(capsys, tmp_path):
+    code = main(["sweep", *merged(MLP, ["steps=20", "design=boundary", "wd=[0.1,1]", "seeds=4"]), "--out",
+                 str(tmp_path / "r"), "--shard", "0/2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not supported with design=boundary" in err and "Traceback" not in err, err
