@@ -215,3 +215,62 @@ def test_a_design_cannot_be_sharded(capsys, tmp_path):
                  str(tmp_path / "r"), "--shard", "0/2"])
     err = capsys.readouterr().err
     assert code == 2 and "not supported with design=boundary" in err and "Traceback" not in err, err
+
+
+REAL = ["op=add", "p=23", "d_model=32", "n_heads=2", "d_mlp=64", "frac=0.8", "lr=3e-3", "wd=logspace(-1,0.2,6)",
+        "seeds=4", "steps=1000", "eval_every=25", "chunk_steps=100", "checkpoint_every=100", "stop=resolved",
+        "design=boundary", "runs=10"]
+
+
+@pytest.fixture(scope="module")
+def designed(tmp_path_factory):
+    from conftest import run_cli
+
+    out = tmp_path_factory.mktemp("design") / "r"
+    proc = run_cli(["sweep", *REAL, "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout
+
+
+@pytest.mark.slow
+def test_a_real_design_records_its_choices_and_its_boundary(designed):
+    """10 of 24 candidates in 2 slots (a real transformer, float32): the records name every chosen run and
+    why, the summary prints the boundary line, and laws.parquet holds it."""
+    import grokjax
+
+    out, printed = designed
+    r = grokjax.load(out)
+    chosen = r.runs[r.runs.design_round >= 0]
+    assert len(chosen) == 10 and len(r.runs) == 24 and set(r.metrics.run_id) == set(chosen.run_id)
+    assert chosen.acquisition.isna().sum() == 2 and chosen.design_round.max() >= 4
+    assert "10 runs (design=boundary: chosen of 24 candidates)" in printed
+    laws = pd.read_parquet(out / "laws.parquet")
+    fits = pd.read_parquet(out / "fits.parquet")
+    if fits.phase.isin(["grokking", "comprehension"]).any() and not fits.phase.isin(
+            ["grokking", "comprehension"]).all():
+        row = laws[laws.target == "boundary"].iloc[0]
+        assert row.x_star_low <= row.x_star <= row.x_star_high and "boundary wd* = " in printed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after_parts", [3, 8])
+def test_sigkill_of_a_design_then_resume_chooses_the_same_runs(designed, tmp_path, kill_after_parts):
+    """SIGKILL after a few refills, then --resume: the same choices and the same bits as uninterrupted."""
+    import signal
+
+    import grokjax
+    from conftest import run_cli
+    from test_resume import _n_parts, _start, _wait_for
+
+    ref = grokjax.load(designed[0])
+    out = tmp_path / "r"
+    proc = _start(out, REAL)
+    finished_first = not _wait_for(lambda: _n_parts(out) >= kill_after_parts, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not finished_first, "the sweep ended before it could be killed"
+    resumed = run_cli(["sweep", *REAL, "--out", str(out), "--resume", "--no-plot", "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr
+    got = grokjax.load(out)
+    pd.testing.assert_frame_equal(got.runs, ref.runs, check_exact=True)
+    pd.testing.assert_frame_equal(got.metrics, ref.metrics, check_exact=True)
