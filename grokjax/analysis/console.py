@@ -91,7 +91,8 @@ def fits_for_plot(path: Path, opts: FitOptions | None = None, say: Say = print) 
     if opts is None:
         fits, why = saved_fits(path)
         if fits is not None:
-            fits.attrs.update(axes=results.axes, arm_keys=results.arm_keys, path=str(path))
+            fits.attrs.update(axes=results.axes, arm_keys=results.arm_keys, path=str(path),
+                              n_candidates=len(results.runs))
             say(f"using the fits in {why}")
             return fits
     else:

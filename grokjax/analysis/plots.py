@@ -16,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from grokjax.analysis.boundary import fit_boundary
 from grokjax.analysis.law import MIN_LAW_CELLS, TARGET_NAMES, Law, fit_law
 from grokjax.analysis.survival import cells
 from grokjax.config.schedule import THRESHOLD
@@ -258,6 +259,15 @@ def _heatmap(ax: Axes, fits: pd.DataFrame, x_name: str, y_name: str, fig: Figure
     fig.colorbar(im, ax=ax, label="log10 median t_val (blank: censored)")
 
 
+def _draw_boundary(ax: Axes, boundary: Any) -> None:
+    """The phase boundary x* (``analysis.boundary.Boundary``) as a line and its credible interval as a span."""
+    e = boundary.estimate
+    ax.axvspan(e.low, e.high, color="crimson", alpha=0.10, zorder=0)
+    ax.axvline(e.x_star, color="crimson", lw=1.5, zorder=2,
+               label=f"boundary {boundary.x_name}* = {e} (95%), P(grokked by {boundary.steps}) = 1/2; "
+                     f"{e.n} of {boundary.n_candidates} candidates run")
+
+
 def plot_phase_diagram(fits: pd.DataFrame, ax: Axes | None = None, report: Any = None) -> Figure:
     """The phase diagram of a fitted sweep (``grokjax.fit`` output; ``report``: its analysis.report.Report,
     computed when not given).
@@ -299,6 +309,9 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: Axes | None = None, report: Any =
                 laws = (report.laws[:2] if report is not None and len(facets) == 1
                         else [fit_law(sub, "t_val"), fit_law(sub, "delay")])
             a = _diagram_1d(a, sub, numeric[0], laws, zero_a)
+            boundary = report.boundary if report is not None and len(facets) == 1 else fit_boundary(sub)
+            if boundary is not None and boundary.x_name == numeric[0] and a.get_xscale() == "log":
+                _draw_boundary(a, boundary)
             handles, labels = a.get_legend_handles_labels()
             majority = cells(_with_axes(sub.copy(), [numeric[0]]))["phase"]  # the bands drawn
             phases = sorted(set(majority), key=list(PHASE_COLORS).index)
