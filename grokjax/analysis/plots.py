@@ -259,8 +259,11 @@ def _heatmap(ax: Axes, fits: pd.DataFrame, x_name: str, y_name: str, fig: Figure
     fig.colorbar(im, ax=ax, label="log10 median t_val (blank: censored)")
 
 
-def _draw_boundary(ax: Axes, boundary: Any) -> None:
-    """The phase boundary x* (``analysis.boundary.Boundary``) as a line and its credible interval as a span."""
+def _draw_boundary(ax: Axes, boundary: Any, x_name: str) -> None:
+    """The phase boundary x* (``analysis.boundary.Boundary``, or None) of ``x_name`` as a line and its
+    credible interval as a span, on a log x axis."""
+    if boundary is None or boundary.x_name != x_name or ax.get_xscale() != "log":
+        return
     e = boundary.estimate
     ax.axvspan(e.low, e.high, color="crimson", alpha=0.10, zorder=0)
     ax.axvline(e.x_star, color="crimson", lw=1.5, zorder=2,
@@ -310,8 +313,7 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: Axes | None = None, report: Any =
                         else [fit_law(sub, "t_val"), fit_law(sub, "delay")])
             a = _diagram_1d(a, sub, numeric[0], laws, zero_a)
             boundary = report.boundary if report is not None and len(facets) == 1 else fit_boundary(sub)
-            if boundary is not None and boundary.x_name == numeric[0] and a.get_xscale() == "log":
-                _draw_boundary(a, boundary)
+            _draw_boundary(a, boundary, numeric[0])
             handles, labels = a.get_legend_handles_labels()
             majority = cells(_with_axes(sub.copy(), [numeric[0]]))["phase"]  # the bands drawn
             phases = sorted(set(majority), key=list(PHASE_COLORS).index)
