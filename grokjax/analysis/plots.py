@@ -200,7 +200,8 @@ def _diagram_1d(ax: Axes, fits: pd.DataFrame, x_name: str, laws: list[Law] | Non
             line = np.geomspace(law.x_min, law.x_max, 50)
             ax.plot(line, np.exp(law.c) * line**law.alpha, style, color="black", lw=1.2, zorder=2,
                     label=f"law {TARGET_NAMES[law.target]} ∝ {law.x_name}^{law.alpha:.2f} "
-                          f"[{law.alpha_low:.2f}, {law.alpha_high:.2f}], {law.n_cells} cells")
+                          + (f"[{law.alpha_low:.2f}, {law.alpha_high:.2f}]" if math.isfinite(law.alpha_low)
+                             else f"[n/a: {law.min_seeds} seed(s) in a cell]") + f", {law.n_cells} cells")
         else:
             notes.append(f"{TARGET_NAMES[law.target]}: no law ({law.n_cells} grokked cell(s) < {MIN_LAW_CELLS})")
     if not len(positive):
