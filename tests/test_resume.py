@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, run_cli, snapshot
+from conftest import REPO, merged, run_cli, snapshot
 
 import grokjax
 from grokjax.cli import main
@@ -70,7 +70,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, kill_afte
     pd.testing.assert_frame_equal(m, reference, check_exact=True)
 
 
-POOLED = LONG + ["models_per_batch=3"]  # 3 slots, 4 runs: the 4th is born into a freed slot at step 1500
+POOLED = merged(LONG, ["models_per_batch=3", "steps=600"])  # 3 slots, 4 runs: the 4th is born into a freed slot at 600
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +81,11 @@ def pooled_reference(tmp_path_factory):
     return grokjax.load(out)
 
 
-@pytest.mark.parametrize("kill_after_parts", [34])
+@pytest.mark.parametrize("kill_after_parts", [16])
 @pytest.mark.slow
 def test_sigkill_of_a_pool_then_resume_equals_uninterrupted(tmp_path, pooled_reference, kill_after_parts):
     """float32, one machine: SIGKILL after the queued run took a
-    freed slot (parts 1-30 are the first wave's, the refilled run's checkpoint at step 100 follows part 32),
+    freed slot (parts 1-12 are the first wave's, the refilled run's checkpoint at step 100 follows part 14),
     then --resume: the same bits, parameters
     included (the resumed program has the checkpoint's 3 slots, so its shape and rounding are the same)."""
     out = tmp_path / "r"

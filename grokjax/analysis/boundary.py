@@ -53,7 +53,8 @@ def fit_boundary(fits: pd.DataFrame) -> Boundary | None:
     none: no such axis, several groups or budgets, fewer than two values of x, or no outcome of each kind
     (then every run lies on one side)."""
     x_name = boundary_axis(fits)
-    if x_name is None or fits["group"].nunique() != 1 or fits["steps"].nunique() != 1:
+    one = lambda col: col not in fits.columns or fits[col].nunique() == 1  # noqa: E731
+    if x_name is None or not (one("group") and one("steps")) or "phase" not in fits.columns:
         return None
     data = fits[(fits["phase"] != "diverged") & (fits[x_name] > 0)]
     grokked = data["phase"].isin(GROKKED).to_numpy()
@@ -61,4 +62,5 @@ def fit_boundary(fits: pd.DataFrame) -> Boundary | None:
         return None
     x = data[x_name].to_numpy(np.float64)
     n_candidates = int(fits.attrs.get("n_candidates", len(fits)))
-    return Boundary(x_name, estimate(x, grokked), int(fits["steps"].iloc[0]), n_candidates)
+    steps = int(fits["steps"].iloc[0]) if "steps" in fits.columns else int(fits["budget"].max())
+    return Boundary(x_name, estimate(x, grokked), steps, n_candidates)
