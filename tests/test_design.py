@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import merged
 
-from grokjax.analysis.boundary import fit_boundary
+from grokjax.analysis.boundary import boundary_lines, fit_boundaries
 from grokjax.cli import main
 from grokjax.config.schedule import chunk_rows
 from grokjax.design.boundary import estimate
@@ -92,6 +92,81 @@ def test_picks_stop_at_the_budget_and_at_the_last_candidate():
     more = design.pick(5, order, outcome)
     assert len(more) == 1 and more[0].index in (1, 3) and np.isfinite(more[0].acquisition)
     assert more[0].estimate is not None and design.pick(5, np.array([0, 2, 1]), outcome) == []
+
+
+FRACS = np.array([0.3, 0.5, 0.7])
+WD_STAR = {0.3: 0.6, 0.5: 0.2, 0.7: 0.08}  # the boundary curve: more data, less weight decay needed
+
+
+def _truth_2d(wd: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    star = np.vectorize(WD_STAR.get)(frac)
+    return 1 / (1 + np.exp(-SLOPE * np.log10(wd / star)))
+
+
+def test_with_two_axes_the_design_maps_the_boundary_at_each_value_of_the_second():
+    """16 wd values x 3 fracs x 6 seeds, 96 of 288 chosen in 16 slots (two resolve per refill): the start
+    covers every frac at both ends of wd; later picks spread over the fracs and gather near each one's wd*;
+    each frac's estimate from the picks holds its own wd*; the same outcomes give the same picks."""
+    levels = np.logspace(-2, 0.5, 16)
+    wd, frac = np.meshgrid(levels, FRACS, indexing="ij")
+    wd, frac = np.repeat(wd.ravel(), 6), np.repeat(frac.ravel(), 6)
+    by = np.searchsorted(FRACS, frac)
+    outcomes = (np.random.default_rng(1).random(wd.size) < _truth_2d(wd, frac)).astype(np.int8)
+
+    def simulate():
+        design, slots = BoundaryDesign(wd, 96, 16, by), 16
+        order, outcome, training = np.zeros(0, np.int64), np.full(wd.size, PENDING, np.int8), []
+        while len(order) < 96:
+            done, training = training[:2], training[2:]
+            outcome[done] = outcomes[done]
+            picks = [p.index for p in design.pick(slots - len(training), order, outcome)]
+            order, training = np.concatenate([order, picks]).astype(np.int64), training + picks
+        outcome[order] = outcomes[order]
+        return order, outcome
+
+    order, outcome = simulate()
+    later = order[16:]
+    near = np.abs(np.log10(wd[later] / np.vectorize(WD_STAR.get)(frac[later]))) < 0.4
+    assert near.mean() > 0.45, near.mean()  # 0.29 of the candidates lie this near
+    for b, f in enumerate(FRACS):
+        start = order[:16][by[order[:16]] == b]
+        assert wd[start].min() == levels[0] and wd[start].max() == levels[-1], (f, wd[start])
+        assert (by[later] == b).sum() >= 12, (f, np.bincount(by[later]))  # every frac gets its share
+        mine = order[by[order] == b]
+        e = estimate(wd[mine], outcome[mine], wd)
+        assert e.low < WD_STAR[f] < e.high, (f, e)
+    assert np.array_equal(order, simulate()[0])
+
+
+def test_the_boundary_curve_and_the_critical_fraction_of_a_fitted_grid():
+    """A wd x frac grid whose runs grok by a known curve: wd* at each frac and frac* at each wd (the
+    critical training fraction) hold the truth, as laws rows naming the other axis; censored runs count as
+    not grokked and diverged runs are left out; the summary prints one line per direction."""
+    levels = np.logspace(-2, 0.5, 12)
+    wd, frac = np.meshgrid(levels, FRACS, indexing="ij")
+    wd, frac = np.repeat(wd.ravel(), 8), np.repeat(frac.ravel(), 8)
+    rng = np.random.default_rng(0)
+    phase = np.where(rng.random(wd.size) < _truth_2d(wd, frac), "grokking", "memorization")
+    phase[::17] = "diverged"
+    fits = pd.DataFrame({"wd": wd, "frac": frac, "seed": np.tile(range(8), wd.size // 8), "group": 0,
+                         "steps": 1000, "phase": phase})
+    fits.attrs.update(axes=["wd", "frac", "seed"], arm_keys=[])
+    found = fit_boundaries(fits)
+    along_wd = {b.by_value: b for b in found if b.x_name == "wd"}
+    assert set(along_wd) == set(FRACS) and all(b.by == "frac" for b in along_wd.values())
+    for f, b in along_wd.items():
+        assert b.estimate.low < WD_STAR[f] < b.estimate.high, (f, b)
+        assert b.n_candidates == 96 and b.estimate.n == (phase[frac == f] != "diverged").sum()
+    # frac* at each wd: P(grok) = sigmoid(SLOPE log10(wd / wd*(frac))) crosses 1/2 where wd*(frac) = wd
+    frac_star = {w: b for b in found if b.x_name == "frac" for w in [b.by_value]}
+    assert all(b.by == "wd" for b in frac_star.values()) and len(frac_star) >= 4
+    b = frac_star[min(frac_star, key=lambda w: abs(np.log10(w / 0.2)))]  # the wd nearest frac=0.5's wd*
+    assert b.estimate.low < 0.5 < b.estimate.high, b
+    row = b.row()
+    assert row["target"] == "boundary" and row["x_name"] == "frac" and row["by"] == "wd" and row["wd"] == b.by_value
+    lines = boundary_lines(found)
+    assert len(lines) == 2 and lines[0].startswith("boundary wd* at 1000 steps, by frac: 0.3 → ")
+    assert lines[1].startswith("boundary frac* at 1000 steps, by wd: ")
 
 
 MLP = ["arch=mlp", "p=11", "d_mlp=16", "frac=0.5", "lr=1e-2", "eval_every=5", "chunk_steps=10", "dtype=float64"]
@@ -190,15 +265,15 @@ def test_the_boundary_of_a_fitted_grid():
     fits = pd.DataFrame({"wd": x, "seed": np.tile(range(4), 24), "group": 0, "steps": 1000,
                          "phase": np.where(rng.random(x.size) < _truth(x), "grokking", "memorization")})
     fits.attrs.update(axes=["wd", "seed"], arm_keys=[], n_candidates=200)
-    b = fit_boundary(fits)
-    assert b is not None and b.estimate.low < X_TRUE < b.estimate.high and b.row()["target"] == "boundary"
+    b, = fit_boundaries(fits)
+    assert b.estimate.low < X_TRUE < b.estimate.high and b.row()["target"] == "boundary"
     assert str(b).startswith("boundary wd* = ") and "96 of 200 candidates run" in str(b)
     fits.attrs.update(axes=["seed"])
-    assert fit_boundary(fits) is None
+    assert fit_boundaries(fits) == []
 
 
 @pytest.mark.parametrize("args, says", [
-    (["wd=logspace(-2,0,4)", "lr=[1e-3,1e-2]"], "this grid sweeps lr, wd"),
+    (["wd=logspace(-2,0,4)", "lr=[1e-3,1e-2]", "frac=[0.3,0.5]"], "sweep one or two of wd"),
     (["wd=[0,1]"], "every value must be > 0"),
     (["wd=[0.1,1]", "seeds=2", "runs=9"], "the grid has only 4 candidate runs"),
     (["wd=[0.1,1]", "d_mlp=[16,32]"], "2 compiled groups"),

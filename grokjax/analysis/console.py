@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from grokjax.analysis.fit import NEAR, FitOptions, fit_results
+from grokjax.analysis.boundary import boundary_lines
+from grokjax.analysis.fit import NEAR, FitOptions, candidate_attrs, fit_results
 from grokjax.analysis.report import Report, analyse, report_of
 from grokjax.analysis.summary import near_misses, side_by_side, summary_table
 from grokjax.config.schedule import THRESHOLD
@@ -74,8 +75,8 @@ def fit_and_report(path: Path, opts: FitOptions = FitOptions(), say: Say = print
             + "; ".join(shown) + more)
     for law in report.laws:
         say(str(law))
-    if report.boundary is not None:
-        say(str(report.boundary))
+    for line in boundary_lines(report.boundaries):
+        say(line)
     say(f"phases: {', '.join(f'{k} {v}' for k, v in fits['phase'].value_counts().items())}; "
         f"t_val = first eval with val acc >= {opts.threshold} after which {opts.keep:.0%} of evals stay "
         f">= {opts.threshold - opts.slack:g} (--keep, --slack), followed by at least {opts.confirm} evals "
@@ -92,7 +93,7 @@ def fits_for_plot(path: Path, opts: FitOptions | None = None, say: Say = print) 
         fits, why = saved_fits(path)
         if fits is not None:
             fits.attrs.update(axes=results.axes, arm_keys=results.arm_keys, path=str(path),
-                              n_candidates=len(results.runs))
+                              **candidate_attrs(results))
             say(f"using the fits in {why}")
             return fits
     else:

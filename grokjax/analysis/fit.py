@@ -49,6 +49,7 @@ import pandas as pd
 from grokjax.config.schedule import THRESHOLD, evals_between
 from grokjax.config.structure import DIVERGENCE_LOSS
 from grokjax.errors import UserError
+from grokjax.grid.design import moving_axes
 from grokjax.store.load import Results, load
 from grokjax.store.outputs import save_fits
 
@@ -200,8 +201,20 @@ def fit_results(results: Results, opts: FitOptions = FitOptions()) -> pd.DataFra
     fits = fits.merge(results.runs, on="run_id", how="left")
     fits.attrs.update(threshold=opts.threshold, slack=opts.slack, gap=opts.gap, keep=opts.keep,
                       confirm=opts.confirm, axes=results.axes, arm_keys=results.arm_keys, path=str(results.path),
-                      n_candidates=len(results.runs))
+                      **candidate_attrs(results))
     return fits
+
+
+def candidate_attrs(results: Results) -> dict:
+    """The fits' attrs about the grid's candidate runs (all of them, trained or not): ``n_candidates``, and
+    with one or two swept numbers ``candidates`` = {"axes": those, "cells": [[value..., count], ...]}, what
+    the boundary counts and the figures mark as sampled or not."""
+    axes = [a for a in moving_axes(results.axes) if a in results.runs.columns]
+    out: dict = {"n_candidates": len(results.runs)}
+    if 1 <= len(axes) <= 2 and len(results.runs):
+        cells = results.runs.groupby(axes).size().reset_index()
+        out["candidates"] = {"axes": axes, "cells": cells.to_numpy(np.float64).tolist()}
+    return out
 
 
 def fit(path_or_results: str | Path | Results, threshold: float = THRESHOLD, slack: float = 0.01,

@@ -128,10 +128,10 @@ def fit_laws(fits: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> list[Law]
     return [fit_law(fits, t, n_boot, seed) for t in TARGETS]
 
 
-def laws_table(laws: list[Law], fits: pd.DataFrame, boundary=None) -> pd.DataFrame:
-    """The laws as rows (laws.parquet), then the phase boundary (``analysis.boundary.Boundary``) as a row of
-    target = boundary where there is one, with the fit options they were computed under."""
-    rows = [vars(law) | {"fitted": law.fitted} for law in laws] + ([boundary.row()] if boundary else [])
+def laws_table(laws: list[Law], fits: pd.DataFrame, boundaries: list = ()) -> pd.DataFrame:
+    """The laws as rows (laws.parquet), then the phase boundaries (``analysis.boundary.Boundary``) as rows
+    of target = boundary, with the fit options they were computed under."""
+    rows = [vars(law) | {"fitted": law.fitted} for law in laws] + [b.row() for b in boundaries]
     df = pd.DataFrame(rows)
     for key in ("threshold", "slack", "keep", "gap", "confirm"):
         df[key] = fits.attrs.get(key, math.nan)

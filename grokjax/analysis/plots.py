@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from grokjax.analysis.boundary import fit_boundary
+from grokjax.analysis.boundary import fit_boundaries
 from grokjax.analysis.law import MIN_LAW_CELLS, TARGET_NAMES, Law, fit_law
 from grokjax.analysis.survival import cells
 from grokjax.config.schedule import THRESHOLD
@@ -239,9 +239,22 @@ def _with_axes(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     return df
 
 
-def _heatmap(ax: Axes, fits: pd.DataFrame, x_name: str, y_name: str, fig: Figure) -> None:
+def _candidates(fits: pd.DataFrame, axes: list[str]) -> pd.DataFrame | None:
+    """The grid's candidate points over ``axes`` with their run counts (fits.attrs["candidates"]), or None."""
+    cand = fits.attrs.get("candidates")
+    if not cand or sorted(cand["axes"]) != sorted(axes):
+        return None
+    return pd.DataFrame(cand["cells"], columns=[*cand["axes"], "n"])
+
+
+def _heatmap(ax: Axes, fits: pd.DataFrame, x_name: str, y_name: str, fig: Figure,
+             boundaries: list[Any] = ()) -> None:
+    """Cells of log median t_val over two swept numbers, each labelled; candidates never run (a design's)
+    marked so; the boundary curves x*(y) and y*(x) with their intervals."""
     cell = cells(_with_axes(fits.copy(), [x_name, y_name]))
-    xv, yv = sorted(cell[x_name].unique()), sorted(cell[y_name].unique())
+    cand = _candidates(fits, [x_name, y_name])
+    pts = cand if cand is not None else cell
+    xv, yv = sorted(pts[x_name].unique()), sorted(pts[y_name].unique())
     grid = np.full((len(yv), len(xv)), np.nan)
     for _, r in cell.iterrows():
         grid[yv.index(r[y_name]), xv.index(r[x_name])] = (np.log10(r["median_t_val"])
@@ -252,24 +265,67 @@ def _heatmap(ax: Axes, fits: pd.DataFrame, x_name: str, y_name: str, fig: Figure
         t_val = f"{r['median_t_val']:.0f}" if np.isfinite(r["median_t_val"]) else "-"
         ax.text(xv.index(r[x_name]), yv.index(r[y_name]), f"{t_val}\n{n_grok}/{int(r['n_seeds'])}\n{r['phase'][:4]}",
                 ha="center", va="center", fontsize=7, color="white" if np.isfinite(r["median_t_val"]) else "black")
+    ran = set(zip(cell[x_name], cell[y_name]))
+    for x, y in zip(pts[x_name], pts[y_name]):
+        if (x, y) not in ran:
+            ax.text(xv.index(x), yv.index(y), "not\nrun", ha="center", va="center", fontsize=6, color="#888888")
+    for b in boundaries:
+        _draw_curve(ax, b, x_name, y_name, xv, yv)
     ax.set_xticks(range(len(xv)), [f"{v:g}" for v in xv], rotation=45)
     ax.set_yticks(range(len(yv)), [f"{v:g}" for v in yv])
     ax.set_xlabel(x_name)
     ax.set_ylabel(y_name)
-    ax.set_title("cell: median t_val, grokked/seeds, phase", fontsize=8)
-    fig.colorbar(im, ax=ax, label="log10 median t_val (blank: censored)")
+    ax.set_title("cell: median t_val, grokked/run, phase" + ("; not run: a candidate the design left"
+                                                              if len(ran) < len(pts) else ""), fontsize=8)
+    fig.colorbar(im, ax=ax, label="log10 median t_val (blank: censored or not run)")
+    if boundaries:
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.25, 1.0))
 
 
-def _draw_boundary(ax: Axes, boundary: Any, x_name: str) -> None:
-    """The phase boundary x* (``analysis.boundary.Boundary``, or None) of ``x_name`` as a line and its
-    credible interval as a span, on a log x axis."""
-    if boundary is None or boundary.x_name != x_name or ax.get_xscale() != "log":
+def _draw_curve(ax: Axes, b: Any, x_name: str, y_name: str, xv: list[float], yv: list[float]) -> None:
+    """One point of a boundary curve on the heatmap's cell-index axes: x* at its y (a horizontal 95% bar),
+    or y* at its x (a vertical one), placed by interpolating in log value between the cells."""
+    def at(v: float, values: list[float]) -> float:
+        return float(np.interp(np.log10(v), np.log10(values), np.arange(len(values))))
+    if b.by is None or min(xv[0], yv[0]) <= 0:
         return
-    e = boundary.estimate
-    ax.axvspan(e.low, e.high, color="crimson", alpha=0.10, zorder=0)
-    ax.axvline(e.x_star, color="crimson", lw=1.5, zorder=2,
-               label=f"boundary {boundary.x_name}* = {e} (95%), P(grokked by {boundary.steps}) = 1/2; "
-                     f"{e.n} of {boundary.n_candidates} candidates run")
+    e = b.estimate
+    if b.x_name == x_name and b.by == y_name:
+        c, lo, hi, y = at(e.x_star, xv), at(e.low, xv), at(e.high, xv), yv.index(b.by_value)
+        ax.errorbar([c], [y], xerr=[[c - lo], [hi - c]], fmt="o", color="crimson", ms=4, capsize=2, zorder=3,
+                    label=f"{x_name}* at each {y_name} (95%)")
+    elif b.x_name == y_name and b.by == x_name:
+        c, lo, hi, x = at(e.x_star, yv), at(e.low, yv), at(e.high, yv), xv.index(b.by_value)
+        ax.errorbar([x], [c], yerr=[[c - lo], [hi - c]], fmt="s", color="#1f3b99", ms=4, capsize=2, zorder=3,
+                    label=f"{y_name}* at each {x_name} (95%)")
+
+
+def _mark_unsampled(ax: Axes, fits: pd.DataFrame, x_name: str) -> None:
+    """Candidate values of ``x_name`` no run was trained at (a design's), as grey marks along the bottom."""
+    cand = _candidates(fits, [x_name])
+    if cand is None:
+        return
+    left = sorted(set(cand[x_name]) - set(fits[x_name]))
+    left = [v for v in left if v > 0]
+    if left:
+        y = ax.get_ylim()[0] * 1.25
+        ax.plot(left, [y] * len(left), "x", color="#888888", ms=5, zorder=3,
+                label=f"candidate not run ({len(left)} of {cand[x_name].nunique()} values)")
+
+
+def _draw_boundary(ax: Axes, boundaries: list[Any], x_name: str) -> None:
+    """The phase boundary x* (an ``analysis.boundary.Boundary`` of one axis) of ``x_name`` as a line and its
+    credible interval as a span, on a log x axis."""
+    for b in boundaries:
+        if b.by is not None or b.x_name != x_name or ax.get_xscale() != "log":
+            continue
+        e = b.estimate
+        ax.axvspan(e.low, e.high, color="crimson", alpha=0.10, zorder=0)
+        ax.axvline(e.x_star, color="crimson", lw=1.5, zorder=2,
+                   label=f"boundary {b.x_name}* = {e} (95%), P(grokked by {b.steps}) = 1/2; "
+                         f"{e.n} of {b.n_candidates} candidates run")
 
 
 def plot_phase_diagram(fits: pd.DataFrame, ax: Axes | None = None, report: Any = None) -> Figure:
@@ -304,8 +360,9 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: Axes | None = None, report: Any =
     else:
         fig, pairs = ax.figure, [(ax, None)]
     for (label, sub), (a, zero_a) in zip(facets, pairs):
+        boundaries = report.boundaries if report is not None and len(facets) == 1 else fit_boundaries(sub)
         if len(numeric) >= 2:
-            _heatmap(a, sub, numeric[0], numeric[1], fig)
+            _heatmap(a, sub, numeric[0], numeric[1], fig, boundaries)
         else:
             with_law = numeric[0] == "wd"
             laws = None
@@ -313,8 +370,8 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: Axes | None = None, report: Any =
                 laws = (report.laws[:2] if report is not None and len(facets) == 1
                         else [fit_law(sub, "t_val"), fit_law(sub, "delay")])
             a = _diagram_1d(a, sub, numeric[0], laws, zero_a)
-            boundary = report.boundary if report is not None and len(facets) == 1 else fit_boundary(sub)
-            _draw_boundary(a, boundary, numeric[0])
+            _draw_boundary(a, boundaries, numeric[0])
+            _mark_unsampled(a, sub, numeric[0])
             handles, labels = a.get_legend_handles_labels()
             majority = cells(_with_axes(sub.copy(), [numeric[0]]))["phase"]  # the bands drawn
             phases = sorted(set(majority), key=list(PHASE_COLORS).index)

@@ -3,12 +3,12 @@ the laws, as one Report (``save`` writes fits.parquet, cells.parquet and laws.pa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from grokjax.analysis.boundary import Boundary, fit_boundary
+from grokjax.analysis.boundary import Boundary, fit_boundaries
 from grokjax.analysis.fit import FitOptions, fit_results
 from grokjax.analysis.law import Law, fit_laws, laws_table
 from grokjax.analysis.survival import cells
@@ -21,17 +21,17 @@ class Report:
     fits: pd.DataFrame
     cells: pd.DataFrame
     laws: list[Law]
-    boundary: Boundary | None = None
+    boundaries: list[Boundary] = field(default_factory=list)
 
     @property
     def laws_frame(self) -> pd.DataFrame:
-        """The laws, and the boundary as a row with target = boundary."""
-        return laws_table(self.laws, self.fits, self.boundary)
+        """The laws, and each boundary as a row with target = boundary."""
+        return laws_table(self.laws, self.fits, self.boundaries)
 
 
 def report_of(fits: pd.DataFrame) -> Report:
     """Cells and laws of per-run fits (deterministic: fixed bootstrap seeds)."""
-    return Report(fits, cells(fits), fit_laws(fits), fit_boundary(fits))
+    return Report(fits, cells(fits), fit_laws(fits), fit_boundaries(fits))
 
 
 def analyse(source: str | Path | Results, opts: FitOptions = FitOptions(), save: bool = False) -> Report:

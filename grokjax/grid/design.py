@@ -1,33 +1,41 @@
 """design=boundary over a grid: the swept number whose boundary is mapped, how many runs, the checks.
 
-The grid's runs are the candidates. The design maps one swept per-model number x (wd, lr, frac, ...; the
-seed axes only replicate), so a grid with a second such axis, with arms, or with several compiled groups is
-refused in one line, as is ``runs`` above the number of candidates.
+The grid's runs are the candidates. The design maps the boundary along one swept per-model number x (wd, lr,
+frac, ...; the seed axes only replicate): the first one typed. A second such axis makes it a boundary curve,
+x* at each of that axis's values. A grid with three such axes, with arms, or with several compiled groups
+is refused in one line, as is ``runs`` above the number of candidates.
 """
 
 from __future__ import annotations
 
-from grokjax.config.fields import FIELDS, SHORT_NAMES
+from grokjax.config.fields import ALIASES, FIELDS, SHORT_NAMES
 from grokjax.errors import UserError
 
 REPLICATES = ("hp.seed", "hp.data_seed")  # axes that repeat a point rather than move it
 MIN_RUNS = 8
 
 
-def design_axis(sweep) -> str:
-    """The dotted path of the one swept per-model number a design maps (``sweep``: grid.expand.Sweep)."""
+def moving_axes(names: list[str]) -> list[str]:
+    """The swept per-model numbers among the axes ``names`` (short names, as in results), seeds left out."""
+    return [a for a in names if a in ALIASES and FIELDS[ALIASES[a]].per_model and ALIASES[a] not in REPLICATES]
+
+
+def design_axes(sweep) -> tuple[str, str | None]:
+    """The dotted paths of the swept per-model number a design maps x* along (the first typed) and of the
+    second one it maps x* at each value of, or None (``sweep``: grid.expand.Sweep)."""
     moving = [a for a in sweep.axes if FIELDS[a].per_model and a not in REPLICATES]
-    if len(moving) != 1:
+    if not 1 <= len(moving) <= 2:
         shown = ", ".join(SHORT_NAMES[a] for a in moving) or "none"
         raise UserError(f"design=boundary maps the boundary along one swept number (e.g. "
-                        f"'wd=logspace(-3,1,32)' seeds=16); this grid sweeps {shown}: sweep exactly one of "
-                        f"wd, lr, frac, init_scale, ... (with seeds) or use design=grid")
+                        f"'wd=logspace(-3,1,32)' seeds=16), or a boundary curve over two (e.g. wd and frac); "
+                        f"this grid sweeps {shown}: sweep one or two of wd, lr, frac, init_scale, ... (with "
+                        f"seeds) or use design=grid")
     axis = moving[0]
     bad = [v for v in sweep.values[axis] if not float(v) > 0]
     if bad:
         raise UserError(f"design=boundary: {SHORT_NAMES[axis]}={bad[0]!r}: the boundary is fitted in log "
-                        f"{SHORT_NAMES[axis]}, so every value must be > 0")
-    return axis
+                        f"{SHORT_NAMES[axis]} (the first swept number), so every value must be > 0")
+    return axis, (moving[1] if len(moving) == 2 else None)
 
 
 def design_runs(requested: int, n_candidates: int) -> int:
@@ -54,7 +62,7 @@ def check_design(sweep) -> None:
     if len(groups) > 1:
         raise UserError(f"design=boundary: the grid has {len(groups)} compiled groups (a structural key is "
                         f"swept); a design maps one group: sweep only per-model numbers")
-    design_axis(sweep)
+    design_axes(sweep)
     runs, n = int(sweep.values["train.runs"][0]), sweep.n_runs()
     if runs > n:
         raise UserError(f"runs={runs}: the grid has only {n} candidate runs; accepted: 1 to {n} (0: a quarter)")

@@ -19,7 +19,7 @@ from grokjax.engine.program import Program, param_names, state_shapes
 from grokjax.engine.single import Engine, engine_for
 from grokjax.errors import Interrupted, UserError
 from grokjax.design.chooser import BoundaryDesign
-from grokjax.grid.design import design_axis, design_runs, design_slots
+from grokjax.grid.design import design_axes, design_runs, design_slots
 from grokjax.grid.expand import Sweep, changed_settings
 from grokjax.grid.plan import disk_bytes
 from grokjax.grid.shard import Shard
@@ -222,8 +222,8 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
     for gi, (group, runs) in enumerate(groups):
         if not runs:  # this shard has no run in the group
             continue
-        axis = design_axis(sweep) if group.train.design == "boundary" else None
-        pool = _open_pool(gi, len(groups), group, runs, engines[gi], plans, rd, rep, tracker, resume, peers, axis)
+        axes = design_axes(sweep) if group.train.design == "boundary" else None
+        pool = _open_pool(gi, len(groups), group, runs, engines[gi], plans, rd, rep, tracker, resume, peers, axes)
         where = f"group {gi + 1}/{len(groups)}"
         every = group.train.checkpoint_every
         for c in pool.chunks(want_state=lambda end, n: crosses(end, every, n), should_stop=stop):
@@ -277,18 +277,20 @@ def _choose_slots(engine: Engine, group: GroupConfig, runs: list) -> tuple[int, 
     return n, why if t.models_per_batch else f"{n} slots (design=boundary: a quarter of its {n_runs} runs)"
 
 
-def _design(axis: str | None, group: GroupConfig, runs: list, n_slots: int) -> BoundaryDesign | None:
-    """design=boundary: the chooser over the group's runs along ``axis``, its first ``n_slots`` picks
-    space-filling."""
-    if axis is None:
+def _design(axes: tuple[str, str | None] | None, group: GroupConfig, runs: list,
+            n_slots: int) -> BoundaryDesign | None:
+    """design=boundary: the chooser over the group's runs along ``axes`` (x, and the second axis or None),
+    its first ``n_slots`` picks space-filling."""
+    if axes is None:
         return None
-    x = np.array([float(r.get(axis)) for r in runs])
-    return BoundaryDesign(x, design_runs(group.train.runs, len(runs)), n_slots)
+    x = np.array([float(r.get(axes[0])) for r in runs])
+    by = None if axes[1] is None else np.unique([r.get(axes[1]) for r in runs], return_inverse=True)[1]
+    return BoundaryDesign(x, design_runs(group.train.runs, len(runs)), n_slots, by)
 
 
 def _open_pool(gi: int, n_groups: int, group: GroupConfig, runs: list, engine: Engine, plans: dict,
                rd: ResultsDir, rep: Reporter, tracker: Tracker, resume: bool, peers: Peers,
-               axis: str | None = None) -> SlotPool:
+               axes: tuple[str, str | None] | None = None) -> SlotPool:
     """The group's slot pool: from its checkpoint when resuming (the files written after it cleared), else
     from the start with the planned number of slots (a resume without a usable checkpoint clears the
     group's files first)."""
@@ -304,7 +306,7 @@ def _open_pool(gi: int, n_groups: int, group: GroupConfig, runs: list, engine: E
             rd.clear_group(gi)
         peers.sync(f"grokjax-group-{gi}")
         n_slots, why = plans.get(gi) or _choose_slots(engine, group, runs)
-    design = _design(axis, group, runs, n_slots)
+    design = _design(axes, group, runs, n_slots)
     queue = (f"{design.budget} of its {len(runs)} runs to be chosen" if design else f"{len(runs)} runs queued")
     rep.say(f"group {gi + 1} of {n_groups}: {describe(group)}; {why}, {queue}")
     program = lambda n: _program(engine, n, rep, f"group {gi + 1} of {n_groups} ({n} slots)")  # noqa: E731
