@@ -132,6 +132,8 @@ def test_with_two_axes_the_design_maps_the_boundary_at_each_value_of_the_second(
         start = order[:16][by[order[:16]] == b]
         assert wd[start].min() == levels[0] and wd[start].max() == levels[-1], (f, wd[start])
         assert (by[later] == b).sum() >= 12, (f, np.bincount(by[later]))  # every frac gets its share
+        centre = np.median(np.log10(wd[later][by[later] == b] / WD_STAR[f]))
+        assert abs(centre) < 0.3, (f, centre)  # around its own wd*, not a wd* pooled over the fracs
         mine = order[by[order] == b]
         e = estimate(wd[mine], outcome[mine], wd)
         assert e.low < WD_STAR[f] < e.high, (f, e)
