@@ -171,7 +171,7 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
         plans = {}
         for gi, (e, (g, runs)) in enumerate(zip(engines, groups)):
             if not resume and runs:
-                with rep.compiling(f"group {gi + 1} of {len(groups)} ({len(runs)} models)"), \
+                with rep.compiling(f"group {gi + 1} of {len(groups)} ({_n_trained(g, runs)} runs)"), \
                         _out_of_memory_is_one_line(None):
                     n, why = _choose_slots(e, g, runs)
                 # Free memory may differ between hosts: every process takes process 0's batch size.
