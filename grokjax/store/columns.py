@@ -182,6 +182,9 @@ LAWS: dict[str, Column] = {
     "n_runs": Column("target=boundary: the runs behind the estimate (diverged runs left out)", "",
                      "NaN: other targets"),
     "n_grokked": Column("target=boundary: how many of them grokked within the budget", "", "NaN: other targets"),
+    "by": Column("target=boundary with two swept numbers: the other one, held at the value in the column of "
+                 "its name (e.g. x_name=frac, by=wd, wd=0.3: the critical training fraction frac* at wd 0.3)", "",
+                 "null: one swept number, or other targets"),
     "fitted": Column("false when fewer than MIN_LAW_CELLS (3) cells qualified"),
     "threshold": Column("fit option --threshold", "fraction"),
     "slack": Column("fit option --slack", "fraction"),
