@@ -46,16 +46,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from grokjax.analysis.beyond import DESCENT_COLUMNS, NORM_GAP_COLUMNS, curve_measures
 from grokjax.config.schedule import THRESHOLD, evals_between
 from grokjax.config.structure import DIVERGENCE_LOSS
 from grokjax.errors import UserError
 from grokjax.grid.design import moving_axes
+from grokjax.grid.expand import n_train_of
 from grokjax.store.load import Results, load
+from grokjax.tasks.tables import n_pairs_of
 from grokjax.store.outputs import save_fits
 
 FIT_COLUMNS = ["t_train", "t_val", "delay", "censored", "unconfirmed", "phase", "budget", "t_val_first",
                "t_val_interp", "t_diverged", "mid_step", "width_decades", "final_train_acc", "final_val_acc",
-               "max_val_acc", "stop_step"]
+               "max_val_acc", "stop_step", *DESCENT_COLUMNS, *NORM_GAP_COLUMNS]
 NEAR = 0.02  # a run whose best validation accuracy came this close to the threshold is a near miss
 PHASES = ("comprehension", "grokking", "memorization", "confusion", "diverged")
 GROKKED = ("comprehension", "grokking")
@@ -192,17 +195,23 @@ def fit_results(results: Results, opts: FitOptions = FitOptions()) -> pd.DataFra
     stopped = dict(zip(results.stops["run_id"].tolist(), results.stops["stop_step"].tolist()))
     skipped = {int(r.run_id): _evals_between(int(r.stop_step), results.runs, int(r.run_id))
                for r in grokked.itertuples()}
-    for rid in results.runs["run_id"]:
+    for run in results.runs.itertuples():
+        rid = run.run_id
         if rid in by_run:
-            budget = int(results.runs.loc[results.runs["run_id"] == rid, "steps"].iloc[0])
-            rows.append({"run_id": int(rid)} | fit_run(by_run[rid], opts, skipped.get(int(rid), 0), budget)
-                        | {"stop_step": float(stopped.get(int(rid), math.nan))})
+            row = fit_run(by_run[rid], opts, skipped.get(int(rid), 0), int(run.steps))
+            rows.append({"run_id": int(rid)} | row | {"stop_step": float(stopped.get(int(rid), math.nan))}
+                        | curve_measures(by_run[rid], row["t_train"], row["t_val"], _n_train(run)))
     fits = pd.DataFrame(rows, columns=["run_id", *FIT_COLUMNS])
     fits = fits.merge(results.runs, on="run_id", how="left")
     fits.attrs.update(threshold=opts.threshold, slack=opts.slack, gap=opts.gap, keep=opts.keep,
                       confirm=opts.confirm, axes=results.axes, arm_keys=results.arm_keys, path=str(results.path),
                       **candidate_attrs(results))
     return fits
+
+
+def _n_train(run) -> int:
+    """The training pairs of a runs-table row (a namedtuple)."""
+    return n_train_of(float(run.frac), n_pairs_of(run.op, int(run.p), bool(run.nonzero_y), run.dataset))
 
 
 def candidate_attrs(results: Results) -> dict:

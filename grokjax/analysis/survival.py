@@ -87,7 +87,9 @@ def cells(fits: pd.DataFrame, n_boot: int = 500, seed: int = 0) -> pd.DataFrame:
         row = dict(zip(axes, key))
         q = (lambda b, p: float(np.quantile(b, p, method="inverted_cdf"))) if len(cell) >= MIN_SEEDS_FOR_INTERVAL \
             else (lambda b, p: math.nan)  # a bootstrap over 1 or 2 seeds resamples almost nothing
-        row |= dict(n_seeds=len(cell), frac_grokked=float(np.mean(cell["phase"].isin(GROKKED))),
+        row |= dict(n_seeds=len(cell),
+                    n_double_descent=int(cell["t_second_descent"].notna().sum()) if "t_second_descent" in cell else 0,
+                    frac_grokked=float(np.mean(cell["phase"].isin(GROKKED))),
                     median_t_val=kaplan_meier_median(times, observed),
                     ci_low=q(boots, 0.025), ci_high=q(boots, 0.975),
                     median_delay=kaplan_meier_median(d_times, d_observed) if d_times.size else math.nan,

@@ -107,6 +107,8 @@ DESIGN: dict[str, Column] = {
                                "NaN: as x_star_then"),
 }
 
+_AT = (("t_train", "t_train", "never memorized"), ("t_val", "t_val", "no t_val"),
+       ("end", "the last evaluation", "no evaluation"))
 FITS: dict[str, Column] = {
     "run_id": RUNS["run_id"],
     "t_train": Column("first logged step with train accuracy >= threshold", STEP, "NaN: never reached"),
@@ -133,10 +135,28 @@ FITS: dict[str, Column] = {
     "max_val_acc": Column("best validation accuracy of the run", "fraction", "NaN: none finite"),
     "stop_step": Column("stop=resolved: the step the run stopped at, resolved (see the stops table)", STEP,
                         "NaN: trained to its budget"),
-} | {k: v for k, v in RUNS.items() if k != "run_id"} | {k: v for k, v in DESIGN.items() if k != "run_id"}
+    "t_val_loss_min": Column("epoch-wise double descent (Nakkiran et al. 2021; Davies et al. 2023): the first "
+                             "local minimum after t_train of the val loss, log10, smoothed by a running median "
+                             "of 5 evaluations, of prominence >= 0.1 decades (grokjax.analysis.beyond)", STEP,
+                             "NaN: never memorized, or no such minimum"),
+    "t_val_loss_peak": Column("the first prominent maximum of the smoothed val loss after t_val_loss_min", STEP,
+                              "NaN: no minimum, or no peak after it"),
+    "val_loss_peak_height": Column("the peak's height above that minimum, log10 of the smoothed losses",
+                                   "decades", "NaN: no peak"),
+    "t_second_descent": Column("the first evaluation after the peak whose smoothed val loss is below the "
+                               "minimum's: the second descent", STEP, "NaN: no peak, or it never falls back"),
+    "n_val_loss_peaks": Column("prominent maxima of the smoothed val loss after t_train", "", "never"),
+} | {f"gap_{at}": Column(f"generalization gap val_loss - train_loss at the first evaluation at or after "
+                         f"{what}", "nats", f"NaN: {null}") for at, what, null in _AT} \
+  | {f"norm2_per_n_{at}": Column(f"param_norm^2 / n_train (the training pairs) at the first evaluation at or "
+                                 f"after {what}: the norm-gap relation's x", "", f"NaN: {null}")
+     for at, what, null in _AT} \
+  | {k: v for k, v in RUNS.items() if k != "run_id"} | {k: v for k, v in DESIGN.items() if k != "run_id"}
 
 CELLS: dict[str, Column] = {
     "n_seeds": Column("runs in the cell (every swept value fixed except the seed)"),
+    "n_double_descent": Column("runs of the cell whose val loss shows a double descent: a prominent minimum "
+                               "after t_train, a peak, then a fall below that minimum (fits' t_second_descent)"),
     "frac_grokked": Column("fraction of the cell's runs in the grokking or comprehension phase", "fraction"),
     "median_t_val": Column("Kaplan-Meier median of t_val, censored runs censored at their budget, diverged "
                            "runs left out", STEP, "inf: more than half never grok"),
