@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--measures", action="store_true",
                            help="also draw the progress measures (measures=) of a grokking and a memorizing run "
                                 "side by side -> DIR/measures.FORMAT")
+            c.add_argument("--norm-gap", action="store_true",
+                           help="also draw the generalization gap against ||theta||^2/n_train of every run, with "
+                                "the fitted log-log slope -> DIR/norm_gap.FORMAT")
             c.add_argument("--runs", default=None, metavar="ID,ID",
                            help="with --measures: these run_ids instead (comma-separated)")
     e = sub.add_parser("export", help="write a results directory as TensorBoard event files, offline W&B runs "
@@ -265,10 +268,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"--output {args.output}: places the comparison of several DIRs; one DIR's "
                                 f"figures go into it (DIR/phase_diagram.{args.format})")
             fits = console.fits_for_plot(paths[0], _options(args) if _options_given(args) else None)
-            console.plot_dir(paths[0], fits, args.format, args.curves, args.measures, args.runs)
+            console.plot_dir(paths[0], fits, args.format, args.curves, args.measures, args.runs, args.norm_gap)
         else:
-            for flag in ("curves", "measures", "runs"):
+            for flag in ("curves", "measures", "runs", "norm_gap"):
                 if getattr(args, flag):
+                    flag = flag.replace("_", "-")
                     raise UserError(f"--{flag}: draws one results directory's runs, not a comparison of "
                                     f"{len(paths)} directories; give one DIR with --{flag}")
             console.plot_many(paths, _options(args) if _options_given(args) else None, args.format, args.output)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from grokjax.analysis.beyond import curve_measures, double_descent, norm_gap
+from grokjax.analysis.norm_gap import fit_norm_gap, plot_norm_gap
 from grokjax.analysis.survival import cells
 
 STEPS = np.arange(0, 2001, 10)
@@ -66,3 +67,20 @@ def test_a_cell_counts_its_runs_with_a_double_descent():
     fits = pd.DataFrame(rows)
     fits.attrs.update(axes=["wd", "seed"])
     assert cells(fits, n_boot=10)["n_double_descent"].tolist() == [2]
+
+
+def test_the_norm_gap_slope_of_a_known_power_law():
+    """gap = 0.3 (||theta||^2/n)^2 times noise of 5%: the slope's interval holds 2 and is narrow; runs with a
+    gap <= 0 are left out; the figure draws the fitted line."""
+    rng = np.random.default_rng(0)
+    x = np.geomspace(0.5, 8, 40)
+    fits = pd.DataFrame({"wd": np.repeat([0.1, 1.0], 20), "frac": 0.5, "norm2_per_n_end": x,
+                         "gap_end": 0.3 * x ** 2 * np.exp(rng.normal(0, 0.05, x.size)),
+                         "norm2_per_n_t_train": x, "gap_t_train": 1.0})
+    fits.loc[0, "gap_end"] = -0.1
+    fit = fit_norm_gap(fits)
+    assert fit.n == 39 and fit.low < 2 < fit.high and fit.high - fit.low < 0.1, fit
+    assert str(fit).startswith("norm-gap at end: gap ∝ (‖θ‖²/n)^2.0")
+    fig = plot_norm_gap(fits)
+    assert any(line.get_label().startswith("norm-gap at end") for line in fig.axes[0].get_lines())
+    assert "1 point(s) with a gap ≤ 0 not drawn" in fig._suptitle.get_text()

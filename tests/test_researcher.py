@@ -235,6 +235,15 @@ def test_plot_uses_the_saved_fits_unless_told_otherwise(swept, capsys):
     assert main(["fit", str(path)]) == 0  # leave the default fits for the other tests
 
 
+def test_plot_draws_the_norm_gap_and_the_double_descents(swept, capsys):
+    path = swept.path
+    capsys.readouterr()
+    assert main(["plot", str(path), "--norm-gap", "--curves"]) == 0
+    out = capsys.readouterr().out
+    assert "norm-gap at end:" in out and (path / "norm_gap.png").stat().st_size > 0
+    assert (path / "curves.png").stat().st_size > 0
+
+
 def test_two_sweeps_are_compared_side_by_side(swept, tmp_path, capsys):
     other = tmp_path / "other"
     assert main(["sweep", *merged(TINY, ["wd=[0.3,1]", "seeds=2", "lr=1e-2"]), "--out", str(other), "--quiet",

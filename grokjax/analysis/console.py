@@ -132,8 +132,8 @@ def run_ids(text: str | None, fits: pd.DataFrame) -> list[int] | None:
 
 
 def plot_dir(path: Path, fits: pd.DataFrame, fmt: str = "png", curves: bool = False, measures: bool = False,
-             runs: str | None = None, say: Say = print) -> None:
-    """``grokjax plot DIR``: the phase diagram (and the curves and measures figures when asked)."""
+             runs: str | None = None, norm_gap: bool = False, say: Say = print) -> None:
+    """``grokjax plot DIR``: the phase diagram (and the curves, measures and norm-gap figures when asked)."""
     from grokjax.analysis.curves import plot_curves
     from grokjax.analysis.plots import plot_phase_diagram
 
@@ -146,6 +146,13 @@ def plot_dir(path: Path, fits: pd.DataFrame, fmt: str = "png", curves: bool = Fa
 
         figure = plot_measures(load(path).metrics, fits, ids)
         say(f"wrote {save_figure(figure, path / f'measures.{fmt}')}")
+    if norm_gap:
+        from grokjax.analysis.norm_gap import fit_norm_gap, plot_norm_gap
+
+        if "gap_end" not in fits:
+            raise UserError(f"{path}: its fits.parquet predates the norm-gap columns; run grokjax fit {path} first")
+        say(str(fit_norm_gap(fits)))
+        say(f"wrote {save_figure(plot_norm_gap(fits), path / f'norm_gap.{fmt}')}")
 
 
 def labels(paths: list[Path]) -> list[str]:

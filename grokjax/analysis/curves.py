@@ -38,6 +38,7 @@ def plot_curves(results_metrics: pd.DataFrame, fits: pd.DataFrame) -> Figure:
             rows = m[m[col].notna()]
             ax.plot(rows["step"], rows[col], ls=ls, lw=0.9, color=c, alpha=0.85, ms=2.5,
                     marker="." if len(rows) <= _MARKED else None)  # evaluation points, not every step
+        _mark_descent(grid[1, 1], m, info.loc[rid], c)
     eval_steps = np.unique(results_metrics.loc[results_metrics["val_acc"].notna(), "step"])
     linthresh = float(eval_steps[1] - eval_steps[0]) if eval_steps.size > 1 else 1.0
     for ax, (col, title, log_y) in zip(grid.ravel(), panels):
@@ -53,10 +54,26 @@ def plot_curves(results_metrics: pd.DataFrame, fits: pd.DataFrame) -> Figure:
     legend_ax.axis("off")
     handles = [Line2D([], [], color=color[w], label=f"wd={w:g}") for w in wds]
     handles += [Line2D([], [], color="black", ls=style[s], label=f"seed {s}") for s in seeds[:len(styles)]]
+    handles += [Line2D([], [], ls="", marker=mk, color="black", mfc="none", label=what) for mk, what in _DESCENT]
     legend_ax.legend(handles=handles, loc="center", fontsize=8, ncol=2)
     fig.suptitle(f"Learning curves\n{sweep_title(fits)}", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+_DESCENT = (("v", "val loss: minimum after t_train"), ("^", "its peak (double descent)"),
+            ("o", "second descent below the minimum"))
+
+
+def _mark_descent(ax, m: pd.DataFrame, fit: pd.Series, color) -> None:
+    """A run's double descent (fits' t_val_loss_min, t_val_loss_peak, t_second_descent) on its val loss."""
+    for (mk, _), col in zip(_DESCENT, ("t_val_loss_min", "t_val_loss_peak", "t_second_descent")):
+        t = fit.get(col, np.nan)
+        if np.isfinite(t):
+            at = m.loc[m["step"] == t, "val_loss"]
+            if len(at):
+                ax.scatter([t], [float(at.iloc[0])], marker=mk, s=28, facecolors="none", edgecolors=color,
+                           lw=1.1, zorder=4)
 
 
 _MEASURE_PANELS = (
