@@ -84,3 +84,41 @@ def test_the_norm_gap_slope_of_a_known_power_law():
     fig = plot_norm_gap(fits)
     assert any(line.get_label().startswith("norm-gap at end") for line in fig.axes[0].get_lines())
     assert "1 point(s) with a gap ≤ 0 not drawn" in fig._suptitle.get_text()
+
+
+def _sling_run(turn: bool, shrink: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """3,000 steps: the train loss sits at 1e-7 and spikes to 0.1 at steps 1000 and 2200 (decaying back
+    over 100 steps); the last layer's ln-norm grows 0.001 a step and, with ``turn``, falls 0.002 a step for
+    100 steps after each spike; ``shrink`` is a steady ln-norm decay a step (weight decay)."""
+    steps = np.arange(3000)
+    loss = np.full(steps.size, -7.0)
+    slope = np.full(steps.size, 0.001) - shrink
+    for s in (1000, 2200):
+        after = (steps >= s) & (steps < s + 100)
+        loss[after] = -1.0 - 6.0 * (steps[after] - s) / 100
+        if turn:
+            slope[after] = -0.002 - shrink
+    loss[steps < 100] = 0.0  # before t_train
+    return steps, 10 ** loss, np.exp(np.cumsum(slope))
+
+
+def test_slingshots_are_spikes_at_which_the_last_layer_norm_turns():
+    from grokjax.analysis.beyond import slingshots
+
+    got = slingshots(*_sling_run(turn=True), t_train=100.0)
+    assert got == {"n_slingshots": 2, "slingshot_steps": "1000,2200", "slingshot_period": 1200.0}
+    assert slingshots(*_sling_run(turn=False), t_train=100.0)["n_slingshots"] == 0  # spikes, no turn
+    steady = slingshots(*_sling_run(turn=False, shrink=0.01), t_train=100.0)  # wd shrinks it throughout
+    assert steady["n_slingshots"] == 0
+    assert slingshots(*_sling_run(turn=True), t_train=1500.0)["slingshot_steps"] == "2200"
+    one = slingshots(*_sling_run(turn=True), t_train=2000.0)
+    assert one["n_slingshots"] == 1 and math.isnan(one["slingshot_period"])
+
+
+def test_without_the_norms_measure_slingshots_are_not_counted():
+    steps, loss, norm = _sling_run(turn=True)
+    m = pd.DataFrame({"step": steps, "train_loss": loss, "val_loss": np.where(steps % 50 == 0, 1.0, np.nan),
+                      "param_norm": 1.0})
+    got = curve_measures(m, 100.0, math.nan, 10)
+    assert math.isnan(got["n_slingshots"]) and got["slingshot_steps"] == ""
+    assert curve_measures(m.assign(unembed_norm=norm), 100.0, math.nan, 10)["n_slingshots"] == 2

@@ -17,6 +17,20 @@ The norm-gap relation (the generalization gap against ||theta||^2 / n, as the we
 grokking has it: Liu et al. 2022, Omnigrok; Varma et al. 2023): ``gap`` = val_loss - train_loss and
 ``norm2_per_n`` = param_norm^2 / n_train at the first evaluation at or after t_train, at or after t_val,
 and at the last evaluation (suffixes ``_t_train``, ``_t_val``, ``_end``).
+
+Slingshots (Thilak et al. 2022): cycles in which the last layer's norm grows while the train loss sits
+near zero, then the loss spikes and the norm turns. The rule, on the logged train steps after t_train (it
+needs ``measures=norms``, whose ``unembed_norm`` is logged at every logged step):
+
+- a spike: log10 train_loss at least ``SPIKE_DECADES`` above its minimum over the previous
+  ``SLING_WINDOW`` steps; spikes within ``SLING_WINDOW`` steps of the previous one are one event, at its
+  first step s;
+- a slingshot: a spike at which the last layer's norm turns: the slope of ln ``unembed_norm`` over
+  [s, s + W] differs from its slope over [s - W, s] by at least ``NORM_TURN`` per W (W = SLING_WINDOW).
+  Weight decay's steady shrinking changes both slopes alike and is not a turn.
+
+``n_slingshots`` counts them, ``slingshot_steps`` lists their steps (comma-separated) and
+``slingshot_period`` is the median spacing between consecutive ones.
 """
 
 from __future__ import annotations
@@ -32,6 +46,10 @@ SMOOTH_EVALS = 5
 PROMINENCE = 0.1  # decades of val loss
 DESCENT_COLUMNS = ("t_val_loss_min", "t_val_loss_peak", "val_loss_peak_height", "t_second_descent",
                    "n_val_loss_peaks")
+SPIKE_DECADES = 1.0
+SLING_WINDOW = 50  # steps
+NORM_TURN = 0.02  # change of ln-norm slope, per window
+SLING_COLUMNS = ("n_slingshots", "slingshot_steps", "slingshot_period")
 NORM_GAP_COLUMNS = tuple(f"{q}_{at}" for at in ("t_train", "t_val", "end") for q in ("gap", "norm2_per_n"))
 
 
@@ -83,8 +101,34 @@ def norm_gap(evals: pd.DataFrame, t_train: float, t_val: float, n_train: int) ->
     return out
 
 
+def slingshots(steps: np.ndarray, train_loss: np.ndarray, norm: np.ndarray, t_train: float) -> dict:
+    """The slingshot columns of one run from its logged rows (``steps`` [n] sorted, ``train_loss`` [n],
+    the last layer's ``norm`` [n]); 0 events before t_train or on a finite curve without spikes."""
+    ok = np.isfinite(train_loss) & np.isfinite(norm) & (norm > 0)
+    steps, loss, norm = np.asarray(steps)[ok], np.log10(np.maximum(train_loss[ok], 1e-300)), np.log(norm[ok])
+    events: list[float] = []
+    if np.isfinite(t_train) and len(steps) > 2:
+        prior = pd.Series(loss, index=pd.to_datetime(steps, unit="s")).rolling(f"{SLING_WINDOW}s").min()
+        prior = np.r_[np.inf, prior.to_numpy()[:-1]]  # the minimum before each step, the step left out
+        spikes = steps[(loss - prior >= SPIKE_DECADES) & (steps > t_train)]
+        starts = [float(s) for i, s in enumerate(spikes) if i == 0 or s - spikes[i - 1] > SLING_WINDOW]
+        for s in starts:
+            u0, u1, u2 = np.interp([s - SLING_WINDOW, s, s + SLING_WINDOW], steps, norm)
+            if abs((u2 - u1) - (u1 - u0)) >= NORM_TURN:
+                events.append(s)
+    period = float(np.median(np.diff(events))) if len(events) > 1 else math.nan
+    return {"n_slingshots": len(events), "slingshot_steps": ",".join(f"{e:.0f}" for e in events),
+            "slingshot_period": period}
+
+
 def curve_measures(m: pd.DataFrame, t_train: float, t_val: float, n_train: int) -> dict[str, float]:
-    """Both sets of columns for one run's metric rows ``m`` (any order)."""
+    """Every set of columns for one run's metric rows ``m`` (any order); the slingshot columns are NaN
+    (and "") without ``unembed_norm`` (measures=norms)."""
     ev = m[m["val_loss"].notna()].sort_values("step")
-    return (double_descent(ev["step"].to_numpy(), ev["val_loss"].to_numpy(np.float64), t_train)
-            | norm_gap(ev, t_train, t_val, n_train))
+    out = (double_descent(ev["step"].to_numpy(), ev["val_loss"].to_numpy(np.float64), t_train)
+           | norm_gap(ev, t_train, t_val, n_train))
+    if "unembed_norm" not in m or m["unembed_norm"].isna().all():
+        return out | {"n_slingshots": math.nan, "slingshot_steps": "", "slingshot_period": math.nan}
+    tr = m[m["train_loss"].notna()].sort_values("step")
+    return out | slingshots(tr["step"].to_numpy(), tr["train_loss"].to_numpy(np.float64),
+                            tr["unembed_norm"].to_numpy(np.float64), t_train)

@@ -83,6 +83,7 @@ _MEASURE_PANELS = (
     ("parameter norms", (("param_norm", "all"), ("norm_embed", "embed"), ("norm_attn", "attention"),
                          ("norm_mlp", "MLP"), ("norm_unembed", "unembed"), ("norm_readout", "readout")), False),
     ("gradient and update norms", (("grad_norm", "gradient"), ("update_norm", "update")), True),
+    ("last-layer norm", (("unembed_norm", "last layer, every step"),), False),
     ("Fourier Gini (embedding)", (("fourier_gini", "Gini"),), False),
     ("Fourier: key frequencies", (("n_key_freqs", "n key freqs"),), False),
 )
@@ -99,6 +100,12 @@ def pick_runs(fits: pd.DataFrame) -> list[int]:
     if len(memorized):
         out.append(int(memorized["run_id"].iloc[-1]))
     return out or [int(fits["run_id"].iloc[0])]
+
+
+def _slingshot_steps(info: pd.DataFrame, rid: int) -> list[float]:
+    """The run's slingshot steps (fits' slingshot_steps), [] if none or not fitted."""
+    text = info.at[rid, "slingshot_steps"] if rid in info.index and "slingshot_steps" in info else ""
+    return [float(s) for s in text.split(",")] if isinstance(text, str) and text else []
 
 
 def plot_measures(metrics: pd.DataFrame, fits: pd.DataFrame, run_ids: list[int] | None = None) -> Figure:
@@ -130,6 +137,8 @@ def plot_measures(metrics: pd.DataFrame, fits: pd.DataFrame, run_ids: list[int] 
             for t, style in (("t_train", ":"), ("t_val", "--")):
                 if rid in info.index and np.isfinite(info.at[rid, t]):
                     ax.axvline(info.at[rid, t], color="gray", ls=style, lw=0.8)
+            for s in _slingshot_steps(info, rid):
+                ax.axvline(s, color="crimson", lw=0.8, alpha=0.6)
             ax.set_xscale("symlog", linthresh=10)
             if log:
                 ax.set_yscale("log")
@@ -137,7 +146,7 @@ def plot_measures(metrics: pd.DataFrame, fits: pd.DataFrame, run_ids: list[int] 
             ax.grid(True, alpha=0.3)
             if j == len(run_ids) - 1 and len(cols) > 1:
                 ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        grid[-1, j].set_xlabel("step (symlog; dotted: t_train, dashed: t_val)")
+        grid[-1, j].set_xlabel("step (symlog; dotted: t_train, dashed: t_val, red: slingshots)")
     fig.suptitle(f"Progress measures\n{sweep_title(fits)}", fontsize=9)
     fig.tight_layout()
     return fig

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from grokjax.analysis.beyond import DESCENT_COLUMNS, NORM_GAP_COLUMNS, curve_measures
+from grokjax.analysis.beyond import DESCENT_COLUMNS, NORM_GAP_COLUMNS, SLING_COLUMNS, curve_measures
 from grokjax.config.schedule import THRESHOLD, evals_between
 from grokjax.config.structure import DIVERGENCE_LOSS
 from grokjax.errors import UserError
@@ -58,7 +58,7 @@ from grokjax.store.outputs import save_fits
 
 FIT_COLUMNS = ["t_train", "t_val", "delay", "censored", "unconfirmed", "phase", "budget", "t_val_first",
                "t_val_interp", "t_diverged", "mid_step", "width_decades", "final_train_acc", "final_val_acc",
-               "max_val_acc", "stop_step", *DESCENT_COLUMNS, *NORM_GAP_COLUMNS]
+               "max_val_acc", "stop_step", *DESCENT_COLUMNS, *NORM_GAP_COLUMNS, *SLING_COLUMNS]
 NEAR = 0.02  # a run whose best validation accuracy came this close to the threshold is a near miss
 PHASES = ("comprehension", "grokking", "memorization", "confusion", "diverged")
 GROKKED = ("comprehension", "grokking")

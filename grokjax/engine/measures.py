@@ -63,6 +63,12 @@ def group_norms(params: Any, arch: str) -> dict[str, jax.Array]:
     return {f"norm_{g}": jnp.sqrt(v) for g, v in sums.items()}
 
 
+def last_layer_norm(params: Any, arch: str) -> jax.Array:
+    """Frobenius norm of the last layer's weights (the transformer's unembedding, the MLP's readout
+    kernel): the norm whose jumps with train-loss spikes are Thilak et al. 2022's slingshots."""
+    return jnp.sqrt(_sq(params["readout" if arch == "mlp" else "unembed"]["kernel"]))
+
+
 def tree_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(_sq(tree))
 

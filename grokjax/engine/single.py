@@ -29,6 +29,7 @@ from grokjax.engine.measures import (
     fourier_measures,
     group_norms,
     key_mask,
+    last_layer_norm,
     restricted_and_excluded,
     sum_directions,
     tree_norm,
@@ -246,7 +247,8 @@ class Engine:
         ok_row = ~is_dead(diverged, step)
         out = {"train_loss": loss, "train_acc": acc}
         if "norms" in self.measures:  # of this step's raw gradient and of the update it applied
-            out |= {"grad_norm": tree_norm(grads), "update_norm": tree_norm(updates)}
+            out |= {"grad_norm": tree_norm(grads), "update_norm": tree_norm(updates),
+                    "unembed_norm": last_layer_norm(state.params, self.group.model.arch)}
         if "collapse" in self.measures:  # on this step's batch (the training split with full batch)
             out |= collapse_fractions(self.group.train.loss, jax.lax.stop_gradient(logits), labels[idx], w)
         return new_state, {k: jnp.where(ok_row, v, nan).astype(self.dtype) for k, v in out.items()}
@@ -295,7 +297,7 @@ class Engine:
 
     @property
     def train_metric_names(self) -> tuple[str, ...]:
-        return (TRAIN_COLUMNS + (("grad_norm", "update_norm") if "norms" in self.measures else ())
+        return (TRAIN_COLUMNS + (("grad_norm", "update_norm", "unembed_norm") if "norms" in self.measures else ())
                 + (("collapse_zero_loss", "collapse_denominator_one") if "collapse" in self.measures else ()))
 
     @property

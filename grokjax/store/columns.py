@@ -48,6 +48,10 @@ METRICS: dict[str, Column] = {
                         "optimizer)", "", "absent without norms; NaN from divergence on"),
     "update_norm": Column("measures=norms: L2 norm of the update this step applied (lr, weight decay "
                           "and filters included)", "", "absent without norms; NaN from divergence on"),
+    "unembed_norm": Column("measures=norms: Frobenius norm of the last layer's weights (the unembedding; "
+                           "the MLP's readout kernel) before this step's update, at every logged step: the "
+                           "norm of Thilak et al. 2022's slingshots", "", "absent without norms; NaN from "
+                           "divergence on"),
     "norm_embed": Column("measures=norms: L2 norm of the token and position embeddings (transformer) or "
                          "the MLP's input embeddings (mlp_input=embed)", "", _EVAL_ONLY),
     "norm_attn": Column("measures=norms: L2 norm of all attention weights (query, key, value, out; "
@@ -146,6 +150,13 @@ FITS: dict[str, Column] = {
     "t_second_descent": Column("the first evaluation after the peak whose smoothed val loss is below the "
                                "minimum's: the second descent", STEP, "NaN: no peak, or it never falls back"),
     "n_val_loss_peaks": Column("prominent maxima of the smoothed val loss after t_train", "", "never"),
+    "n_slingshots": Column("slingshots (Thilak et al. 2022) after t_train: train-loss spikes (>= 1 decade above "
+                           "the previous 50 steps' minimum) at which the last layer's norm turns (its ln slope "
+                           "changes by >= 0.02 per 50 steps; grokjax.analysis.beyond)", "",
+                           "NaN: without measures=norms"),
+    "slingshot_steps": Column("the slingshots' steps, comma-separated", STEP, "empty: none, or without norms"),
+    "slingshot_period": Column("median spacing between consecutive slingshots: the cycle period", STEP,
+                               "NaN: fewer than two"),
 } | {f"gap_{at}": Column(f"generalization gap val_loss - train_loss at the first evaluation at or after "
                          f"{what}", "nats", f"NaN: {null}") for at, what, null in _AT} \
   | {f"norm2_per_n_{at}": Column(f"param_norm^2 / n_train (the training pairs) at the first evaluation at or "
