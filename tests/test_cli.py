@@ -39,7 +39,8 @@ def test_done_when_layout_and_rows(grid_dir):
     assert {"wd", "lr", "frac", "seed", "init_scale", "p", "op", "d_model"} <= set(r.runs.columns)
     m = r.metrics
     assert list(m.columns) == ["run_id", "step", "train_loss", "train_acc", "val_loss", "val_acc", "param_norm",
-                               "grad_norm", "update_norm", "norm_embed", "norm_attn", "norm_mlp", "norm_unembed"]
+                               "grad_norm", "update_norm", "unembed_norm", "norm_embed", "norm_attn", "norm_mlp",
+                               "norm_unembed"]
     assert m["grad_norm"].notna().all() and m["norm_attn"].notna().sum() == 6 * 5  # measures=norms, the default
     assert not m.duplicated(["run_id", "step"]).any()
     assert (m.groupby("run_id")["train_loss"].count() == 121).all()  # steps 0..119 and the final row

@@ -75,7 +75,9 @@ def test_grad_and_update_norms_of_a_step():
                       for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params))))
     assert float(metrics["grad_norm"]) == pytest.approx(g, rel=1e-10)
     assert float(metrics["update_norm"]) == pytest.approx(u, rel=1e-8)
-    assert set(metrics) == {"train_loss", "train_acc", "grad_norm", "update_norm"}
+    last = np.asarray(state.params["unembed"]["kernel"])  # before the update, as the row's loss
+    assert float(metrics["unembed_norm"]) == pytest.approx(math.sqrt(float(np.sum(last**2))), rel=1e-12)
+    assert set(metrics) == {"train_loss", "train_acc", "grad_norm", "update_norm", "unembed_norm"}
 
 
 def test_frequency_norms_match_a_direct_dft():
@@ -225,3 +227,21 @@ def test_plot_measures_draws_the_logged_measures_and_checks_runs_first(tmp_path,
     fits.loc[:, "phase"] = ["memorization", "grokking"]
     fits.loc[:, "t_val"] = [float("nan"), 30.0]
     assert pick_runs(fits) == [1, 0]
+
+
+def test_the_logit_scale_over_the_training_pairs_matches_numpy():
+    """measures=logits: the mean correct-class margin and logit L2 norm over the model's training pairs
+    (padding left out), in chunks smaller than the split, equal a float64 NumPy computation."""
+    engine, state, split, hps = _engine_and_state([*BASE, "measures=logits", "eval_batch_size=7"])
+    inputs, labels = jnp.asarray(engine.table.inputs), jnp.asarray(engine.table.labels)
+    with jax.enable_x64(True):
+        got, _ = engine.measure_one(state.params, split, inputs, labels)
+        z = np.asarray(engine.model.apply({"params": state.params}, inputs))
+    train = np.asarray(split.train_idx)[np.asarray(split.train_w) > 0]
+    zt, yt = z[train], np.asarray(labels)[train]
+    correct = zt[np.arange(len(yt)), yt]
+    rest = zt.copy()
+    rest[np.arange(len(yt)), yt] = -np.inf
+    assert len(train) == int(hps.n_train) and len(train) % 7  # chunks of 7 with padding in the last
+    assert float(got["logit_margin"]) == pytest.approx(float(np.mean(correct - rest.max(axis=1))), rel=1e-10)
+    assert float(got["logit_norm"]) == pytest.approx(float(np.mean(np.linalg.norm(zt, axis=1))), rel=1e-10)

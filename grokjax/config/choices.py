@@ -32,7 +32,7 @@ OPS = ("add", "sub", "mul", "div", "x2_y2", "x2_xy_y2", "x2_xy_y2_x", "x3_xy", "
 OPS_NEEDING_PRIME = ("div",)
 
 # Progress measures (``measures=norms+fourier+excluded``), in their canonical order.
-MEASURE_NAMES = ("norms", "fourier", "excluded", "collapse")
+MEASURE_NAMES = ("norms", "fourier", "excluded", "collapse", "logits")
 OPS_WITH_FOURIER = tuple(op for op in OPS if op != "s5")
 OPS_WITH_EXCLUDED = ("add", "sub")
 

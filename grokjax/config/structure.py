@@ -172,7 +172,7 @@ class TrainConfig:
                                      "(as Prieto et al.'s and Nanda's code do) with float64; a float64 model's "
                                      "loss is float64 either way", choices=C.DTYPES)
     measures: str = key("norms", "progress measures computed on the device: a +-joined set of norms, fourier, "
-                                 "excluded (or none)", kind="measures", choices=C.MEASURE_NAMES)
+                                 "excluded, collapse, logits (or none)", kind="measures", choices=C.MEASURE_NAMES)
     dtype: str = key("float32", "floating-point precision of parameters, training and stored metrics",
                      choices=C.DTYPES)
     eval_batch_size: int = key(4096, "validation pairs per evaluation call (memory, not results)")

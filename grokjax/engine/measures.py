@@ -69,6 +69,16 @@ def last_layer_norm(params: Any, arch: str) -> jax.Array:
     return jnp.sqrt(_sq(params["readout" if arch == "mlp" else "unembed"]["kernel"]))
 
 
+def logit_scale(logits: jax.Array, labels: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Sums over pairs, weighted by ``w`` [B], of the correct-class margin z_y - max_{j != y} z_j and of the
+    logit vector's L2 norm, for ``logits`` [B, C] and ``labels`` [B]: the logit scale whose growth drives
+    softmax collapse (Prieto et al. 2025)."""
+    z = logits.astype(jnp.float32) if logits.dtype == jnp.bfloat16 else logits
+    correct = jnp.take_along_axis(z, labels[:, None], axis=-1)[:, 0]
+    others = jnp.where(jax.nn.one_hot(labels, z.shape[-1], dtype=bool), -jnp.inf, z).max(axis=-1)
+    return ((correct - others) * w).sum(), (jnp.sqrt(jnp.sum(jnp.square(z), axis=-1)) * w).sum()
+
+
 def tree_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(_sq(tree))
 

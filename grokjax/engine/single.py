@@ -30,6 +30,7 @@ from grokjax.engine.measures import (
     group_norms,
     key_mask,
     last_layer_norm,
+    logit_scale,
     restricted_and_excluded,
     sum_directions,
     tree_norm,
@@ -320,6 +321,8 @@ class Engine:
         spectrum = jnp.zeros((self.n_freqs,), self.dtype)
         if "norms" in self.measures:
             out |= group_norms(params, self.group.model.arch)
+        if "logits" in self.measures:
+            out |= self._logit_scale(params, split, inputs, labels)
         if "fourier" in self.measures or "excluded" in self.measures:
             columns, norms = fourier_measures(self.number_embedding(params), jnp.asarray(self._basis))
             if "fourier" in self.measures:
@@ -333,6 +336,26 @@ class Engine:
                 out["restricted_loss"] = loss(kept[idx], labels[idx], w)[0]
                 out["excluded_loss"] = loss(removed[idx], labels[idx], w)[0]
         return {k: v.astype(self.dtype) for k, v in out.items()}, spectrum.astype(self.dtype)
+
+    def _logit_scale(self, params: Any, split: Split, inputs: jax.Array, labels: jax.Array
+                     ) -> dict[str, jax.Array]:
+        """measures=logits: the mean correct-class margin and logit norm over the model's training pairs,
+        in chunks of eval_batch_size as the evaluation runs (``measures.logit_scale``)."""
+        size = self.eval_batch
+        n_chunks = -(-self.n_train_max // size)
+        pad = n_chunks * size - self.n_train_max
+        idx = jnp.pad(split.train_idx, (0, pad)).reshape(n_chunks, size)
+        w = jnp.pad(split.train_w, (0, pad)).reshape(n_chunks, size).astype(self.dtype)
+
+        def body(acc: tuple[jax.Array, jax.Array], chunk: tuple[jax.Array, jax.Array]):
+            i, wt = chunk
+            margin, norm = logit_scale(self.model.apply({"params": params}, inputs[i]), labels[i], wt)
+            return (acc[0] + margin.astype(self.dtype), acc[1] + norm.astype(self.dtype)), None
+
+        zero = jnp.zeros((), self.dtype)
+        (margin, norm), _ = jax.lax.scan(body, (zero, zero), (idx, w))
+        n = jnp.maximum(split.train_w.sum(), 1)
+        return {"logit_margin": margin / n, "logit_norm": norm / n}
 
     @property
     def _basis(self) -> np.ndarray:

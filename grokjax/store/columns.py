@@ -63,6 +63,11 @@ METRICS: dict[str, Column] = {
     "norm_layer_<i>": Column("measures=norms, arch=mlp: L2 norm of hidden layer i's weights and biases "
                              "(layer_0: the input layer)", "", _EVAL_ONLY),
     "norm_readout": Column("measures=norms, arch=mlp: L2 norm of the readout layer", "", _EVAL_ONLY),
+    "logit_margin": Column("measures=logits: mean over the training pairs of the correct-class margin "
+                           "z_y - max_{j != y} z_j (the logit scale whose growth drives softmax collapse, "
+                           "Prieto et al. 2025)", "logit units", _EVAL_ONLY),
+    "logit_norm": Column("measures=logits: mean over the training pairs of the logit vector's L2 norm", "",
+                         _EVAL_ONLY),
     "fourier_gini": Column("measures=fourier: Gini coefficient of the number embeddings' per-frequency "
                            "norms over Z_p (constant left out; 1 = one frequency)", "", _EVAL_ONLY),
     "n_key_freqs": Column("measures=fourier: how many frequencies, largest first, hold 90% of the "
