@@ -232,7 +232,12 @@ def test_plot_measures_draws_the_logged_measures_and_checks_runs_first(tmp_path,
 def test_the_logit_scale_over_the_training_pairs_matches_numpy():
     """measures=logits: the mean correct-class margin and logit L2 norm over the model's training pairs
     (padding left out), in chunks smaller than the split, equal a float64 NumPy computation."""
-    engine, state, split, hps = _engine_and_state([*BASE, "measures=logits", "eval_batch_size=7"])
+    group, runs = build_sweep(None, merged([*BASE, "measures=logits", "eval_batch_size=7", "frac=[0.5,0.7]"])
+                              ).groups()[0]
+    engine = engine_for(group, runs)  # split padded to frac 0.7's pairs: the 0.5 run's padding is left out
+    hps = jax.tree.map(lambda x: x[0], hparams_for(runs, engine.table.n_pairs))
+    with jax.enable_x64(True):
+        state, split = engine.init_one(hps)
     inputs, labels = jnp.asarray(engine.table.inputs), jnp.asarray(engine.table.labels)
     with jax.enable_x64(True):
         got, _ = engine.measure_one(state.params, split, inputs, labels)
@@ -242,6 +247,6 @@ def test_the_logit_scale_over_the_training_pairs_matches_numpy():
     correct = zt[np.arange(len(yt)), yt]
     rest = zt.copy()
     rest[np.arange(len(yt)), yt] = -np.inf
-    assert len(train) == int(hps.n_train) and len(train) % 7  # chunks of 7 with padding in the last
+    assert len(train) == int(hps.n_train) < engine.n_train_max and len(train) % 7  # chunks of 7, padded
     assert float(got["logit_margin"]) == pytest.approx(float(np.mean(correct - rest.max(axis=1))), rel=1e-10)
     assert float(got["logit_norm"]) == pytest.approx(float(np.mean(np.linalg.norm(zt, axis=1))), rel=1e-10)
