@@ -210,8 +210,13 @@ def fit_results(results: Results, opts: FitOptions = FitOptions()) -> pd.DataFra
 
 
 def _n_train(run) -> int:
-    """The training pairs of a runs-table row (a namedtuple)."""
-    return n_train_of(float(run.frac), n_pairs_of(run.op, int(run.p), bool(run.nonzero_y), run.dataset))
+    """The training pairs of a runs-table row (a namedtuple); 0 (no norm-gap columns) for a table without
+    the task's keys."""
+    if not all(hasattr(run, k) for k in ("frac", "op", "p")):
+        return 0
+    pairs = n_pairs_of(run.op, int(run.p), bool(getattr(run, "nonzero_y", False)),
+                       getattr(run, "dataset", "algorithmic"))
+    return n_train_of(float(run.frac), pairs)
 
 
 def candidate_attrs(results: Results) -> dict:
