@@ -84,6 +84,7 @@ _MEASURE_PANELS = (
                          ("norm_mlp", "MLP"), ("norm_unembed", "unembed"), ("norm_readout", "readout")), False),
     ("gradient and update norms", (("grad_norm", "gradient"), ("update_norm", "update")), True),
     ("last-layer norm", (("unembed_norm", "last layer, every step"),), False),
+    ("logit scale (train pairs)", (("logit_margin", "correct-class margin"), ("logit_norm", "logit norm")), False),
     ("Fourier Gini (embedding)", (("fourier_gini", "Gini"),), False),
     ("Fourier: key frequencies", (("n_key_freqs", "n key freqs"),), False),
 )
