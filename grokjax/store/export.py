@@ -167,27 +167,49 @@ def _to_transformerlens(results: Results, out: Path, chosen: list[tuple[int, lis
 
 
 def hooked_transformer(folder: str | os.PathLike, device: str = "cpu") -> Any:
-    """The HookedTransformer exported to ``folder`` (``OUT/run_XXXXX/step_S``), its weights loaded. Needs
-    ``pip install 'grokjax[transformerlens]'`` (TransformerLens 2.x or 3.x: 4.0 removed HookedTransformer)."""
-    try:
-        import torch
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-    except ImportError:
-        raise UserError("loading a TransformerLens export needs transformer_lens<4 and torch: "
-                        "pip install 'grokjax[transformerlens]'") from None
+    """The model exported to ``folder`` (``OUT/run_XXXXX/step_S``), its weights loaded strictly, in the
+    TransformerLens installed (``pip install 'grokjax[transformerlens]'``): on 4.x a ``TransformerBridge``
+    booted native with the state dict converted by ``convert_tl_checkpoint``; on 2.x and 3.x a
+    ``HookedTransformer``. Both give the same hook names (``blocks.0.mlp.hook_post``, ...)."""
     folder = Path(folder)
     if not (folder / TL_CONFIG).is_file() or not (folder / TL_STATE).is_file():
         raise UserError(f"{folder}: not an exported model (no {TL_CONFIG} and {TL_STATE}); expected a folder "
                         f"OUT/run_XXXXX/step_S written by grokjax export DIR --to transformerlens OUT")
-    cfg = HookedTransformerConfig(**json.loads((folder / TL_CONFIG).read_text()), device=device)
-    model = HookedTransformer(cfg)
+    try:
+        import torch
+        import transformer_lens  # noqa: F401
+    except ImportError:
+        raise UserError("loading a TransformerLens export needs transformer_lens and torch: "
+                        "pip install 'grokjax[transformerlens]'") from None
+    config = json.loads((folder / TL_CONFIG).read_text())
     with np.load(folder / TL_STATE) as z:
         state = {k: torch.from_numpy(z[k]) for k in z.files}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:  # 2.x and 3.x; on 4.x this import raises ImportError (and hasattr would too)
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError:
+        return _bridge(folder, config, state, device)
+    model = HookedTransformer(HookedTransformerConfig(**config, device=device))
+    missing, unexpected = model.load_state_dict(state, strict=False)  # the attention mask is the model's
     weights = {k for k, _ in model.named_parameters()}
     if unexpected or weights & set(missing):
         raise UserError(f"{folder}: this TransformerLens version names the weights otherwise (missing "
                         f"{sorted(weights & set(missing))[:3]}, unexpected {sorted(unexpected)[:3]})")
+    return model.eval()
+
+
+def _bridge(folder: Path, config: dict[str, Any], state: dict[str, Any], device: str) -> Any:
+    """TransformerLens 4.x: a native ``TransformerBridge`` of the exported config, the HookedTransformer-
+    layout state dict converted and loaded strictly."""
+    from transformer_lens import TransformerBridge, TransformerBridgeConfig
+    from transformer_lens.conversion_utils import convert_tl_checkpoint
+
+    cfg = TransformerBridgeConfig(**config)
+    model = TransformerBridge.boot_native(cfg, device=device)
+    try:
+        model.load_state_dict(convert_tl_checkpoint(state, cfg), strict=True)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"{folder}: this TransformerLens version does not take the exported weights: "
+                        f"{str(e).splitlines()[0][:200]}") from None
     return model.eval()
 
 
