@@ -13,7 +13,7 @@ from grokjax.config.structure import SECTIONS, ActsWith, Check, Scalar
 @dataclass(frozen=True)
 class Field:
     path: str
-    kind: str  # "int" | "float" | "bool" | "choice" | "batch" | "measures"
+    kind: str  # "int" | "float" | "bool" | "choice" | "batch" | "measures" | "path"
     default: Scalar
     check: Check | None
     choices: tuple[str, ...]
@@ -44,6 +44,8 @@ class Field:
             return "true|false"
         if self.kind == "batch":
             return "full|auto|N"
+        if self.kind == "path":
+            return "a directory"
         return "number" if self.kind == "float" else "whole number"
 
 

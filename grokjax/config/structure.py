@@ -182,6 +182,13 @@ class TrainConfig:
     snapshot_at_transitions: bool = key(False, "also keep every run's parameters at its t_train (first logged train "
                                                "accuracy >= 0.99) and t_val_first (first evaluation at validation "
                                                "accuracy >= 0.99), the steps grokjax fit names so")
+    snapshot_optimizer: bool = key(False, "keep each run's optimizer state with its kept parameters (what a warm "
+                                          "start with init_optimizer=true continues from)")
+    init_from: str = key("", "warm starts: a results directory whose kept parameters the runs with init_run >= 0 "
+                             "start from, instead of a fresh initialisation", kind="path")
+    init_optimizer: bool = key(False, "warm starts: also take the source run's optimizer state (moments and "
+                                      "step count; kept with snapshot_optimizer=true), with this run's own "
+                                      "hyperparameters")
     checkpoint_every: int = key(5000, "steps between checkpoints (for --resume)")
     models_per_batch: int = key(0, "slots per group's compiled program (each trains one run at a time, the next "
                                    "queued run taking a freed slot); 0 = as many as fit in memory", check=whole(0))
@@ -218,6 +225,10 @@ class PerModel:
                                 "mlp_input=embed's embeddings", check=at_least(0),
                           acts_with=(TRANSFORMER, ("model.mlp_input", ("embed",))))
     init_scale: float = key(1.0, "multiplies every initial weight (Omnigrok's alpha)", check=positive)
+    init_run: int = key(-1, "warm starts: the run_id of init_from whose kept parameters this run starts from; -1: a "
+                            "fresh initialisation", check=whole(-1))
+    init_step: int = key(-1, "warm starts: the kept step of init_run to start from; -1: its last kept (final) "
+                             "parameters", check=whole(-1))
     momentum: float = key(0.0, "SGD momentum (sgd only)", check=in_unit, optimizer=True,
                           acts_with=("train.optimizer", ("sgd",)))
     grokfast_alpha: float = key(0.98, "EMA decay of the grokfast=ema filter", check=in_unit, optimizer=True,

@@ -344,6 +344,17 @@ def param_names(engine: Engine) -> list[str]:
     return [".".join(str(getattr(k, "key", k)) for k in path) for path, _ in paths]
 
 
+def optimizer_names(engine: Engine) -> list[str]:
+    """Names of one model's optimizer-state leaves (``jax.tree_util.keystr`` of each path, such as
+    ``.hyperparams['wd']`` or ``.inner_state[0].mu['embed']['embedding']``), in the order of the state's
+    leaves that follow the parameters."""
+    with jax.enable_x64(engine.x64):
+        hps = Hparams(**{k: jax.ShapeDtypeStruct((), jnp.int32 if k in INTEGER_FIELDS else engine.dtype)
+                         for k in Hparams._fields})
+        opt_state = jax.eval_shape(engine.init_one, hps)[0].opt_state
+    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(opt_state)[0]]
+
+
 def state_shapes(engine: Engine) -> list[jax.ShapeDtypeStruct]:
     """Shapes and dtypes of one model's state leaves (to check a checkpoint against), without compiling."""
     with jax.enable_x64(engine.x64):

@@ -172,10 +172,18 @@ def check_point(point: dict[str, Scalar]) -> None:
     if every and every % chunk:
         raise UserError(f"snapshot_every={every}: parameters are kept between chunks, so it must be a multiple "
                         f"of chunk_steps={chunk}; use e.g. snapshot_every={chunk * max(1, round(every / chunk))}")
+    _check_warm(point)
     batch = batch_size_of(group_config(point).train, n_train)
     if batch is not None and batch > n_train:
         raise UserError(f"batch_size={batch} is larger than the train split ({n_train} pairs at "
                         f"frac={point['hp.frac']}); use batch_size<={n_train} or batch_size=full")
+
+
+def _check_warm(point: dict[str, Scalar]) -> None:
+    """Warm starts: init_run needs init_from (a grid may cross init_run=-1, a fresh start, with warm ones)."""
+    if point["hp.init_run"] >= 0 and not point["train.init_from"]:
+        raise UserError(f"init_run={point['hp.init_run']}: needs init_from=DIR, the results directory whose kept "
+                        f"parameters the run starts from")
 
 
 def _check_effect(key: str, text: str, values: dict[str, list[Scalar]]) -> None:

@@ -94,6 +94,8 @@ def _call(key: str, name: str, inner: str) -> list[Scalar]:
 def parse_expression(key: str, text: str) -> tuple[list[Scalar], bool]:
     """Parse one sweep expression. Returns (values, is_axis): is_axis is False for a plain scalar."""
     t = text.strip()
+    if FIELDS[resolve_key(key)].kind == "path":  # a path is taken as typed: one value, never a list
+        return [t], False
     call = _CALL.fullmatch(t)
     if call:
         name, inner = call.group(1), call.group(2)
@@ -150,6 +152,10 @@ def coerce(key: str, value: Scalar, seeds_count: bool = False, shown: str | None
         if not isinstance(value, str) or value not in field.choices:
             hint = did_you_mean(str(value), field.choices)
             raise UserError(f"{shown}: not accepted{hint}; accepted: {', '.join(field.choices)}")
+        return [value]
+    if field.kind == "path":
+        if not isinstance(value, str):
+            raise UserError(f"{shown}: expected a directory, got {value!r}")
         return [value]
     if field.kind == "measures":
         canonical = canonical_measures(value) if isinstance(value, str) else None

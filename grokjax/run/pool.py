@@ -30,9 +30,10 @@ from grokjax.config.schedule import THRESHOLD, chunk_rows, is_eval_step, is_logg
 from grokjax.engine.data import Hparams, hparams_for, pad_models
 from grokjax.config.structure import GroupConfig
 from grokjax.design.chooser import GROKKED, NOT_GROKKED, PENDING, BoundaryDesign, Pick
-from grokjax.engine.program import ChunkResult, Program, param_names
+from grokjax.engine.program import ChunkResult, Program, optimizer_names, param_names
 from grokjax.engine.single import Engine, engine_for
 from grokjax.grid.expand import Run
+from grokjax.run.warm import WarmStarts
 from grokjax.store.checkpoints import Checkpoint
 
 
@@ -67,12 +68,14 @@ class Resolver:
 
 class Kept(NamedTuple):
     """Parameters to keep: ``kind`` ("" final or snapshot, "stop", "at" transitions) of the runs
-    ``run_ids`` [L], each at its own ``steps`` [L], parameter leaves [L, ...]."""
+    ``run_ids`` [L], each at its own ``steps`` [L], parameter leaves [L, ...]; with snapshot_optimizer their
+    optimizer states' leaves by name [L, ...] ("" and "stop" only)."""
 
     kind: str
     run_ids: np.ndarray
     steps: np.ndarray
     leaves: list[np.ndarray]
+    optimizer: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -120,10 +123,12 @@ class Choice:
 class SlotPool:
     """Trains the runs ``runs`` of one group (in this order: the queue) in the program of ``n_slots``
     models from ``program(n_models)``, from a checkpoint (its slots) or from the start. With ``design``
-    (design=boundary) ``runs`` are candidates, and each freed slot takes the one the design picks."""
+    (design=boundary) ``runs`` are candidates, and each freed slot takes the one the design picks. With
+    ``warm`` (init_from) a run taken into a slot starts from its source's leaves, not a fresh init."""
 
     def __init__(self, engine: Engine, runs: list[Run], n_slots: int, program: Callable[[int], Program],
-                 ckpt: Checkpoint | None = None, repack: str = "auto", design: BoundaryDesign | None = None):
+                 ckpt: Checkpoint | None = None, repack: str = "auto", design: BoundaryDesign | None = None,
+                 warm: WarmStarts | None = None):
         t = engine.group.train
         self.engine, self.runs, self.steps, self.program, self.repack = engine, runs, t.steps, program, repack
         self.step_s: float | None = None  # wall seconds per step of the current program, last chunk
@@ -141,11 +146,14 @@ class SlotPool:
         self.rounds = 0
         self.model_steps = 0  # model-steps computed, empty slots and padding included
         self.n_params = len(param_names(engine))  # the state's first leaves are the parameters
+        self.opt_names = optimizer_names(engine) if t.snapshot_optimizer else []  # the leaves after them
+        self.warm = warm
         if ckpt is None:
             first = self._take(min(self.n_waiting, self.n_slots))
             self.slot_runs[: len(first)], self.slot_steps[: len(first)] = first, 0
             self.hps = self.prog.put(self._slot_hparams())
             self.state, self.splits = self.prog.init(self.hps)  # the splits follow from each run's seed
+            self._warm_start(np.arange(len(first)))
         else:
             self._restore(ckpt)
         self._reached = np.zeros((2, m), bool)
@@ -213,6 +221,20 @@ class SlotPool:
         mask = np.zeros(self.prog.n_models, bool)
         mask[free] = True
         self.state, self.splits = self.prog.refill(self.state, self.splits, self.hps, mask)
+        self._warm_start(free)
+
+    def _warm_start(self, slots: np.ndarray) -> None:
+        """Warm starts: the runs just taken into ``slots`` whose source is another sweep's kept state start from
+        it (its leaves written over the fresh ones on the host, then put back on the devices)."""
+        starts = [] if self.warm is None else [(s, self.warm.leaves(int(self.slot_runs[s]))) for s in slots]
+        starts = [(s, leaves) for s, leaves in starts if leaves is not None]
+        if not starts:
+            return
+        host = [np.array(x) for x in jax.tree.leaves(self.prog.host(self.state))]
+        for slot, leaves in starts:
+            for i, value in leaves:
+                host[i][slot] = value
+        self.state = self.prog.restore(jax.tree.unflatten(jax.tree.structure(self.state), host))
 
     def _shrink(self) -> None:
         """stop=resolved, once the queue is empty: move the busy runs into the program of their bucket (the
@@ -347,7 +369,8 @@ class SlotPool:
         if not len(slots):
             return []
         leaves = [x[slots] for x in host[: self.n_params]]
-        return [Kept(kind, self.ids[self.slot_runs[slots]], self.slot_steps[slots].copy(), leaves)]
+        opt = dict(zip(self.opt_names, (x[slots] for x in host[self.n_params:]))) if self.opt_names else None
+        return [Kept(kind, self.ids[self.slot_runs[slots]], self.slot_steps[slots].copy(), leaves, opt)]
 
     def _transitions(self, cols: np.ndarray, steps: np.ndarray) -> list[Kept]:
         """The transitions (t_train, t_val_first: ``steps`` [2, n_models]) that the busy slots ``cols`` first

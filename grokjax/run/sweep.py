@@ -26,6 +26,7 @@ from grokjax.grid.shard import Shard
 from grokjax.run.pool import PoolChunk, SlotPool
 from grokjax.run.cluster import Peers
 from grokjax.run.progress import Reporter, Tracker
+from grokjax.run.warm import WarmStarts, warm_starts
 from grokjax.store.checkpoints import Checkpoint, DamagedFile
 from grokjax.store.directory import ResultsDir, default_out
 
@@ -163,6 +164,7 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
     t0 = time.perf_counter()
     ResultsDir.preflight(path, sweep, resume, shard, needed_bytes=disk_bytes(sweep))  # before anything compiles
     engines = [engine_for(group, runs) if runs else None for group, runs in groups]
+    warm = [warm_starts(e, runs) if runs else None for e, (_, runs) in zip(engines, groups)]  # checked now
     peers.sync("grokjax-preflight")  # no process judges DIR after process 0 has started writing there
     with Reporter(total, quiet) as rep:
         rep.say(changed_settings(sweep))
@@ -179,7 +181,7 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
         with _open(path, sweep, resume, command or [], shard, peers) as rd, _stop_on_signals() as signals, \
                 _out_of_memory_is_one_line(path):
             model_steps = _train_groups(sweep, groups, engines, plans, rd, rep, tracker, resume, signals, path,
-                                        shard, peers)
+                                        shard, peers, warm)
             peers.sync("grokjax-trained")  # every process's parts are written
             if peers.leader:
                 rd.mark_complete()
@@ -206,7 +208,7 @@ def _program(engine: Engine, n_models: int, rep: Reporter, what: str) -> Program
 
 def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: ResultsDir, rep: Reporter,
                   tracker: Tracker, resume: bool, signals: list[int], path: Path, shard: Shard | None = None,
-                  peers: Peers = Peers()) -> int:
+                  peers: Peers = Peers(), warm: list | None = None) -> int:
     """Train every group's runs, each group in one program of slots fed by a queue (``SlotPool``), into
     ``rd`` and return the model-steps computed; raises Interrupted on SIGINT/SIGTERM, naming the last
     checkpoint written.
@@ -223,7 +225,8 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
         if not runs:  # this shard has no run in the group
             continue
         axes = design_axes(sweep) if group.train.design == "boundary" else None
-        pool = _open_pool(gi, len(groups), group, runs, engines[gi], plans, rd, rep, tracker, resume, peers, axes)
+        pool = _open_pool(gi, len(groups), group, runs, engines[gi], plans, rd, rep, tracker, resume, peers, axes,
+                          warm[gi] if warm else None)
         where = f"group {gi + 1}/{len(groups)}"
         every = group.train.checkpoint_every
         for c in pool.chunks(want_state=lambda end, n: crosses(end, every, n), should_stop=stop):
@@ -252,7 +255,8 @@ def _keep_chunk(rd: ResultsDir, gi: int, c: PoolChunk, engine: Engine, peers: Pe
     if not peers.leader:
         return
     for kept in c.kept:
-        rd.save_params(gi, 0, c.end, kept.run_ids, param_names(engine), kept.leaves, kept.steps, kept.kind)
+        rd.save_params(gi, 0, c.end, kept.run_ids, param_names(engine), kept.leaves, kept.steps, kept.kind,
+                       kept.optimizer)
     if len(c.stopped):
         rd.write_stops(gi, 0, c.start, c.stopped, c.stop_steps, c.reasons)
     for choice in c.choices:
@@ -290,7 +294,7 @@ def _design(axes: tuple[str, str | None] | None, group: GroupConfig, runs: list,
 
 def _open_pool(gi: int, n_groups: int, group: GroupConfig, runs: list, engine: Engine, plans: dict,
                rd: ResultsDir, rep: Reporter, tracker: Tracker, resume: bool, peers: Peers,
-               axes: tuple[str, str | None] | None = None) -> SlotPool:
+               axes: tuple[str, str | None] | None = None, warm: WarmStarts | None = None) -> SlotPool:
     """The group's slot pool: from its checkpoint when resuming (the files written after it cleared), else
     from the start with the planned number of slots (a resume without a usable checkpoint clears the
     group's files first)."""
@@ -311,7 +315,7 @@ def _open_pool(gi: int, n_groups: int, group: GroupConfig, runs: list, engine: E
     rep.say(f"group {gi + 1} of {n_groups}: {describe(group)}; {why}, {queue}")
     program = lambda n: _program(engine, n, rep, f"group {gi + 1} of {n_groups} ({n} slots)")  # noqa: E731
     pool = SlotPool(engine, runs, n_slots, program, ckpt, group.train.repack if peers.count == 1 else "always",
-                    design)
+                    design, warm)
     if ckpt is not None:
         rep.skip(ckpt.done_steps)
         rep.drop(ckpt.dropped_steps)

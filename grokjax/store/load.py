@@ -99,6 +99,15 @@ class Results:
                             f"{', '.join(map(str, kept))} (snapshot_every=K keeps more)") from None
         return at, tree
 
+    def optimizer_state(self, run_id: int, step: int | None = None) -> dict[str, Any]:
+        """A run's optimizer state kept with its parameters (``snapshot_optimizer=true``), at its last kept
+        step or ``step``: each leaf by the ``jax.tree_util.keystr`` of its path (``.inner_state[0].mu['embed']
+        ['embedding']``); {} where the sweep kept none."""
+        from grokjax.store.params import read_optimizer
+
+        at, _ = self._params(run_id, step)
+        return read_optimizer(self._index(), int(run_id), at)
+
     def model(self, run_id: int, step: int | None = None) -> Any:
         """A run's network at its last kept (or a kept ``step``'s) parameters, as a function of NumPy
         operands: ``f(a, b)`` -> logits [N, classes] for operand arrays a, b [N] of an algorithmic task

@@ -26,6 +26,7 @@ from grokjax.store.layout import PARAMS_DIR
 
 PARAMS_NAME = re.compile(r"(?P<prefix>(?:shard\d+of\d+-)?)g(?P<group>\d+)-b(?P<batch>\d+)-s(?P<step>\d+)(?:-at|-stop)?\.npz")
 _KEY = "param:"
+_OPT = "opt:"  # snapshot_optimizer: the optimizer state's leaves, by jax.tree_util.keystr of their paths
 
 
 class ParamsStore:
@@ -38,15 +39,18 @@ class ParamsStore:
         raise NotImplementedError
 
     def save_params(self, group: int, batch: int, at: int, run_ids: np.ndarray, names: list[str],
-                    leaves: list[np.ndarray], steps: np.ndarray, kind: str = "") -> None:
+                    leaves: list[np.ndarray], steps: np.ndarray, kind: str = "",
+                    optimizer: dict[str, np.ndarray] | None = None) -> None:
         """The parameters (``names`` and their [L, ...] ``leaves``) of the runs ``run_ids`` [L], each at its own
         ``steps`` [L], into the file named by the program's clock ``at``; ``kind``: "" (final and
-        ``snapshot_every`` parameters), "stop" (a stop's, stop=resolved) or "at" (snapshots at transitions)."""
+        ``snapshot_every`` parameters), "stop" (a stop's, stop=resolved) or "at" (snapshots at transitions).
+        ``optimizer``: their optimizer states' leaves by name, [L, ...] each (snapshot_optimizer)."""
         if not len(run_ids):
             return
         suffix = {"": "", "stop": "-stop", "at": "-at"}[kind]
         path = self.path / PARAMS_DIR / f"{self.prefix}g{group:03d}-b{batch:03d}-s{at:09d}{suffix}.npz"
         arrays = {_KEY + n: np.ascontiguousarray(np.asarray(x)[: len(run_ids)]) for n, x in zip(names, leaves)}
+        arrays |= {_OPT + n: np.ascontiguousarray(np.asarray(x)[: len(run_ids)]) for n, x in (optimizer or {}).items()}
         when = np.broadcast_to(np.asarray(steps, np.int64), (len(run_ids),))
 
         def write() -> None:
@@ -99,7 +103,7 @@ def params_file_ok(path: Path) -> bool:
         with np.load(path) as z:
             ids = z["run_ids"]
             _ = z["steps"] if "steps" in z.files else z["step"]
-            return all(len(z[k]) >= len(ids) for k in z.files if k.startswith(_KEY))
+            return all(len(z[k]) >= len(ids) for k in z.files if k.startswith((_KEY, _OPT)))
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
         return False
 
@@ -151,3 +155,14 @@ def read_params(index: ParamsIndex, run_id: int, step: int | None) -> tuple[int,
     except (EOFError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as e:  # damaged since indexed
         raise damaged(p, e) from None
     return at, tree, kept
+
+
+def read_optimizer(index: ParamsIndex, run_id: int, step: int) -> dict[str, np.ndarray]:
+    """The optimizer state kept with ``run_id``'s parameters at ``step`` (a kept step), by leaf name; {} where
+    none was kept (snapshot_optimizer=false)."""
+    p, row = index[run_id][step]
+    try:
+        with np.load(p) as z:
+            return {k[len(_OPT):]: np.array(z[k][row]) for k in z.files if k.startswith(_OPT)}
+    except (EOFError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as e:
+        raise damaged(p, e) from None
