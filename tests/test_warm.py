@@ -73,14 +73,26 @@ def test_without_the_optimizer_state_only_the_parameters_are_taken(tmp_path, sou
 
 
 def test_a_grid_crosses_source_runs_with_new_per_model_settings(tmp_path, source):
-    """init_run is per model: two sources x two fracs are four runs, each its source's parameters at step 0."""
-    r = _warm(tmp_path, source, "init_run=[0,1]", "frac=[0.4,0.6]", f"init_step={S}")
+    """init_run is per model: two sources x two fracs are four runs, each its source's parameters at step 0;
+    with one slot, three of them start in a slot a finished run freed."""
+    r = _warm(tmp_path, source, "init_run=[0,1]", "frac=[0.4,0.6]", f"init_step={S}", "models_per_batch=1")
     src = grokjax.load(source)
     assert len(r.runs) == 4
     for rid, row in r.runs.set_index("run_id").iterrows():
         step0 = r.metrics[(r.metrics.run_id == rid) & (r.metrics.step == 0)].param_norm.iloc[0]
         theirs = src.metrics[(src.metrics.run_id == row.init_run) & (src.metrics.step == S)].param_norm.iloc[0]
         assert step0 == theirs, (rid, row.init_run)
+
+
+def test_the_optimizer_state_keeps_the_new_runs_own_numbers(tmp_path, source):
+    """With the source's optimizer state, the per-model numbers in it (inject_hyperparams) stay the new run's:
+    run 0 at wd=0 leaves its source's path at the first update, run 1 at the source's wd=1 stays on it."""
+    arms = ["seed=0 init_run=0 wd=0", "seed=1 init_run=1 wd=1"]
+    r = _warm(tmp_path, source, f"init_step={S}", "init_optimizer=true", steps=S, arms=arms).metrics
+    src = grokjax.load(source).metrics
+    loss = lambda m, rid, step: m[(m.run_id == rid) & (m.step == step)].train_loss.iloc[0]  # noqa: E731
+    assert loss(r, 0, 0) == loss(src, 0, S) and loss(r, 0, 1) != loss(src, 0, S + 1)
+    assert loss(r, 1, 1) == loss(src, 1, S + 1)
 
 
 @pytest.mark.parametrize("extra, says", [
