@@ -10,20 +10,22 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from grokjax.analysis.plots import sweep_title
+from grokjax.analysis.plots import numeric_axes, sweep_title
 
 _MARKED = 200  # a curve of at most this many points (the evaluations) shows them as markers
 
 
 def plot_curves(results_metrics: pd.DataFrame, fits: pd.DataFrame) -> Figure:
     """Learning curves: train and validation accuracy, train and validation loss and the parameter norm
-    against the step (symlog: step 0, the initialisation, is shown). Colour = wd, line style = seed."""
+    against the step (symlog: step 0, the initialisation, is shown). Colour = the first swept number that
+    varies (wd where it does, e.g. frac in a warm-started sweep over training fractions), line style = seed."""
     fig = Figure(figsize=(14, 7.5), dpi=110)
     grid = fig.subplots(2, 3)
     panels = [("train_acc", "train accuracy", False), ("val_acc", "validation accuracy", False),
               ("param_norm", "parameter norm (L2)", False), ("train_loss", "train loss", True),
               ("val_loss", "validation loss", True)]
-    wds = np.sort(fits["wd"].unique())
+    by = next((a for a in numeric_axes(fits) if a in fits.columns and fits[a].nunique() > 1), "wd")
+    wds = np.sort(fits[by].unique())
     cmap = matplotlib.colormaps["viridis"]
     color = {w: cmap(i / max(len(wds) - 1, 1)) for i, w in enumerate(wds)}
     seeds = np.sort(fits["seed"].unique()) if "seed" in fits.columns else np.array([0])
@@ -33,7 +35,7 @@ def plot_curves(results_metrics: pd.DataFrame, fits: pd.DataFrame) -> Figure:
     for rid, m in results_metrics.groupby("run_id"):
         if rid not in info.index:
             continue
-        c, ls = color[info.at[rid, "wd"]], style.get(info.at[rid, "seed"] if "seed" in info else 0, "-")
+        c, ls = color[info.at[rid, by]], style.get(info.at[rid, "seed"] if "seed" in info else 0, "-")
         for ax, (col, _, _) in zip(grid.ravel(), panels):
             rows = m[m[col].notna()]
             ax.plot(rows["step"], rows[col], ls=ls, lw=0.9, color=c, alpha=0.85, ms=2.5,
@@ -52,7 +54,7 @@ def plot_curves(results_metrics: pd.DataFrame, fits: pd.DataFrame) -> Figure:
         ax.grid(True, alpha=0.3)
     legend_ax = grid[1, 2]
     legend_ax.axis("off")
-    handles = [Line2D([], [], color=color[w], label=f"wd={w:g}") for w in wds]
+    handles = [Line2D([], [], color=color[w], label=f"{by}={w:g}") for w in wds]
     handles += [Line2D([], [], color="black", ls=style[s], label=f"seed {s}") for s in seeds[:len(styles)]]
     handles += [Line2D([], [], ls="", marker=mk, color="black", mfc="none", label=what) for mk, what in _DESCENT]
     legend_ax.legend(handles=handles, loc="center", fontsize=8, ncol=2)

@@ -29,7 +29,7 @@ _FIXED_IN_TITLE = ("op", "p", "arch", "n_layers", "d_model", "n_heads", "d_mlp",
                    "batch_size", "steps", "init_scale")
 
 
-def _numeric_axes(fits: pd.DataFrame) -> list[str]:
+def numeric_axes(fits: pd.DataFrame) -> list[str]:
     axes = [a for a in fits.attrs.get("axes", []) if a in PER_MODEL_FIELDS and a != "seed"]
     if "wd" in axes:
         axes.remove("wd")
@@ -341,7 +341,7 @@ def plot_phase_diagram(fits: pd.DataFrame, ax: Axes | None = None, report: Any =
     """
     if fits.attrs.get("arm_keys") and ax is None:
         return plot_arms(fits)
-    numeric = _numeric_axes(fits)
+    numeric = numeric_axes(fits)
     facets = _facets(fits)
     if ax is not None and len(facets) > 1:
         raise ValueError("a sweep with structural facets needs its own figure; call without ax")
