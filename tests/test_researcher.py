@@ -198,9 +198,9 @@ def test_frame_stays_within_twice_the_metrics_memory():
     assert r.frame("all").memory_usage(deep=True).sum() <= 1.5 * budget and len(r.frame("all")) == n * steps
 
 
-def test_every_written_column_is_in_the_data_dictionary_and_the_readme(swept):
-    readme = (REPO / "README.md").read_text()
-    dictionary = readme[readme.index("### Data dictionary"):]
+def test_every_written_column_is_in_the_data_dictionary_and_the_docs(swept):
+    page = (REPO / "docs" / "results.md").read_text()
+    dictionary = page[page.index("## Data dictionary"):]
     files = {"runs": [swept.path / "runs.parquet"], "metrics": sorted((swept.path / "metrics").glob("*.parquet")),
              "fits": [swept.path / "fits.parquet"], "cells": [swept.path / "cells.parquet"],
              "laws": [swept.path / "laws.parquet"]}
@@ -211,7 +211,7 @@ def test_every_written_column_is_in_the_data_dictionary_and_the_readme(swept):
                 assert field.name in TABLES[kind], f"{kind}.{field.name} has no entry"
                 assert field.metadata and field.metadata[b"description"], f"{kind}.{field.name}"
         for name in TABLES[kind]:
-            assert f"`{name}`" in dictionary, f"README's data dictionary lacks {kind}.{name}"
+            assert f"`{name}`" in dictionary, f"docs/results.md's data dictionary lacks {kind}.{name}"
 
 
 def test_plot_uses_the_saved_fits_unless_told_otherwise(swept, capsys):

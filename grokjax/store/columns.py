@@ -1,6 +1,6 @@
 """The data dictionary: every column of every table in a results directory, with meaning, unit and when
 it is null. Written into each Parquet file as field metadata (``description``, ``unit``, ``null``) and
-printed in the README (a test keeps the two in step)."""
+printed in docs/results.md (a test keeps the two in step)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 (sweep.json, runs.parquet), and the writer of one sweep, shard or process, which streams parts
 (``store.parts``) and checkpoints (``store.checkpoints``). Training code never does I/O.
 
-Layout (contract, see README): ``sweep.json``, ``runs.parquet``, ``metrics/*.parquet``,
+Layout (contract, see docs/results.md): ``sweep.json``, ``runs.parquet``, ``metrics/*.parquet``,
 ``checkpoints/*.npz``, ``fits.parquet`` and ``phase_diagram.png`` from fit/plot, and a ``.lock`` held
 while a sweep writes.
 """

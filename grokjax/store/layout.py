@@ -1,4 +1,4 @@
-"""Names in a results directory (contract, see README)."""
+"""Names in a results directory (contract, see docs/results.md)."""
 
 from __future__ import annotations
 
