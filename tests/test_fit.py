@@ -305,3 +305,22 @@ def test_importing_and_drawing_never_change_the_matplotlib_backend(tmp_path):
                          env=dict(os.environ, PYTHONPATH=str(REPO), MPLBACKEND="svg"))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["svg", "False"] and (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_learning_curves_colour_by_the_swept_number_that_varies():
+    """A warm-started sweep over training fractions at one wd: the curves' colours name frac, not wd; a wd
+    sweep keeps wd."""
+    from grokjax.analysis.curves import plot_curves
+
+    steps = np.arange(0, 30, 10)
+    for axes, values in ((["frac", "wd", "seed"], {"frac": [0.1, 0.2], "wd": [1.0, 1.0]}),
+                         (["wd", "seed"], {"frac": [0.3, 0.3], "wd": [0.1, 1.0]})):
+        fits = pd.DataFrame({"run_id": [0, 1], "seed": [0, 0], **values})
+        fits.attrs["axes"] = axes
+        metrics = pd.DataFrame({"run_id": np.repeat([0, 1], len(steps)), "step": np.tile(steps, 2),
+                                **{c: np.linspace(0.1, 1, 2 * len(steps)) for c in
+                                   ("train_acc", "val_acc", "param_norm", "train_loss", "val_loss")}})
+        legend = plot_curves(metrics, fits).axes[5].get_legend()
+        labels = [t.get_text() for t in legend.get_texts()]
+        key = axes[0]
+        assert [f"{key}={v:g}" for v in values[key]] == labels[:2], labels
