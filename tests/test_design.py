@@ -216,9 +216,9 @@ class _Groks:
         return host
 
 
-def _design_pool(ckpt=None):
+def _design_pool(ckpt=None, extra=()):
     sweep = build_sweep(None, merged(MLP, ["steps=100", "stop=resolved", "design=boundary", "runs=24",
-                                           "wd=logspace(-2,0.5,12)", "seeds=8"]))
+                                           "wd=logspace(-2,0.5,12)", "seeds=8", *extra]))
     (group, runs), = sweep.groups()
     engine = engine_for(group, runs)
     x = np.array([r.get("hp.wd") for r in runs])
@@ -257,6 +257,21 @@ def test_the_pool_trains_the_designs_picks_and_resumes_to_the_same_picks():
     assert ckpt is not None and len(first) == 3 and len(ckpt.order) == sum(len(c[2]) for c in first)
     resumed, _ = _drain(_design_pool(ckpt)[0])
     assert first + resumed == chosen
+
+
+def test_a_model_step_budget_ends_the_choosing():
+    """model_step_budget=B: a refill chooses runs only while the chosen runs have trained < B model-steps;
+    after that the busy runs finish and nothing more is chosen, so fewer than runs=24 are trained."""
+    budget = 600
+    pool, _ = _design_pool(extra=[f"model_step_budget={budget}"])
+    spent, picked = [], []
+    for c in pool.chunks(want_state=lambda end, n: False, should_stop=lambda: False):
+        spent.append(pool.done_steps)
+        picked.append(sum(len(ch.run_ids) for ch in c.choices))
+    over = next(i for i, s in enumerate(spent) if s >= budget)
+    assert 6 < sum(picked) < 24 and sum(picked[over + 1:]) == 0 and picked[over] == 0, (spent, picked)
+    assert all(s < budget for s, k in zip(spent[1:], picked[1:]) if k), (spent, picked)
+    assert pool.n_busy == 0 and spent[-1] < budget + 6 * 100
 
 
 def test_the_boundary_of_a_fitted_grid():

@@ -40,10 +40,16 @@ def _env(devices: int) -> dict[str, str]:
                                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
-def _launch(out, n: int = 2, extra=()) -> list[subprocess.Popen]:
+# design=boundary: 6 of 12 candidates chosen in 2 slots; every process must make the same choices from the
+# outcomes so far, or their programs would train different runs.
+DESIGN = [*[a for a in ARGS if not a.startswith(("wd=", "seeds=", "steps=", "snapshot"))], "wd=logspace(-1,0.5,6)",
+          "seeds=2", "steps=700", "design=boundary", "runs=6"]
+
+
+def _launch(out, n: int = 2, extra=(), args=ARGS) -> list[subprocess.Popen]:
     """n fresh interpreters, one CPU device each, running one sweep."""
     port = _free_port()
-    return [subprocess.Popen([sys.executable, "-m", "grokjax", "sweep", *ARGS, "--out", str(out), "--no-plot",
+    return [subprocess.Popen([sys.executable, "-m", "grokjax", "sweep", *args, "--out", str(out), "--no-plot",
                               "--quiet", "--coordinator", f"localhost:{port}", "--num-processes", str(n),
                               "--process-id", str(i), "--cluster-timeout", "60", *extra],
                              cwd=REPO, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -103,6 +109,22 @@ def test_two_processes_interrupted_and_resumed_equal_one_process_with_two_device
     assert len(r.stops) == 2  # the re-packs happened
     writers = {p.name.split("-")[0] for p in (out / "metrics").glob("*.parquet")}
     assert writers == {"proc00000of00002", "proc00001of00002"}  # each process wrote its own models' parts
+
+
+@pytest.mark.slow
+def test_two_processes_make_the_same_design_choices_as_one(tmp_path):
+    """design=boundary over 2 processes: the chosen runs, their rounds and acquisition values, and every
+    metric equal one process with two devices (float64, bitwise)."""
+    one = tmp_path / "one"
+    proc = run_cli(["sweep", *DESIGN, "--out", str(one), "--no-plot", "--quiet"], env=_env(2))
+    assert proc.returncode == 0, proc.stderr
+    two = tmp_path / "two"
+    assert _finish(_launch(two, args=DESIGN)) == [0, 0]
+    a, b = grokjax.load(one), grokjax.load(two)
+    chosen = b.runs[b.runs.design_round >= 0]
+    assert len(chosen) == 6 and chosen.design_round.max() >= 2 and set(b.metrics.run_id) == set(chosen.run_id)
+    pd.testing.assert_frame_equal(b.runs, a.runs, check_exact=True)
+    pd.testing.assert_frame_equal(b.metrics, a.metrics, check_exact=True)
 
 
 @pytest.mark.slow

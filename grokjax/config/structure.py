@@ -207,6 +207,9 @@ class TrainConfig:
                       choices=C.DESIGNS)
     runs: int = key(0, "design=boundary: how many of the grid's runs to train; 0: a quarter of them (at least 8)",
                     check=whole(0), acts_with=("train.design", ("boundary",)))
+    model_step_budget: int = key(0, "design=boundary: choose no more runs once the chosen runs have trained this many "
+                                    "model-steps in all (checked at each refill; the runs in slots then finish); "
+                                    "0: no limit but runs", check=whole(0), acts_with=("train.design", ("boundary",)))
 
 
 @dataclass(frozen=True)

@@ -188,8 +188,12 @@ class SlotPool:
 
     @property
     def n_waiting(self) -> int:
-        """Runs still to be taken into a slot: the queue's, or the design's runs not yet chosen."""
+        """Runs still to be taken into a slot: the queue's, or the design's runs not yet chosen (none once the
+        chosen runs have trained model_step_budget model-steps)."""
         if self.design is not None:
+            limit = self.engine.group.train.model_step_budget
+            if limit and self.done_steps >= limit:  # the model-step budget is spent: the busy runs finish
+                return 0
             return min(self.design.budget, len(self.runs)) - self.queued
         return len(self.runs) - self.queued
 
