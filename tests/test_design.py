@@ -12,6 +12,7 @@ from conftest import merged
 
 from grokjax.analysis.boundary import boundary_lines, fit_boundaries
 from grokjax.cli import main
+from grokjax.errors import UserError
 from grokjax.config.schedule import chunk_rows
 from grokjax.design.boundary import estimate
 from grokjax.design.chooser import GROKKED, NOT_GROKKED, PENDING, BoundaryDesign
@@ -293,12 +294,35 @@ def test_the_boundary_of_a_fitted_grid():
     (["wd=[0,1]"], "every value must be > 0"),
     (["wd=[0.1,1]", "seeds=2", "runs=9"], "the grid has only 4 candidate runs"),
     (["wd=[0.1,1]", "d_mlp=[16,32]"], "2 compiled groups"),
+    (["wd=logrange(10,1)"], "give 0 < low < high"),
+    (["wd=logrange(0.1,1,8)"], "logrange takes 2 arguments"),
 ])
 def test_a_design_the_grid_cannot_carry_is_one_line(args, says, capsys, tmp_path):
     code = main(["sweep", *merged(MLP, ["steps=20", "design=boundary", *args]), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_continuous_range_gives_the_design_log_spaced_candidates(tmp_path, capsys):
+    """wd=logrange(a,b): LOGRANGE_POINTS candidates from a to b, evenly spaced in log wd, for design=boundary;
+    a grid refuses it in one line, also from a sweep file, unless the command line replaces the range."""
+    from grokjax.grid.expand import build_sweep
+    from grokjax.grid.grammar import LOGRANGE_POINTS
+
+    sweep = build_sweep(None, merged(MLP, ["design=boundary", "wd=logrange(1e-3,10)", "seeds=2"]))
+    wd = np.array(sweep.values["hp.wd"])
+    assert len(wd) == LOGRANGE_POINTS and sweep.n_runs() == 2 * LOGRANGE_POINTS
+    np.testing.assert_allclose([wd[0], wd[-1]], [1e-3, 10], rtol=1e-12)
+    np.testing.assert_allclose(np.diff(np.log10(wd)), 4 / (LOGRANGE_POINTS - 1), rtol=1e-9)
+    assert main(["sweep", *merged(MLP, ["wd=logrange(1e-3,10)"]), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "continuous range is for design=boundary" in err and len(err.strip().splitlines()) == 1
+    file = tmp_path / "s.toml"
+    file.write_text("wd = 'logrange(1e-3,10)'\n")
+    with pytest.raises(UserError, match="continuous range"):
+        build_sweep(str(file), MLP)
+    assert build_sweep(str(file), merged(MLP, ["wd=[0.1,1]"])).values["hp.wd"] == [0.1, 1]
 
 
 def test_a_design_cannot_be_sharded(capsys, tmp_path):

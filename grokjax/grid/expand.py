@@ -24,7 +24,7 @@ from grokjax.config.presets import find_config, named_sweeps, read_sweep_file
 from grokjax.config.structure import GroupConfig, ModelConfig, Scalar, TaskConfig, TrainConfig
 from grokjax.errors import UserError
 from grokjax.grid.design import check_design
-from grokjax.grid.grammar import MAX_AXIS_VALUES, coerce, did_you_mean, parse_expression, resolve_key
+from grokjax.grid.grammar import LOGRANGE_POINTS, MAX_AXIS_VALUES, coerce, did_you_mean, parse_expression, resolve_key
 from grokjax.tasks.tables import n_pairs_of
 
 MAX_RUNS = 1_000_000  # runs per sweep, refused before the grid is enumerated
@@ -245,18 +245,21 @@ def _apply(values: dict[str, list[Scalar]], axes: list[str], key: str, parsed: l
         axes.append(path)
 
 
-def apply_file(values: dict[str, list[Scalar]], axes: list[str], path: Path) -> None:
+def apply_file(values: dict[str, list[Scalar]], axes: list[str], path: Path) -> list[tuple[str, str]]:
     """Apply a sweep file's keys (``config.presets.read_sweep_file``): strings in the sweep grammar, lists
-    as axes."""
+    as axes. Returns the (key, text) of its expressions in the grammar."""
+    typed = []
     for key, v in read_sweep_file(path).items():
         if key == "arms":
             continue  # read by build_sweep
         resolve_key(key)
         if isinstance(v, str):
             parsed, is_axis = parse_expression(key, v)
+            typed.append((key, v.strip()))
         else:
             parsed, is_axis = (list(v), True) if isinstance(v, list) else ([v], False)
         _apply(values, axes, key, parsed, is_axis)
+    return typed
 
 
 def python_values(key: str, value: Any) -> tuple[list[Scalar], bool]:
@@ -376,6 +379,16 @@ def _check_duplicates(sweep: Sweep) -> None:
                             f"{same[0]} would train the same run twice; drop -1 or {same[0]} from data_seed")
 
 
+def _check_continuous(given: list[tuple[str, str]], values: dict[str, list[Scalar]]) -> None:
+    """A continuous range (logrange) is a design's to sample: a grid would train candidates nobody typed."""
+    for key, text in given:
+        if not text.startswith("logrange(") or values[resolve_key(key)] != parse_expression(key, text)[0]:
+            continue  # not a range, or a file's range that the command line replaced
+        if values["train.design"] != ["boundary"]:
+            raise UserError(f"{key}={text}: a continuous range is for design=boundary, which picks its runs from "
+                            f"{LOGRANGE_POINTS} log-spaced candidates of it; for a grid give {key}=logspace(a,b,n)")
+
+
 def build_sweep(config: str | None = None, overrides: Iterable[str] = (),
                 settings: Mapping[str, Any] | None = None,
                 arms: Iterable[str | Mapping[str, Any]] | None = None) -> Sweep:
@@ -388,7 +401,7 @@ def build_sweep(config: str | None = None, overrides: Iterable[str] = (),
     if path is None:
         raise UserError(f"no sweep file or preset named {config!r}{did_you_mean(config, named_sweeps())}; "
                         f"accepted: a .toml path or one of {', '.join(named_sweeps())}")
-    apply_file(values, axes, path)
+    in_file = apply_file(values, axes, path)
     name, path_of_config = path.stem, path
     seen: set[str] = set()
     given: list[tuple[str, str]] = []  # (key as typed, what was typed): checked for an effect below
@@ -429,6 +442,7 @@ def build_sweep(config: str | None = None, overrides: Iterable[str] = (),
                         f"split it into several sweeps")
     _check_duplicates(sweep)
     check_design(sweep)
+    _check_continuous(in_file + given, values)
     checked: set[tuple] = set()
     for point in sweep.points(lambda a: not FIELDS[a].per_model or a == "hp.frac"):  # what check_point reads
         key = tuple(sorted(point.items()))

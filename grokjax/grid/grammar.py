@@ -4,6 +4,8 @@
 - list: ``wd=[0.1,0.3,1]`` or ``wd=0.1,0.3,1``
 - ``logspace(a,b,n)`` = 10**linspace(a,b,n) and ``linspace(a,b,n)``, both ends included
 - ``range(start,stop[,step])``, stop excluded
+- ``logrange(a,b)``: the continuous range [a, b] (a, b > 0) for design=boundary, which picks its runs from
+  ``LOGRANGE_POINTS`` log-spaced candidates of it, ends included (a grid refuses it: build_sweep)
 - ``seeds=16`` means seeds 0..15; ``seeds=[0,3,7]`` names them
 """
 
@@ -21,7 +23,8 @@ from grokjax.config.fields import ALIASES, FIELDS
 from grokjax.config.structure import Scalar
 from grokjax.errors import UserError
 
-FUNCTIONS = ("logspace", "linspace", "range")
+FUNCTIONS = ("logspace", "linspace", "range", "logrange")
+LOGRANGE_POINTS = 64  # candidates of a continuous range: neighbours 16% apart over 1e-3..10
 MAX_AXIS_VALUES = 100_000  # values one key may sweep: refused before anything of that size is allocated
 
 _INT = re.compile(r"[+-]?\d+", re.ASCII)  # ASCII: a fullwidth or Arabic-Indic digit is not a number here
@@ -62,8 +65,19 @@ def _number_args(key: str, name: str, inner: str) -> list[int | float]:
     return args
 
 
+def _logrange(key: str, inner: str, args: list[int | float]) -> list[Scalar]:
+    if len(args) != 2:
+        raise UserError(f"{key}=logrange({inner}): logrange takes 2 arguments (low, high), got {len(args)}")
+    low, high = args
+    if not 0 < low < high:
+        raise UserError(f"{key}=logrange({inner}): give 0 < low < high (the range is log-scaled)")
+    return [float(v) for v in np.logspace(math.log10(low), math.log10(high), LOGRANGE_POINTS)]
+
+
 def _call(key: str, name: str, inner: str) -> list[Scalar]:
     args = _number_args(key, name, inner)
+    if name == "logrange":
+        return _logrange(key, inner, args)
     if name in ("logspace", "linspace"):
         if len(args) != 3:
             raise UserError(f"{key}={name}({inner}): {name} takes 3 arguments (start, stop, n), got {len(args)}")
@@ -101,7 +115,7 @@ def parse_expression(key: str, text: str) -> tuple[list[Scalar], bool]:
         name, inner = call.group(1), call.group(2)
         if name not in FUNCTIONS:
             raise UserError(f"{key}={text}: unknown function {name!r}{did_you_mean(name, FUNCTIONS)}; "
-                            f"accepted: logspace(a,b,n), linspace(a,b,n), range(start,stop[,step])")
+                            f"accepted: logspace(a,b,n), linspace(a,b,n), range(start,stop[,step]), logrange(a,b)")
         if any(c in inner for c in "()[]"):
             raise UserError(f"{key}={text}: arguments of {name} must be plain numbers")
         return _call(key, name, inner), True
