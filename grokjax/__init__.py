@@ -2,7 +2,8 @@
 
 Public API: ``sweep`` (``grokjax sweep`` from Python, returns ``Results``), ``build_sweep`` and
 ``run_sweep`` (its two halves), ``load`` (a results
-directory as pandas DataFrames), ``fit`` (grokking times and phases per run), ``cells`` and ``fit_law``
+directory as pandas DataFrames), ``fit`` (grokking times and phases per run), ``report`` (fits, cells and
+laws in one call), ``cells`` and ``fit_law``
 (per-cell statistics and the wd law), ``plot_phase_diagram`` (a matplotlib Figure),
 ``hooked_transformer`` (a model exported with ``grokjax export DIR --to transformerlens OUT``, loaded).
 
@@ -25,6 +26,7 @@ _LAZY = {
     "run_sweep": "grokjax.run.sweep",
     "load": "grokjax.store.load",
     "fit": "grokjax.analysis.fit",
+    "report": "grokjax.analysis.report",
     "cells": "grokjax.analysis.survival",
     "fit_law": "grokjax.analysis.law",
     "plot_phase_diagram": "grokjax.analysis.plots",
@@ -43,4 +45,4 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["Results", "UserError", "build_sweep", "cells", "fit", "fit_law", "hooked_transformer", "load",
-           "plot_phase_diagram", "run_sweep", "sweep"]
+           "plot_phase_diagram", "report", "run_sweep", "sweep"]

@@ -12,6 +12,7 @@ from grokjax.analysis.boundary import Boundary, fit_boundaries
 from grokjax.analysis.fit import FitOptions, fit_results
 from grokjax.analysis.law import Law, fit_laws, laws_table
 from grokjax.analysis.survival import cells
+from grokjax.config.schedule import THRESHOLD
 from grokjax.store.load import Results, load
 from grokjax.store.outputs import save_fits
 
@@ -45,3 +46,12 @@ def analyse(source: str | Path | Results, opts: FitOptions = FitOptions(), save:
     if save:
         save_fits(results.path, fits, report.cells, report.laws_frame)
     return report
+
+
+def report(path_or_results: str | Path | Results, threshold: float = THRESHOLD, slack: float = 0.01,
+           gap: float = 1000.0, keep: float = 0.9, confirm: int = 3, save: bool = False) -> Report:
+    """Python API of everything ``grokjax fit`` computes, in one call: ``.fits`` (one row per run: times,
+    phase, double descent, norm-gap, slingshots), ``.cells`` (one row per cell), ``.laws_frame`` (the
+    laws, and each boundary, e.g. frac* at each wd, as a row with target = boundary). The options are
+    ``grokjax fit``'s; ``save`` writes the three tables as it does."""
+    return analyse(path_or_results, FitOptions(threshold, slack, gap, keep, confirm).check(), save=save)
