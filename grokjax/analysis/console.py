@@ -233,7 +233,8 @@ def finish_sweep(outcome: Any, sweep: Any, fit: bool = True, plot: bool = True, 
     stopped = dict(zip(results.stops["run_id"].tolist(), results.stops["stop_step"].tolist()))
     steps_of = dict(zip(results.runs["run_id"].tolist(), results.runs["steps"].tolist()))
     trained = held - sum(steps_of[rid] - stop for rid, stop in stopped.items())
-    chosen = f" (design=boundary: chosen of {len(results.runs)} candidates)" if len(ran) < len(results.runs) else ""
+    design = sweep.values["train.design"][0]
+    chosen = f" (design={design}: chosen of {len(results.runs)} candidates)" if len(ran) < len(results.runs) else ""
     say(f"{n_runs} runs{chosen} in {outcome.seconds:.1f} s (compilation included); training "
         f"{outcome.model_steps_per_s:,.0f} model-steps/s; this process computed {outcome.model_steps:,} "
         f"model-steps (padding included), the sweep holds {trained:,}")

@@ -25,7 +25,8 @@ PRECISIONS = ("float32", "tf32", "bfloat16")
 DECAY_MASKS = ("all", "matrices")
 STOPS = ("budget", "resolved")
 REPACKS = ("auto", "always")
-DESIGNS = ("grid", "boundary")  # grid: every run; boundary: the runs chosen where the phase boundary is unsure
+DESIGNS = ("grid", "boundary", "law")  # grid: every run; boundary: the runs chosen where the phase boundary is
+# unsure; law: the runs chosen to narrow the t_val ∝ wd^alpha exponent (grokjax.design.designs has the choosers)
 
 # Tasks (Power et al. 2022, appendix A.1.1): tasks.tables implements them.
 OPS = ("add", "sub", "mul", "div", "x2_y2", "x2_xy_y2", "x2_xy_y2_x", "x3_xy", "x3_xy2_y", "s5")

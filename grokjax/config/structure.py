@@ -203,13 +203,15 @@ class TrainConfig:
                            "grokked", acts_with=("train.stop", ("resolved",)))
     design: str = key("grid", "grid: train every run of the grid; boundary: train only the runs=N of them that map "
                               "the phase boundary best (where P(grokked within the budget) = 1/2 along the one "
-                              "swept number), each freed slot taking the candidate whose outcome is least certain",
+                              "swept number), each freed slot taking the candidate whose outcome is least certain; "
+                              "law: the runs=N that narrow the exponent of t_val ∝ wd^alpha most (cells at the "
+                              "ends of the range where runs grok)",
                       choices=C.DESIGNS)
-    runs: int = key(0, "design=boundary: how many of the grid's runs to train; 0: a quarter of them (at least 8)",
-                    check=whole(0), acts_with=("train.design", ("boundary",)))
-    model_step_budget: int = key(0, "design=boundary: choose no more runs once the chosen runs have trained this many "
+    runs: int = key(0, "design=boundary|law: how many of the grid's runs to train; 0: a quarter of them (at least "
+                       "8)", check=whole(0), acts_with=("train.design", ("boundary", "law")))
+    model_step_budget: int = key(0, "design=boundary|law: choose no more runs once the chosen runs have trained this many "
                                     "model-steps in all (checked at each refill; the runs in slots then finish); "
-                                    "0: no limit but runs", check=whole(0), acts_with=("train.design", ("boundary",)))
+                                    "0: no limit but runs", check=whole(0), acts_with=("train.design", ("boundary", "law")))
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,18 @@ PENDING, NOT_GROKKED, GROKKED = -1, 0, 1
 
 @dataclass(frozen=True)
 class Pick:
-    """One chosen candidate: its index, the expected entropy that chose it (of x*'s posterior at its value
-    of the second axis, if any; NaN in the space-filling start) and the estimate of that x* from the
-    outcomes known when it was chosen (None before any)."""
+    """One chosen candidate: its index, the score that chose it (``rule`` boundary: the expected entropy of
+    x*'s posterior at its value of the second axis, if any; law: ``design.law``'s; NaN in the space-filling
+    start and law's fill and anchor rules), the estimate of that x* from the outcomes known when it was chosen (None before
+    any) and the rule that chose it (one of ``RULES``)."""
 
     index: int
     acquisition: float
     estimate: Estimate | None
+    rule: str = "boundary"
 
+
+RULES = ("start", "boundary", "fill", "anchor", "law")  # the space-filling start; design.chooser's; design.law's
 
 @dataclass
 class BoundaryDesign:
@@ -65,13 +69,13 @@ class BoundaryDesign:
         known = [self._known(done[self.by[done] == b], outcome) for b in range(self.n_by)]
         for _ in range(k):
             if int(taken.sum()) < self.n_initial:
-                point, score = self._spread(taken), float("nan")
+                point, score, rule = self._spread(taken), float("nan"), "start"
             else:
-                point, score = self._best(order, outcome, picks, taken)
+                point, score, rule = self._best(order, outcome, picks, taken)
             level, b = point
             index = int(np.flatnonzero(~taken & (self.level_of == level) & (self.by == b))[0])
             taken[index] = True
-            picks.append(Pick(index, score, known[b]))
+            picks.append(Pick(index, score, known[b], rule))
         return picks
 
     def _known(self, done: np.ndarray, outcome: np.ndarray) -> Estimate | None:
@@ -93,11 +97,11 @@ class BoundaryDesign:
         return int(open_levels[np.argmin(np.abs(open_levels - target))]), b
 
     def _best(self, order: np.ndarray, outcome: np.ndarray, picks: list[Pick],
-              taken: np.ndarray) -> tuple[tuple[int, int], float]:
+              taken: np.ndarray) -> tuple[tuple[int, int], float, str]:
         """The open point whose run most lowers its x*'s expected entropy (runs still training counted at
-        their predictive probability): the point and its expected entropy."""
+        their predictive probability): the point, its expected entropy and the rule's name."""
         best: tuple[float, tuple[int, int], float] | None = None
-        pending = np.concatenate([order[outcome[order] == PENDING], [p.index for p in picks]]).astype(np.int64)
+        pending = self._pending(order, outcome, picks)
         for b in range(self.n_by):
             open_levels = np.unique(self.level_of[~taken & (self.by == b)])
             if not len(open_levels):
@@ -110,7 +114,12 @@ class BoundaryDesign:
             if best is None or gain[j] < best[0]:
                 best = (float(gain[j]), (int(open_levels[j]), b), float(after[j]))
         assert best is not None, "pick() asks only while a candidate is open"
-        return best[1], best[2]
+        return best[1], best[2], "boundary"
+
+    @staticmethod
+    def _pending(order: np.ndarray, outcome: np.ndarray, picks: list[Pick]) -> np.ndarray:
+        """The candidates taken whose outcomes are not known yet: still training, or picked in this call."""
+        return np.concatenate([order[outcome[order] == PENDING], [p.index for p in picks]]).astype(np.int64)
 
     def _posterior(self, done: np.ndarray, outcome: np.ndarray, pending: np.ndarray) -> np.ndarray:
         """The log posterior [C, S] of the runs ``done`` with the runs ``pending`` as soft outcomes."""

@@ -1,9 +1,10 @@
-"""design=boundary over a grid: the swept number whose boundary is mapped, how many runs, the checks.
+"""design=boundary|law over a grid: the swept number whose boundary is mapped, how many runs, the checks.
 
-The grid's runs are the candidates. The design maps the boundary along one swept per-model number x (wd, lr,
-frac, ...; the seed axes only replicate): the first one typed. A second such axis makes it a boundary curve,
-x* at each of that axis's values. A grid with three such axes, with arms, or with several compiled groups
-is refused in one line, as is ``runs`` above the number of candidates.
+The grid's runs are the candidates. design=boundary maps the boundary along one swept per-model number x
+(wd, lr, frac, ...; the seed axes only replicate): the first one typed. A second such axis makes it a
+boundary curve, x* at each of that axis's values. design=law narrows the exponent of t_val ∝ wd^alpha, so
+its one swept number is wd. A grid with more such axes, with arms, or with several compiled groups is
+refused in one line, as is ``runs`` above the number of candidates.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ def design_axes(sweep) -> tuple[str, str | None]:
     """The dotted paths of the swept per-model number a design maps x* along (the first typed) and of the
     second one it maps x* at each value of, or None (``sweep``: grid.expand.Sweep)."""
     moving = [a for a in sweep.axes if FIELDS[a].per_model and a not in REPLICATES]
+    if sweep.values["train.design"] == ["law"] and moving != ["hp.wd"]:
+        shown = ", ".join(SHORT_NAMES[a] for a in moving) or "nothing"
+        raise UserError(f"design=law narrows the exponent of t_val ∝ wd^alpha, which grokjax fit fits along wd: "
+                        f"sweep wd alone (with seeds, e.g. 'wd=logspace(-2,0.5,24)' seeds=8); this grid sweeps "
+                        f"{shown}")
     if not 1 <= len(moving) <= 2:
         shown = ", ".join(SHORT_NAMES[a] for a in moving) or "none"
         raise UserError(f"design=boundary maps the boundary along one swept number (e.g. "
@@ -33,8 +39,9 @@ def design_axes(sweep) -> tuple[str, str | None]:
     axis = moving[0]
     bad = [v for v in sweep.values[axis] if not float(v) > 0]
     if bad:
-        raise UserError(f"design=boundary: {SHORT_NAMES[axis]}={bad[0]!r}: the boundary is fitted in log "
-                        f"{SHORT_NAMES[axis]} (the first swept number), so every value must be > 0")
+        raise UserError(f"design={sweep.values['train.design'][0]}: {SHORT_NAMES[axis]}={bad[0]!r}: the "
+                        f"boundary is fitted in log {SHORT_NAMES[axis]} (the first swept number), so every value "
+                        f"must be > 0")
     return axis, (moving[1] if len(moving) == 2 else None)
 
 
@@ -55,12 +62,12 @@ def check_design(sweep) -> None:
     if designs == ["grid"]:
         return
     if len(designs) > 1 or "train.design" in sweep.axes:
-        raise UserError("design is given several values; give one: design=grid or design=boundary")
+        raise UserError("design is given several values; give one: design=grid, design=boundary or design=law")
     if sweep.arms:
-        raise UserError("design=boundary with arms: a design maps one grid; run each arm as its own sweep")
+        raise UserError(f"design={designs[0]} with arms: a design maps one grid; run each arm as its own sweep")
     groups = sweep.group_sizes()
     if len(groups) > 1:
-        raise UserError(f"design=boundary: the grid has {len(groups)} compiled groups (a structural key is "
+        raise UserError(f"design={designs[0]}: the grid has {len(groups)} compiled groups (a structural key is "
                         f"swept); a design maps one group: sweep only per-model numbers")
     design_axes(sweep)
     runs, n = int(sweep.values["train.runs"][0]), sweep.n_runs()

@@ -384,9 +384,9 @@ def _check_continuous(given: list[tuple[str, str]], values: dict[str, list[Scala
     for key, text in given:
         if not text.startswith("logrange(") or values[resolve_key(key)] != parse_expression(key, text)[0]:
             continue  # not a range, or a file's range that the command line replaced
-        if values["train.design"] != ["boundary"]:
-            raise UserError(f"{key}={text}: a continuous range is for design=boundary, which picks its runs from "
-                            f"{LOGRANGE_POINTS} log-spaced candidates of it; for a grid give {key}=logspace(a,b,n)")
+        if values["train.design"] == ["grid"]:
+            raise UserError(f"{key}={text}: a continuous range is for design=boundary or law, which pick their "
+                            f"runs from {LOGRANGE_POINTS} log-spaced candidates of it; for a grid give {key}=logspace(a,b,n)")
 
 
 def build_sweep(config: str | None = None, overrides: Iterable[str] = (),

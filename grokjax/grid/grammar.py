@@ -4,7 +4,7 @@
 - list: ``wd=[0.1,0.3,1]`` or ``wd=0.1,0.3,1``
 - ``logspace(a,b,n)`` = 10**linspace(a,b,n) and ``linspace(a,b,n)``, both ends included
 - ``range(start,stop[,step])``, stop excluded
-- ``logrange(a,b)``: the continuous range [a, b] (a, b > 0) for design=boundary, which picks its runs from
+- ``logrange(a,b)``: the continuous range [a, b] (a, b > 0) for design=boundary|law, which pick their runs from
   ``LOGRANGE_POINTS`` log-spaced candidates of it, ends included (a grid refuses it: build_sweep)
 - ``seeds=16`` means seeds 0..15; ``seeds=[0,3,7]`` names them
 """

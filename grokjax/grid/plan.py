@@ -81,20 +81,21 @@ def describe_plan(sweep: Sweep) -> str:
     model_steps = sum(g.train.steps * n for g, n, _ in groups)
     disk = sum(n * run_disk_bytes(g) for g, n, _ in groups)
     programs = f"{len(groups)} program{'s' if len(groups) > 1 else ''} to compile, one per group"
-    runs = (f"{sweep.n_runs():,} candidate runs (design=boundary trains {groups[0][1]:,})"
-            if sweep.values["train.design"] == ["boundary"] else f"{sweep.n_runs():,} runs")
+    design = sweep.values["train.design"][0]
+    runs = (f"{sweep.n_runs():,} candidate runs (design={design} trains {groups[0][1]:,})"
+            if design != "grid" else f"{sweep.n_runs():,} runs")
     lines = [f"{sweep.name}: {runs} in {len(groups)} compiled group(s); swept: {axes}",
              f"{model_steps:,} model-steps; metrics on disk about {_mib(disk)}; {programs}"]
     for i, (g, n, max_frac) in enumerate(groups):
         per_model = step_bytes(g, max_frac)
         task = ("digits" if g.task.dataset == "digits" else "s5" if g.task.op == "s5"
                 else f"{g.task.op} mod {g.task.p}")
-        wanted = g.train.models_per_batch or (design_slots(n) if g.train.design == "boundary" else 0)
+        wanted = g.train.models_per_batch or (design_slots(n) if g.train.design != "grid" else 0)
         slots = (f"{min(wanted, n):,} slots (models_per_batch={wanted})" if g.train.models_per_batch else
                  f"up to {min(wanted, n):,} slots (a quarter of the design's runs, as many as fit in memory)"
                  if wanted else f"up to {n:,} slots (as many as fit in memory, chosen when it compiles)")
         queue = (f"the design choosing {n:,} of its {sweep.n_runs():,} candidate runs for them"
-                 if g.train.design == "boundary" else "the runs queued for them")
+                 if g.train.design != "grid" else "the runs queued for them")
         lines.append(f"group {i + 1}: {n:,} runs, {task}, {g.model.arch} ({n_params(g):,} parameters), "
                      f"{g.train.steps:,} steps; {slots}, {queue}; about {_mib(per_model)} per "
                      f"slot, {_mib(per_model * (min(wanted, n) if wanted else n))} for all slots")
@@ -102,8 +103,8 @@ def describe_plan(sweep: Sweep) -> str:
 
 
 def _trained(group: GroupConfig, n: int) -> int:
-    """The runs of a group of ``n`` that train: all, or design=boundary's share."""
-    return design_runs(group.train.runs, n) if group.train.design == "boundary" else n
+    """The runs of a group of ``n`` that train: all, or a design's share."""
+    return design_runs(group.train.runs, n) if group.train.design != "grid" else n
 
 
 def _mib(n: int) -> str:

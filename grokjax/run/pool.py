@@ -99,12 +99,12 @@ class PoolChunk:
     reasons: list[str] = field(default_factory=list)
     dropped: int = 0  # model-steps the stopped runs give up (the rest of their budgets)
     checkpoint: Checkpoint | None = None
-    choices: list["Choice"] = field(default_factory=list)  # design=boundary: made up to the refill after it
+    choices: list["Choice"] = field(default_factory=list)  # design=boundary|law: made up to the refill after it
 
 
 @dataclass(frozen=True)
 class Choice:
-    """design=boundary: the runs ``run_ids`` chosen at the program's ``clock`` (its ``design_round``-th
+    """design=boundary|law: the runs ``run_ids`` chosen at the program's ``clock`` (its ``design_round``-th
     refill), each with the pick that chose it."""
 
     clock: int
@@ -116,14 +116,15 @@ class Choice:
         """The records of the data dictionary's design table, [L] each."""
         est = [pk.estimate for pk in self.picks]
         value = lambda f: np.array([getattr(e, f) if e is not None else np.nan for e in est])  # noqa: E731
-        return {"acquisition": np.array([pk.acquisition for pk in self.picks]), "x_star_then": value("x_star"),
+        return {"design_rule": np.array([pk.rule for pk in self.picks]),
+                "acquisition": np.array([pk.acquisition for pk in self.picks]), "x_star_then": value("x_star"),
                 "x_star_low_then": value("low"), "x_star_high_then": value("high")}
 
 
 class SlotPool:
     """Trains the runs ``runs`` of one group (in this order: the queue) in the program of ``n_slots``
     models from ``program(n_models)``, from a checkpoint (its slots) or from the start. With ``design``
-    (design=boundary) ``runs`` are candidates, and each freed slot takes the one the design picks. With
+    (design=boundary|law) ``runs`` are candidates, and each freed slot takes the one the design picks. With
     ``warm`` (init_from) a run taken into a slot starts from its source's leaves, not a fresh init."""
 
     def __init__(self, engine: Engine, runs: list[Run], n_slots: int, program: Callable[[int], Program],
@@ -346,7 +347,7 @@ class SlotPool:
         return c
 
     def _note_outcomes(self, final: np.ndarray, stopped: np.ndarray, reasons: list[str]) -> None:
-        """design=boundary: the outcomes of the runs that finished: grokked if it stopped grokked, or if it
+        """design=boundary|law: the outcomes of the runs that finished: grokked if it stopped grokked, or if it
         reached its budget memorized with its last evaluation at validation accuracy >= THRESHOLD."""
         r = self.resolver
         at_budget = np.where(r.memorized[final] & (r.streak[final] >= 1), GROKKED, NOT_GROKKED)

@@ -19,6 +19,7 @@ from grokjax.engine.program import Program, param_names, state_shapes
 from grokjax.engine.single import Engine, engine_for
 from grokjax.errors import Interrupted, UserError
 from grokjax.design.chooser import BoundaryDesign
+from grokjax.design.designs import CHOOSERS
 from grokjax.grid.design import design_axes, design_runs, design_slots
 from grokjax.grid.expand import Sweep, changed_settings
 from grokjax.grid.plan import disk_bytes
@@ -154,8 +155,9 @@ def run_sweep(sweep: Sweep, out: Path | None = None, resume: bool = False, quiet
     if peers.count > 1 and out is None:
         raise UserError("a multi-process sweep needs --out DIR, a directory every process sees")
     if shard is not None and sweep.values["train.design"] != ["grid"]:
-        raise UserError(f"--shard {shard.label}: not supported with design=boundary (each choice needs every "
-                        f"outcome so far); run the design as one sweep, over several processes if need be")
+        raise UserError(f"--shard {shard.label}: not supported with design={sweep.values['train.design'][0]} "
+                        f"(each choice needs every outcome so far); run the design as one sweep, over several "
+                        f"processes if need be")
     quiet = quiet or not peers.leader
     path = Path(out) if out is not None else default_out(sweep)
     groups = [(g, [r for r in runs if shard is None or shard.has(r.run_id)]) for g, runs in sweep.groups()]
@@ -224,7 +226,7 @@ def _train_groups(sweep: Sweep, groups: list, engines: list, plans: dict, rd: Re
     for gi, (group, runs) in enumerate(groups):
         if not runs:  # this shard has no run in the group
             continue
-        axes = design_axes(sweep) if group.train.design == "boundary" else None
+        axes = design_axes(sweep) if group.train.design != "grid" else None
         pool = _open_pool(gi, len(groups), group, runs, engines[gi], plans, rd, rep, tracker, resume, peers, axes,
                           warm[gi] if warm else None)
         where = f"group {gi + 1}/{len(groups)}"
@@ -267,29 +269,29 @@ def _keep_chunk(rd: ResultsDir, gi: int, c: PoolChunk, engine: Engine, peers: Pe
 
 def _n_trained(group: GroupConfig, runs: list) -> int:
     """The runs of a group that will train: all of them, or the design's share."""
-    return design_runs(group.train.runs, len(runs)) if group.train.design == "boundary" and runs else len(runs)
+    return design_runs(group.train.runs, len(runs)) if group.train.design != "grid" and runs else len(runs)
 
 
 def _choose_slots(engine: Engine, group: GroupConfig, runs: list) -> tuple[int, str]:
     """The group's slots: as many as fit (at most one per run), or for a design a quarter of its runs
     (``grid.design.design_slots``), either at most ``models_per_batch``."""
     t = group.train
-    if t.design != "boundary":
+    if t.design == "grid":
         return choose_models_per_batch(engine, len(runs), t.models_per_batch)
     n_runs = _n_trained(group, runs)
     n, why = choose_models_per_batch(engine, t.models_per_batch or design_slots(n_runs), t.models_per_batch)
-    return n, why if t.models_per_batch else f"{n} slots (design=boundary: a quarter of its {n_runs} runs)"
+    return n, why if t.models_per_batch else f"{n} slots (design={t.design}: a quarter of its {n_runs} runs)"
 
 
 def _design(axes: tuple[str, str | None] | None, group: GroupConfig, runs: list,
             n_slots: int) -> BoundaryDesign | None:
-    """design=boundary: the chooser over the group's runs along ``axes`` (x, and the second axis or None),
-    its first ``n_slots`` picks space-filling."""
+    """design=boundary|law: the chooser over the group's runs along ``axes`` (x, and the second axis or
+    None), its first ``n_slots`` picks space-filling."""
     if axes is None:
         return None
     x = np.array([float(r.get(axes[0])) for r in runs])
     by = None if axes[1] is None else np.unique([r.get(axes[1]) for r in runs], return_inverse=True)[1]
-    return BoundaryDesign(x, design_runs(group.train.runs, len(runs)), n_slots, by)
+    return CHOOSERS[group.train.design](x, design_runs(group.train.runs, len(runs)), n_slots, by)
 
 
 def _open_pool(gi: int, n_groups: int, group: GroupConfig, runs: list, engine: Engine, plans: dict,

@@ -105,11 +105,16 @@ STOPS: dict[str, Column] = {
 
 DESIGN: dict[str, Column] = {
     "run_id": RUNS["run_id"],
-    "design_round": Column("design=boundary: the refill that chose the run (0: the space-filling start)"),
-    "acquisition": Column("design=boundary: the expected entropy of x*'s posterior after this run, the score "
-                          "that chose it (the lowest of the values open then)", "nats",
-                          "NaN: chosen in the space-filling start"),
-    "x_star_then": Column("design=boundary: the boundary estimate x* from the outcomes known when the run "
+    "design_round": Column("design=boundary|law: the refill that chose the run (0: the space-filling start)"),
+    "design_rule": Column("the rule that chose the run: start (space-filling), boundary (least expected entropy "
+                          "of x*), anchor (design=law: the ends and middle of the range where runs grok, until "
+                          "3 cells are full) or law (design=law: the largest fall of the exponent's variance "
+                          "per run)", "", "missing: not chosen"),
+    "acquisition": Column("the score that chose the run: rule boundary, the expected entropy of x*'s posterior "
+                          "after this run (the lowest open then), nats; rule law, the expected fall per run of "
+                          "Var(alpha) in units of sigma^2 (the runs' scatter of ln t_val about the law; the "
+                          "largest open then)", "", "NaN: rules start and anchor"),
+    "x_star_then": Column("design=boundary|law: the boundary estimate x* from the outcomes known when the run "
                           "was chosen", "", "NaN: no outcome known yet"),
     "x_star_low_then": Column("the lower end of that estimate's 95% credible interval", "", "NaN: as x_star_then"),
     "x_star_high_then": Column("the upper end of that estimate's 95% credible interval", "",

@@ -10,7 +10,7 @@ RUNS_PARQUET = "runs.parquet"
 METRICS_DIR = "metrics"
 SPECTRA_DIR = "spectra"  # measures=fourier: the per-frequency embedding norms, long table
 STOPS_DIR = "stops"  # stop=resolved: when and why each run left the program before its budget
-DESIGN_DIR = "design"  # design=boundary: which runs each refill chose, and why
+DESIGN_DIR = "design"  # design=boundary|law: which runs each refill chose, and why
 SPECTRUM = "spectrum"  # the metrics key of the [steps, models, freqs] spectra a chunk returns
 CHECKPOINT_DIR = "checkpoints"
 PARAMS_DIR = "params"  # parameters by run and step (store.params)

@@ -212,8 +212,8 @@ def load(path: str | os.PathLike) -> Results:
     if stops_tables:
         results.stops = pa.concat_tables(stops_tables).to_pandas().sort_values("run_id").reset_index(drop=True)
     design_tables = list(_read_parts(parts(path, DESIGN_DIR), path))
-    if design_tables:  # design=boundary: why each chosen run was chosen (-1: a candidate not chosen)
-        chosen = pa.concat_tables(design_tables).to_pandas().drop_duplicates("run_id")
+    if design_tables:  # design=boundary|law: why each chosen run was chosen (-1: a candidate not chosen)
+        chosen = pa.concat_tables(design_tables, promote_options="permissive").to_pandas().drop_duplicates("run_id")
         results.runs = runs.merge(chosen, on="run_id", how="left")
         results.runs["design_round"] = results.runs["design_round"].fillna(-1).astype("int64")
     return results

@@ -91,11 +91,12 @@ class PartWriter:
     def write_choices(self, group: int, batch: int, clock: int, run_ids: np.ndarray, design_round: int,
                       columns: dict[str, np.ndarray]) -> None:
         """Record the runs a design chose at the program's ``clock`` (its ``design_round``-th refill) with
-        ``columns`` (name -> [L] floats: the acquisition and the estimate then): one part per refill, named
-        by its clock so a resume from a checkpoint at or before it removes it (the resume chooses again)."""
+        ``columns`` (name -> [L] floats, or strings: the rule, the acquisition and the estimate then): one part
+        per refill, named by its clock so a resume from a checkpoint at or before it removes it (the resume
+        chooses again)."""
         table = pa.table({"run_id": pa.array(run_ids.astype(np.int64)),
                           "design_round": pa.array(np.full(len(run_ids), design_round, np.int64)),
-                          **{k: pa.array(np.asarray(v, np.float64)) for k, v in columns.items()}})
+                          **{k: _arrow(v) for k, v in columns.items()}})
         (self.path / DESIGN_DIR).mkdir(exist_ok=True)
         name = self._part_name(group, batch, clock)
         self._guard(lambda: atomic_parquet(self.path / DESIGN_DIR / name, describe(table, "design")))
@@ -134,3 +135,8 @@ class PartWriter:
                 return start, part
         return None
 
+
+def _arrow(values: np.ndarray) -> pa.Array:
+    """A design column as Arrow: strings as strings, numbers as float64."""
+    values = np.asarray(values)
+    return pa.array(values.tolist(), pa.string()) if values.dtype.kind in "OUS" else pa.array(values.astype(np.float64))
