@@ -129,3 +129,26 @@ def test_the_law_design_narrows_the_exponent_more_than_a_grid_of_as_many_runs():
     boundary = np.array([p.index for p in _simulate(BoundaryDesign, _times(0))[0]])
     assert not np.isfinite(_law(boundary, _times(0)).alpha_low)
 
+
+
+def test_a_law_design_sweep_records_which_rule_chose_each_run(tmp_path, capsys):
+    """Through the CLI, on a tiny real MLP (float64): 9 of 12 candidates in 2 slots; the start's two runs
+    open one cell at the smallest wd; every chosen run has its rule, and the summary names the design."""
+    import grokjax
+    from conftest import merged
+    from test_design import MLP
+
+    from grokjax.cli import main
+
+    out = tmp_path / "r"
+    code = main(["sweep", *merged(MLP, ["steps=40", "stop=resolved", "design=law", "runs=9",
+                                        "wd=logspace(-1,0.5,4)", "seeds=3"]), "--out", str(out), "--no-plot"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "9 runs (design=law: chosen of 12 candidates)" in printed
+    r = grokjax.load(out)
+    chosen = r.runs[r.runs.design_round >= 0].sort_values(["design_round", "run_id"])
+    assert len(chosen) == 9 and set(r.metrics.run_id) == set(chosen.run_id)
+    assert chosen.design_rule.isin(["start", "fill", "boundary", "anchor", "law"]).all()
+    start = chosen[chosen.design_round == 0]
+    assert start.design_rule.eq("start").all() and len(start) == 2 and start.wd.nunique() == 1
+    assert r.runs.loc[r.runs.design_round < 0, "design_rule"].isna().all()
