@@ -15,9 +15,10 @@ The rule:
 
 1. The start fills whole cells: ``n_initial`` runs over evenly spread levels, ``MIN_SEEDS_FOR_INTERVAL`` at
    each (rule ``start``).
-2. A cell is *usable* where its expected grokking fraction is at least ``USABLE``: the outcomes known, the runs
-   still training and the runs not yet taken at the boundary model's predictive probability
-   (``design.boundary``). At 3/4, a cell of 3 runs has its median observed with probability 0.84, of 4 with 0.95.
+2. A cell is *usable* where its expected grokking fraction is at least ``USABLE``: the outcomes known and the
+   runs still training at the boundary model's predictive probability (``design.boundary``); a value not yet
+   run takes the fraction interpolated (in ln x) between its nearest neighbours run, or beyond them the
+   boundary model's. At 3/4, a cell of 3 runs has its median observed with probability 0.84, of 4 with 0.95.
 3. A cell begun that the fit would read (expected fraction >= 1/2) is completed first, the fullest first
    (rule ``fill``): one cell with fewer seeds leaves fit_law's law without an interval.
 4. Until ``MIN_LAW_CELLS`` usable cells are complete, runs go to the *anchors*: the top, bottom and middle of
@@ -75,7 +76,7 @@ class LawDesign(BoundaryDesign):
         count = lambda ix, w=None: np.bincount(self.level_of[ix], w, minlength=n_levels)  # noqa: E731
         n = count(np.flatnonzero(taken))
         grokked = count(done, outcome[done].astype(np.float64)) + (n - count(done)) * p_hat
-        frac = np.where(n > 0, grokked / np.maximum(n, 1), p_hat)
+        frac = self._expected_fraction(n, grokked, p_hat)
         usable, is_open = frac >= USABLE, count(np.flatnonzero(~taken)) > 0
         choices, complete = usable & is_open, usable & (n >= self.full)
         begun = np.flatnonzero(is_open & (n > 0) & (n < self.full) & (frac >= 0.5))
@@ -85,7 +86,7 @@ class LawDesign(BoundaryDesign):
             return super()._best(order, outcome, picks, taken)
         if complete.sum() < MIN_LAW_CELLS:
             return (self._anchor(np.flatnonzero(usable), n, choices), 0), math.nan, "anchor"
-        return self._most_informative(choices, complete, n, grokked, p_hat)
+        return self._most_informative(choices, complete, n, grokked, p_hat, self.budget - int(taken.sum()))
 
     def _spread(self, taken: np.ndarray) -> tuple[int, int]:
         """The start: pick i goes to the (i div MIN_SEEDS_FOR_INTERVAL)-th of the start's cells, spread evenly
@@ -95,6 +96,20 @@ class LawDesign(BoundaryDesign):
         target = round((i // per_cell) * (len(self.levels) - 1) / max(n_cells - 1, 1))
         open_levels = np.unique(self.level_of[~taken])
         return int(open_levels[np.argmin(np.abs(open_levels - target))]), 0
+
+    def _expected_fraction(self, n: np.ndarray, grokked: np.ndarray, p_hat: np.ndarray) -> np.ndarray:
+        """The expected grokked fraction at each level [L]: the taken runs' (outcomes known, the pending at
+        ``p_hat``); at a level not yet run, interpolated in ln x between the nearest levels run on either
+        side, and ``p_hat`` beyond the outermost. Not the boundary model alone: it is monotone, so a range
+        that reaches confusion at large wd (runs that stop generalizing) would drag it down everywhere."""
+        tried = np.flatnonzero(n > 0)
+        frac = p_hat.copy()
+        if len(tried):
+            seen = grokked[tried] / n[tried]
+            inside = (self.u > self.u[tried[0]]) & (self.u < self.u[tried[-1]])
+            frac[inside] = np.interp(self.u[inside], self.u[tried], seen)
+            frac[tried] = seen
+        return frac
 
     def _predictive(self, done: np.ndarray, outcome: np.ndarray, pending: np.ndarray) -> np.ndarray:
         """P(a run at each level groks within the budget) [L], under the boundary posterior."""
@@ -112,13 +127,18 @@ class LawDesign(BoundaryDesign):
         return int(max(open_anchors, key=lambda a: n[a]))
 
     def _most_informative(self, choices: np.ndarray, complete: np.ndarray, n: np.ndarray, grokked: np.ndarray,
-                          p_hat: np.ndarray) -> tuple[tuple[int, int], float, str]:
-        """The open usable level whose completion (or next run, if complete) lowers V most per run."""
+                          p_hat: np.ndarray, left: int) -> tuple[tuple[int, int], float, str]:
+        """The open usable level whose completion (or next run, if complete) lowers V most per run, among
+        those the ``left`` runs still to choose can complete (a cell begun and left thin would cost the law
+        its interval) unless none can be."""
         cells = np.flatnonzero(complete)
         now = slope_variance(self.u[cells], n[cells], grokked[cells] / n[cells])
+        cost = np.maximum(1, self.full - n)
+        if (choices & (cost <= left)).any():
+            choices = choices & (cost <= left)
         best: tuple[float, int] | None = None
         for j in np.flatnonzero(choices):
-            k = max(1, int(self.full[j] - n[j]))
+            k = int(cost[j])
             after_n, after_g = n.astype(np.float64), grokked.copy()
             after_n[j], after_g[j] = n[j] + k, grokked[j] + k * p_hat[j]
             ix = np.union1d(cells, [j])
