@@ -152,3 +152,16 @@ def test_a_law_design_sweep_records_which_rule_chose_each_run(tmp_path, capsys):
     start = chosen[chosen.design_round == 0]
     assert start.design_rule.eq("start").all() and len(start) == 2 and start.wd.nunique() == 1
     assert r.runs.loc[r.runs.design_round < 0, "design_rule"].isna().all()
+
+
+def test_a_range_that_reaches_confusion_does_not_send_the_runs_to_the_ends():
+    """Above wd 1.5 no run groks (confusion, which the monotone boundary model cannot fit): the values not
+    yet run take the fraction seen at their neighbours, so in two draws at most 26 of the 64 runs go where
+    nothing groks (below 0.1 or above 1.5; the monotone model alone sent 32 to 34 there), and the law's
+    interval still holds alpha."""
+    for draw in range(2):
+        t = np.where(X > 1.5, np.inf, _times(draw))
+        ix = np.array([p.index for p in _simulate(LawDesign, t)[0]])
+        wasted = int(((X[ix] < 0.1) | (X[ix] > 1.5)).sum())
+        law = _law(ix, t)
+        assert wasted <= 26 and law.alpha_low <= ALPHA <= law.alpha_high, (draw, wasted, law)
