@@ -8,7 +8,7 @@ simulates); then ``analysis.law.fit_law`` fits the chosen runs, unchanged (Kapla
 interval). Reported per design, over DRAWS draws of the times: how often the fit has an interval, its mean
 width, how often it holds ALPHA, and the model-steps the runs hold under stop=resolved (sum of min(t, T)).
 
-    python benchmarks/law_design.py [DRAWS]
+    python benchmarks/law_design.py [DRAWS]   # default 40
 """
 
 from __future__ import annotations
@@ -76,4 +76,4 @@ def main(draws: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 40)
