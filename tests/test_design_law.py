@@ -165,3 +165,17 @@ def test_a_range_that_reaches_confusion_does_not_send_the_runs_to_the_ends():
         wasted = int(((X[ix] < 0.1) | (X[ix] > 1.5)).sum())
         law = _law(ix, t)
         assert wasted <= 26 and law.alpha_low <= ALPHA <= law.alpha_high, (draw, wasted, law)
+
+
+def test_a_new_cell_is_opened_only_if_the_runs_left_can_complete_it():
+    """Three complete grokking cells at the top and failures at wd <= 0.1: with 3 runs left the law rule
+    opens a new cell lower down (more leverage); with 1 left it adds a seed to a complete cell instead, since
+    a cell left at one run would cost the law its interval."""
+    three = np.flatnonzero(np.arange(X.size) % 8 < 3)
+    low, top = three[X[three] <= 0.1], three[X[three] >= LEVELS[-3]]
+    order = np.concatenate([low, top])
+    outcome = np.full(X.size, PENDING, np.int8)
+    outcome[low], outcome[top] = NOT_GROKKED, GROKKED
+    roomy, = LawDesign(X, len(order) + 3, 4).pick(1, order, outcome)
+    last, = LawDesign(X, len(order) + 1, 4).pick(1, order, outcome)
+    assert roomy.rule == last.rule == "law" and X[roomy.index] < LEVELS[-3] <= X[last.index]
