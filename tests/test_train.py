@@ -13,7 +13,8 @@ from conftest import TINY, CompileCounter, merged
 from grokjax.config.schedule import METRIC_COLUMNS
 from grokjax.engine.data import hparams_for
 from grokjax.engine.memory import choose_models_per_batch
-from grokjax.engine.program import CPU_COMPILER_OPTIONS, Program, compiler_options
+from grokjax.engine.program import (CPU_COMPILER_OPTIONS, ONCE_CPU_COMPILER_OPTIONS, Program, compiler_options,
+                                    once_compiler_options)
 from grokjax.engine.single import engine_for
 from grokjax.grid.expand import build_sweep
 from grokjax.optim.factory import make_optimizer
@@ -163,6 +164,27 @@ def test_cpu_programs_are_compiled_without_ynnpack_fusions():
     prog = Program.get(engine_for(group, runs), len(runs))
     assert prog.compiler_options == CPU_COMPILER_OPTIONS
     assert "%ynn_fusion" not in prog._compiled(prog.chunk_steps).as_text()  # as XLA's defaults make
+
+
+@pytest.mark.parametrize("args", [["wd=[0.1,1]", "init_scale=[0.5,2]"], ["arch=mlp", "wd=[0.1,1]", "seeds=2"],
+                                  ["dtype=float64", "snapshot_at_transitions=true", "wd=[0.1,1]"]])
+def test_the_init_compiled_to_build_fast_gives_the_bits_of_the_default_compilation(args):
+    """The init program is compiled at LLVM level 1 (ONCE_CPU_COMPILER_OPTIONS: 2-3x faster to build);
+    its parameters, optimizer state and splits equal, bitwise, those of the same program compiled with the
+    chunk's options (level 2). Level 0 would fail here: it rounds the normal draws differently."""
+    assert once_compiler_options("cpu") == CPU_COMPILER_OPTIONS | ONCE_CPU_COMPILER_OPTIONS
+    assert once_compiler_options("gpu") == {}
+    group, runs = _group(TINY + args)
+    engine = engine_for(group, runs)
+    prog = Program.get(engine, len(runs))
+    hps = hparams_for(runs, engine.table.n_pairs)
+    with jax.enable_x64(engine.x64):
+        default = jax.jit(jax.vmap(engine.init_one), out_shardings=prog.sharded).lower(
+            prog._abstract_hparams()).compile(compiler_options=prog.compiler_options)
+        want, got = (jax.device_get(f(prog.put(hps))) for f in (default, prog.init))
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
