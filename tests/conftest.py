@@ -22,12 +22,32 @@ REPO = Path(__file__).resolve().parent.parent
 
 # A persistent XLA compilation cache, shared by the test processes (the xdist workers) and the grokjax
 # processes the tests launch, and kept between runs in the user's cache directory (as pip keeps its
-# wheels; GROKJAX_TEST_XLA_CACHE chooses another): the tests compile many of the same tiny programs, and a
+# wheels), one folder per machine (_machine_key; GROKJAX_TEST_XLA_CACHE chooses another): the tests compile many of the same tiny programs, and a
 # repeated run on one machine, CI's included, compiles none of them again. Measured on the 2-core
 # development machine, from fresh clones: the suite took 760 s from a cold cache, 314 s warm. A
 # CompileCounter turns the cache off while it counts (a cache hit is no compilation), until its test ends.
+
+
+def _machine_key() -> str:
+    """The CPU's model and instruction-set flags, and jaxlib's version, hashed: a cached executable holds
+    machine code for the CPU that compiled it, so a home directory shared between machines (or a CI cache
+    restored on another runner) must not hand an AVX-512 program to an AVX2 CPU (SIGILL)."""
+    import hashlib
+    import platform
+
+    import jaxlib
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    cpu = sorted({line for line in lines if line.startswith(("model name", "flags", "Features"))})
+    text = "\n".join([platform.machine(), platform.processor(), jaxlib.__version__, *cpu])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 _CACHE = os.environ.get("GROKJAX_TEST_XLA_CACHE") or str(
-    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "grokjax" / "pytest-xla")
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "grokjax" / "pytest-xla" / _machine_key())
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
