@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 # processes the tests launch, and kept between runs in the user's cache directory (as pip keeps its
 # wheels), one folder per machine (_machine_key; GROKJAX_TEST_XLA_CACHE chooses another): the tests compile many of the same tiny programs, and a
 # repeated run on one machine, CI's included, compiles none of them again. Measured on the 2-core
-# development machine, from fresh clones: the suite took 760 s from a cold cache, 314 s warm. A
+# development machine with an empty cache (2026-12-04): the suite took 894 s with 2 workers, 984 s with 3
+# (the CPUs are saturated either way). A
 # CompileCounter turns the cache off while it counts (a cache hit is no compilation), until its test ends.
 
 

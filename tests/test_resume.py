@@ -52,7 +52,9 @@ def reference(tmp_path_factory):
     return grokjax.load(out).metrics
 
 
-@pytest.mark.parametrize("kill_after_parts", [1, 7, 19])
+# Killed before the first checkpoint (part 1: step 50 of 100) and late, past several (a middle kill, 7, added
+# 20 s to CI and nothing the late one does not cover).
+@pytest.mark.parametrize("kill_after_parts", [1, 19])
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, kill_after_parts):
     out = tmp_path / "r"
