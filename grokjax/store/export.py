@@ -95,6 +95,15 @@ def _to_wandb(results: Results, out: Path, project: str, say: Callable[[str], No
 
     hps, summaries = _hparams(results), _summaries(results)
     group = f"{results.sweep.get('name', 'sweep')}-{results.sweep.get('fingerprint', '')[:8]}"
+    try:
+        return _log_wandb_runs(wandb, results, out, project, group, hps, summaries, say)
+    finally:
+        wandb.teardown()  # the service and its threads end with the export, not with the process
+
+
+def _log_wandb_runs(wandb: Any, results: Results, out: Path, project: str, group: str, hps: dict,
+                    summaries: dict, say: Callable[[str], None]) -> int:
+    """One offline wandb run per grokjax run, with its metrics as history and its fit as summary."""
     n = 0
     for rid, rows in _rows(results.metrics):
         run = wandb.init(mode="offline", dir=str(out), project=project, group=group, name=run_name(rid),
