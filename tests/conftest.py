@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 # processes the tests launch, and kept between runs in the user's cache directory (as pip keeps its
 # wheels), one folder per machine (_machine_key; GROKJAX_TEST_XLA_CACHE chooses another): the tests compile many of the same tiny programs, and a
 # repeated run on one machine, CI's included, compiles none of them again. Measured on the 2-core
-# development machine with an empty cache (2026-12-04): the suite took 894 s with 2 workers, 984 s with 3
-# (the CPUs are saturated either way). A
+# development machine with an empty cache (2026-12-07, packages byte-compiled): the suite took 846 s with
+# 2 workers, 332 s warm (on 2026-12-04, 984 s with 3 workers: the CPUs are saturated either way). A
 # CompileCounter turns the cache off while it counts (a cache hit is no compilation), until its test ends.
 
 
