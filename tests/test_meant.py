@@ -313,6 +313,15 @@ def test_two_sigints_exit_130_whether_compiling_or_training(tmp_path, wait):
     proc.send_signal(signal.SIGINT)
     time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=120)[1].strip().splitlines()
+    try:
+        err = proc.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired as e:
+        # Python drops a KeyboardInterrupt raised inside a gc callback ("Exception ignored in: <function
+        # _xla_gc_callback>", JAX's): seen once in a cold-cache CI run. A user then presses Ctrl-C again.
+        seen = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        assert "_xla_gc_callback" in seen, seen[-500:]
+        proc.send_signal(signal.SIGINT)
+        err = seen + proc.communicate(timeout=120)[1]
+    err = err.strip().splitlines()
     assert proc.returncode == 130, err[-3:]
     assert err[-1].startswith(("grokjax: interrupted", "grokjax: stopped by SIGINT")), err[-3:]
